@@ -1,0 +1,99 @@
+package caddymod
+
+import (
+	"net/http"
+
+	"github.com/domaincerts/caddy-domaincerts/domainstore"
+)
+
+// certificateView is the API object of a TLS certificate.
+type certificateView struct {
+	*domainstore.Certificate
+	URI string `json:"uri"`
+}
+
+func viewCertificate(c *domainstore.Certificate) certificateView {
+	return certificateView{Certificate: c, URI: certificatesPath + "/" + c.ID}
+}
+
+// createCertificateRequest is the upload body.
+type createCertificateRequest struct {
+	CertificatePEM *string `json:"certificate_pem"`
+	PrivateKeyPEM  *string `json:"private_key_pem"`
+	Description    string  `json:"description"`
+	Metadata       string  `json:"metadata"`
+}
+
+func (h *handler) createCertificate(w http.ResponseWriter, r *http.Request) error {
+	var req createCertificateRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	in := domainstore.CertificateInput{Description: req.Description, Metadata: req.Metadata}
+	if req.CertificatePEM != nil {
+		in.CertificatePEM = *req.CertificatePEM
+	}
+	if req.PrivateKeyPEM != nil {
+		in.PrivateKeyPEM = *req.PrivateKeyPEM
+	}
+	c, err := h.store.CreateCertificate(r.Context(), in)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, viewCertificate(c))
+	return nil
+}
+
+func (h *handler) listCertificates(w http.ResponseWriter, r *http.Request) error {
+	limit, before, err := pageParams(r)
+	if err != nil {
+		return err
+	}
+	certs, more, err := h.store.ListCertificates(r.Context(), limit, before)
+	if err != nil {
+		return err
+	}
+	views := make([]certificateView, len(certs))
+	last := ""
+	for i, c := range certs {
+		views[i] = viewCertificate(c)
+		last = c.ID
+	}
+	writeJSON(w, http.StatusOK, listBody("tls_certificates", views, r, last, limit, more))
+	return nil
+}
+
+func (h *handler) getCertificate(w http.ResponseWriter, r *http.Request, id string) error {
+	c, err := h.store.GetCertificate(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, viewCertificate(c))
+	return nil
+}
+
+// updateCertificateRequest is the PATCH body: description and metadata
+// only; anything else is an unknown field.
+type updateCertificateRequest struct {
+	Description *string `json:"description"`
+	Metadata    *string `json:"metadata"`
+}
+
+func (h *handler) updateCertificate(w http.ResponseWriter, r *http.Request, id string) error {
+	var req updateCertificateRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	c, err := h.store.UpdateCertificate(r.Context(), id, domainstore.CertificatePatch{
+		Description: req.Description, Metadata: req.Metadata,
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, viewCertificate(c))
+	return nil
+}
+
+func (h *handler) deleteCertificate(w http.ResponseWriter, r *http.Request, id string) error {
+	return h.noContent(w, h.store.DeleteCertificate(r.Context(), id))
+}

@@ -1,0 +1,127 @@
+package caddymod
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/domainstore"
+)
+
+// domainView is the API object of a domain.
+type domainView struct {
+	ID                       string              `json:"id"`
+	URI                      string              `json:"uri"`
+	CreatedAt                time.Time           `json:"created_at"`
+	UpdatedAt                time.Time           `json:"updated_at"`
+	Description              string              `json:"description"`
+	Metadata                 string              `json:"metadata"`
+	Domain                   string              `json:"domain"`
+	CNAMETarget              *string             `json:"cname_target"`
+	Certificate              *reference          `json:"certificate"`
+	Policy                   *domainstore.Policy `json:"certificate_management_policy"`
+	Status                   *domainstore.Status `json:"certificate_management_status"`
+	ACMEChallengeCNAMETarget *string             `json:"acme_challenge_cname_target"`
+}
+
+// reference points to another resource.
+type reference struct {
+	ID  string `json:"id"`
+	URI string `json:"uri"`
+}
+
+func viewDomain(d *domainstore.Domain) domainView {
+	v := domainView{
+		ID: d.ID, URI: domainsPath + "/" + d.ID,
+		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
+		Description: d.Description, Metadata: d.Metadata,
+		Domain: d.Domain, CNAMETarget: d.CNAMETarget,
+		Policy: d.Policy, Status: d.Status,
+		ACMEChallengeCNAMETarget: d.ACMEChallengeCNAMETarget,
+	}
+	if d.CertificateID != "" {
+		v.Certificate = &reference{ID: d.CertificateID, URI: certificatesPath + "/" + d.CertificateID}
+	}
+	return v
+}
+
+// createDomainRequest is the create body.
+type createDomainRequest struct {
+	Domain        string              `json:"domain"`
+	Description   string              `json:"description"`
+	Metadata      string              `json:"metadata"`
+	CertificateID *string             `json:"certificate_id"`
+	Policy        *domainstore.Policy `json:"certificate_management_policy"`
+}
+
+func (h *handler) createDomain(w http.ResponseWriter, r *http.Request) error {
+	var req createDomainRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	in := domainstore.DomainInput{
+		Domain: req.Domain, Description: req.Description, Metadata: req.Metadata, Policy: req.Policy,
+	}
+	if req.CertificateID != nil {
+		in.CertificateID = *req.CertificateID
+	}
+	d, err := h.store.CreateDomain(r.Context(), in)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, viewDomain(d))
+	return nil
+}
+
+func (h *handler) listDomains(w http.ResponseWriter, r *http.Request) error {
+	limit, before, err := pageParams(r)
+	if err != nil {
+		return err
+	}
+	domains, more := h.store.ListDomains(limit, before)
+	views := make([]domainView, len(domains))
+	last := ""
+	for i, d := range domains {
+		views[i] = viewDomain(d)
+		last = d.ID
+	}
+	writeJSON(w, http.StatusOK, listBody("domains", views, r, last, limit, more))
+	return nil
+}
+
+func (h *handler) getDomain(w http.ResponseWriter, _ *http.Request, id string) error {
+	d, err := h.store.GetDomain(id)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, viewDomain(d))
+	return nil
+}
+
+// updateDomainRequest is the PATCH body.
+type updateDomainRequest struct {
+	Domain        *string             `json:"domain"`
+	Description   *string             `json:"description"`
+	Metadata      *string             `json:"metadata"`
+	CertificateID *string             `json:"certificate_id"`
+	Policy        *domainstore.Policy `json:"certificate_management_policy"`
+}
+
+func (h *handler) updateDomain(w http.ResponseWriter, r *http.Request, id string) error {
+	var req updateDomainRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	d, err := h.store.UpdateDomain(r.Context(), id, domainstore.DomainPatch{
+		Domain: req.Domain, Description: req.Description, Metadata: req.Metadata,
+		CertificateID: req.CertificateID, Policy: req.Policy,
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, viewDomain(d))
+	return nil
+}
+
+func (h *handler) deleteDomain(w http.ResponseWriter, r *http.Request, id string) error {
+	return h.noContent(w, h.store.DeleteDomain(r.Context(), id))
+}

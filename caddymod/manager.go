@@ -1,0 +1,76 @@
+package caddymod
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/certmagic"
+
+	"github.com/domaincerts/caddy-domaincerts/certsource"
+)
+
+func init() {
+	caddy.RegisterModule(Manager{})
+}
+
+// Manager serves the certificates of the domaincerts app during TLS
+// handshakes: the domain that best matches the SNI (exact name, then the
+// wildcard one label up) and its attached or managed certificate. It reads
+// memory only on a hit.
+//
+// It fails closed: a handshake whose SNI matches no domain, or whose domain
+// has no usable certificate, fails at once (or gets the app's fallback
+// certificate). It never returns "no opinion", so Caddy never asks an ACME
+// issuer for a name that domaincerts does not own, even when the manager
+// sits in a catch-all automation policy.
+type Manager struct {
+	source *certsource.Source
+}
+
+// CaddyModule returns the Caddy module information.
+func (Manager) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "tls.get_certificate.domaincerts",
+		New: func() caddy.Module { return new(Manager) },
+	}
+}
+
+// Provision finds the domaincerts app, loading it if the config does not
+// name it.
+func (m *Manager) Provision(ctx caddy.Context) error {
+	appIface, err := ctx.App("domaincerts")
+	if err != nil {
+		return fmt.Errorf("getting domaincerts app: %w", err)
+	}
+	m.source = appIface.(*App).Source()
+	return nil
+}
+
+// GetCertificate returns the certificate for a handshake.
+func (m *Manager) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return m.source.GetCertificate(ctx, hello)
+}
+
+// UnmarshalCaddyfile sets up the manager from Caddyfile tokens. Syntax:
+//
+//	get_certificate domaincerts
+func (m *Manager) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume manager name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(0) {
+		return d.Errf("unrecognized subdirective '%s'; get_certificate domaincerts takes no options", d.Val())
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ certmagic.Manager     = (*Manager)(nil)
+	_ caddy.Provisioner     = (*Manager)(nil)
+	_ caddyfile.Unmarshaler = (*Manager)(nil)
+)

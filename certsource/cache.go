@@ -1,0 +1,146 @@
+package certsource
+
+import (
+	"crypto/tls"
+	"sync"
+	"sync/atomic"
+)
+
+// DefaultCacheCapacity is the number of parsed certificates kept in memory
+// when the operator sets no capacity.
+const DefaultCacheCapacity = 10_000
+
+// Cache keeps parsed, ready-to-serve certificates by certificate ID, up to
+// a capacity. Eviction is CLOCK (second chance): a hit only sets a flag, so
+// hits never take the write lock. It is safe for concurrent use.
+type Cache struct {
+	mu       sync.RWMutex
+	capacity int
+	entries  map[string]*cacheEntry
+	ring     []string // IDs in insertion order, for the clock hand
+	hand     int
+
+	hits, misses, evictions atomic.Uint64
+}
+
+type cacheEntry struct {
+	cert       *tls.Certificate
+	referenced atomic.Bool
+}
+
+// NewCache returns a cache for up to capacity certificates (at least 1).
+func NewCache(capacity int) *Cache {
+	if capacity < 1 {
+		capacity = 1
+	}
+	return &Cache{capacity: capacity, entries: make(map[string]*cacheEntry)}
+}
+
+// SetCapacity changes the bound; a smaller bound evicts at the next Put.
+func (c *Cache) SetCapacity(capacity int) {
+	if capacity < 1 {
+		capacity = 1
+	}
+	c.mu.Lock()
+	c.capacity = capacity
+	c.mu.Unlock()
+}
+
+// Get returns the certificate cached for id, or nil.
+func (c *Cache) Get(id string) *tls.Certificate {
+	c.mu.RLock()
+	e := c.entries[id]
+	c.mu.RUnlock()
+	if e == nil {
+		c.misses.Add(1)
+		return nil
+	}
+	if !e.referenced.Load() {
+		e.referenced.Store(true)
+	}
+	c.hits.Add(1)
+	return e.cert
+}
+
+// Put caches cert under id, evicting others if the cache is full.
+func (c *Cache) Put(id string, cert *tls.Certificate) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[id]; ok {
+		e.cert = cert
+		return
+	}
+	for len(c.entries) >= c.capacity {
+		c.evictLocked()
+	}
+	c.entries[id] = &cacheEntry{cert: cert}
+	c.ring = append(c.ring, id)
+}
+
+// Remove drops id from the cache.
+func (c *Cache) Remove(id string) {
+	c.mu.Lock()
+	delete(c.entries, id)
+	c.mu.Unlock()
+	// the ring keeps the stale ID until the hand passes it
+}
+
+// evictLocked advances the clock hand until it evicts one entry.
+func (c *Cache) evictLocked() {
+	for len(c.ring) > 0 {
+		if c.hand >= len(c.ring) {
+			c.hand = 0
+			c.compactLocked()
+			if len(c.ring) == 0 {
+				return
+			}
+		}
+		id := c.ring[c.hand]
+		e, ok := c.entries[id]
+		if !ok { // removed earlier; drop the stale slot
+			c.ring[c.hand] = c.ring[len(c.ring)-1]
+			c.ring = c.ring[:len(c.ring)-1]
+			continue
+		}
+		if e.referenced.Load() {
+			e.referenced.Store(false)
+			c.hand++
+			continue
+		}
+		delete(c.entries, id)
+		c.ring[c.hand] = c.ring[len(c.ring)-1]
+		c.ring = c.ring[:len(c.ring)-1]
+		c.evictions.Add(1)
+		return
+	}
+}
+
+// compactLocked drops ring slots of removed entries.
+func (c *Cache) compactLocked() {
+	live := c.ring[:0]
+	for _, id := range c.ring {
+		if _, ok := c.entries[id]; ok {
+			live = append(live, id)
+		}
+	}
+	c.ring = live
+}
+
+// CacheStats are counters of a Cache.
+type CacheStats struct {
+	Entries   int    `json:"entries"`
+	Capacity  int    `json:"capacity"`
+	Hits      uint64 `json:"hits"`
+	Misses    uint64 `json:"misses"`
+	Evictions uint64 `json:"evictions"`
+}
+
+// Stats returns the cache's counters.
+func (c *Cache) Stats() CacheStats {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return CacheStats{
+		Entries: len(c.entries), Capacity: c.capacity,
+		Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load(),
+	}
+}

@@ -1,0 +1,186 @@
+// Package certsource decides which certificate a TLS handshake gets: it
+// looks the server name up in the domain store's in-memory index and
+// serves the domain's uploaded certificate from a bounded cache (parsing
+// and unsealing it on first use), or its managed certificate.
+//
+// It fails closed: a server name without a domain, or a domain without a
+// usable certificate, gets an error (or the operator's fallback
+// certificate), never a certificate request to a CA.
+package certsource
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"sync"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/domaincerts/caddy-domaincerts/domainstore"
+	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
+)
+
+// Errors returned for handshakes that get no certificate. They are fixed
+// values so that the failing path allocates nothing for them.
+var (
+	ErrNoServerName  = errors.New("domaincerts: client sent no server name")
+	ErrNoDomain      = errors.New("domaincerts: no domain matches the server name")
+	ErrNoCertificate = errors.New("domaincerts: the domain has no usable certificate")
+)
+
+// Managed serves certificates of managed (ACME) domains.
+type Managed interface {
+	// ManagedCertificate returns the certificate for a managed domain's
+	// entry, or nil if none is ready. It must read memory only.
+	ManagedCertificate(e *domainstore.Entry, serverName string) *tls.Certificate
+}
+
+// Source answers handshakes from a Store. It is safe for concurrent use.
+type Source struct {
+	store *domainstore.Store
+	cache *Cache
+	log   *zap.Logger
+
+	mu       sync.Mutex
+	loading  map[string]*load // certificate ID -> load in flight
+	managed  Managed
+	fallback string // certificate ID served when nothing matches
+}
+
+type load struct {
+	done chan struct{}
+	cert *tls.Certificate
+	err  error
+}
+
+// New returns a Source over store with a cache of the given capacity, and
+// subscribes it to the store's changes.
+func New(store *domainstore.Store, capacity int, log *zap.Logger) *Source {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Source{store: store, cache: NewCache(capacity), log: log, loading: make(map[string]*load)}
+	store.Subscribe(s)
+	return s
+}
+
+// Cache returns the source's certificate cache.
+func (s *Source) Cache() *Cache { return s.cache }
+
+// SetManaged sets where certificates of managed domains come from.
+func (s *Source) SetManaged(m Managed) {
+	s.mu.Lock()
+	s.managed = m
+	s.mu.Unlock()
+}
+
+// SetFallback sets the certificate served when a handshake matches no
+// usable domain; empty means such handshakes fail.
+func (s *Source) SetFallback(certificateID string) {
+	s.mu.Lock()
+	s.fallback = certificateID
+	s.mu.Unlock()
+}
+
+// GetCertificate returns the certificate for a handshake. It touches memory
+// only when the certificate is cached; on first use it loads the
+// certificate from storage once, however many handshakes ask at the same
+// time.
+func (s *Source) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	name := hello.ServerName
+	if name == "" {
+		return s.fallbackOr(ctx, ErrNoServerName)
+	}
+	e, ok := s.store.Lookup(name)
+	if !ok {
+		return s.fallbackOr(ctx, ErrNoDomain)
+	}
+	if e.Managed {
+		s.mu.Lock()
+		m := s.managed
+		s.mu.Unlock()
+		if m != nil {
+			if c := m.ManagedCertificate(e, name); c != nil {
+				return c, nil
+			}
+		}
+	}
+	if e.CertificateID == "" {
+		return s.fallbackOr(ctx, ErrNoCertificate)
+	}
+	c, err := s.certificate(ctx, e.CertificateID)
+	if err != nil {
+		if ce := s.log.Check(zapcore.WarnLevel, "loading certificate for handshake"); ce != nil {
+			ce.Write(zap.String("server_name", name), zap.String("domain_id", e.DomainID),
+				zap.String("cert_id", e.CertificateID), zap.Error(err))
+		}
+		return s.fallbackOr(ctx, ErrNoCertificate)
+	}
+	return c, nil
+}
+
+func (s *Source) fallbackOr(ctx context.Context, err error) (*tls.Certificate, error) {
+	s.mu.Lock()
+	id := s.fallback
+	s.mu.Unlock()
+	if id == "" {
+		return nil, err
+	}
+	c, ferr := s.certificate(ctx, id)
+	if ferr != nil {
+		return nil, fmt.Errorf("%w (fallback certificate %s: %v)", err, id, ferr)
+	}
+	return c, nil
+}
+
+// certificate returns the cached certificate id, loading it if needed.
+func (s *Source) certificate(ctx context.Context, id string) (*tls.Certificate, error) {
+	if c := s.cache.Get(id); c != nil {
+		return c, nil
+	}
+	s.mu.Lock()
+	l, inFlight := s.loading[id]
+	if !inFlight {
+		l = &load{done: make(chan struct{})}
+		s.loading[id] = l
+	}
+	s.mu.Unlock()
+	if inFlight {
+		select {
+		case <-l.done:
+			return l.cert, l.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	// the leader loads without the handshake's deadline so that waiters
+	// are not failed by one impatient client
+	l.cert, l.err = s.store.LoadKeyPair(context.WithoutCancel(ctx), id)
+	if l.err == nil {
+		s.cache.Put(id, l.cert)
+	}
+	s.mu.Lock()
+	delete(s.loading, id)
+	s.mu.Unlock()
+	close(l.done)
+	return l.cert, l.err
+}
+
+// CertificateStored caches a freshly uploaded certificate, so that its
+// first handshake needs no storage read.
+func (s *Source) CertificateStored(id string, b *bundle.Bundle) {
+	tc := b.TLSCertificate()
+	s.cache.Put(id, &tc)
+}
+
+// CertificateDeleted drops a deleted certificate from the cache.
+func (s *Source) CertificateDeleted(id string) { s.cache.Remove(id) }
+
+// DomainChanged is part of domainstore.Listener; the index already
+// reflects domain changes, so there is nothing to do.
+func (s *Source) DomainChanged(_, _ *domainstore.Domain) {}
+
+// Interface guards
+var _ domainstore.Listener = (*Source)(nil)

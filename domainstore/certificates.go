@@ -1,0 +1,237 @@
+package domainstore
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"slices"
+
+	"go.uber.org/zap"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
+	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
+)
+
+// CertificateInput is an upload.
+type CertificateInput struct {
+	CertificatePEM string
+	PrivateKeyPEM  string
+	Description    string
+	Metadata       string
+}
+
+// CertificatePatch changes a certificate's free-text fields; nil leaves a
+// field as it is.
+type CertificatePatch struct {
+	Description *string
+	Metadata    *string
+}
+
+// CreateCertificate validates an uploaded bundle and stores it: the private
+// key under its own ".key" storage key, then the record. Nothing is written
+// when validation fails.
+func (s *Store) CreateCertificate(ctx context.Context, in CertificateInput) (*Certificate, error) {
+	if err := checkText("description", in.Description, MaxDescription); err != nil {
+		return nil, err
+	}
+	if err := checkText("metadata", in.Metadata, MaxMetadata); err != nil {
+		return nil, err
+	}
+	b, err := bundle.Parse(in.CertificatePEM, in.PrivateKeyPEM)
+	if err != nil {
+		return nil, err
+	}
+	t := now()
+	c := &Certificate{
+		ID:             newID(CertificatePrefix),
+		CreatedAt:      t,
+		UpdatedAt:      t,
+		Description:    in.Description,
+		Metadata:       in.Metadata,
+		CertificatePEM: string(b.CertPEM),
+		CertInfo:       bundle.Info(b.Chain[0]),
+		PrivateKeyType: b.KeyType,
+	}
+	if err := s.writeCertificate(ctx, c, b.KeyPEM); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.certIDs = insertSorted(s.certIDs, c.ID)
+	s.mu.Unlock()
+	for _, l := range s.listenersSnapshot() {
+		l.CertificateStored(c.ID, b)
+	}
+	s.log.Info("certificate uploaded", zap.String("cert_id", c.ID),
+		zap.Strings("dns_names", c.SubjectAlternativeNames.DNSNames), zap.Time("not_after", c.NotAfter))
+	return c, nil
+}
+
+// writeCertificate writes the key, then the record; if the record cannot
+// be written the key is removed again.
+func (s *Store) writeCertificate(ctx context.Context, c *Certificate, keyPEM []byte) error {
+	if err := s.Storage().Store(ctx, CertificateKeyKey(c.ID), keyPEM); err != nil {
+		return fmt.Errorf("writing private key of certificate %s: %w", c.ID, err)
+	}
+	if err := s.writeJSON(ctx, certRecordKey(c.ID), c); err != nil {
+		_ = s.Storage().Delete(ctx, CertificateKeyKey(c.ID))
+		return err
+	}
+	return nil
+}
+
+// GetCertificate returns a certificate record.
+func (s *Store) GetCertificate(ctx context.Context, id string) (*Certificate, error) {
+	if !validID(CertificatePrefix, id) {
+		return nil, notFound("certificate", id)
+	}
+	b, err := s.Storage().Load(ctx, certRecordKey(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, notFound("certificate", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading certificate %s: %w", id, err)
+	}
+	var c Certificate
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("decoding certificate %s: %w", id, err)
+	}
+	return &c, nil
+}
+
+// ListCertificates returns up to limit certificates created before
+// beforeID (or the newest, when it is empty), newest first, and whether
+// more follow.
+func (s *Store) ListCertificates(ctx context.Context, limit int, beforeID string) ([]*Certificate, bool, error) {
+	s.mu.Lock()
+	ids, more := page(s.certIDs, limit, beforeID)
+	s.mu.Unlock()
+	out := make([]*Certificate, 0, len(ids))
+	for _, id := range ids {
+		c, err := s.GetCertificate(ctx, id)
+		if dcerr.CodeOf(err) == dcerr.NotFound {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		out = append(out, c)
+	}
+	return out, more, nil
+}
+
+// UpdateCertificate changes a certificate's description and metadata.
+func (s *Store) UpdateCertificate(ctx context.Context, id string, p CertificatePatch) (*Certificate, error) {
+	if p.Description != nil {
+		if err := checkText("description", *p.Description, MaxDescription); err != nil {
+			return nil, err
+		}
+	}
+	if p.Metadata != nil {
+		if err := checkText("metadata", *p.Metadata, MaxMetadata); err != nil {
+			return nil, err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, err := s.GetCertificate(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if p.Description != nil {
+		c.Description = *p.Description
+	}
+	if p.Metadata != nil {
+		c.Metadata = *p.Metadata
+	}
+	c.UpdatedAt = now()
+	if err := s.writeJSON(ctx, certRecordKey(id), c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// DeleteCertificate deletes a certificate that no domain uses.
+func (s *Store) DeleteCertificate(ctx context.Context, id string) error {
+	s.mu.Lock()
+	if _, ok := slices.BinarySearch(s.certIDs, id); !ok || !validID(CertificatePrefix, id) {
+		s.mu.Unlock()
+		return notFound("certificate", id)
+	}
+	if n := s.certUse[id]; n > 0 {
+		users := s.usersLocked(id)
+		s.mu.Unlock()
+		return dcerr.New(dcerr.CertInUse,
+			"certificate %s is used by %d domain(s) (%v); attach another certificate to them or delete them first", id, n, users).
+			WithDetail("domain_ids", users)
+	}
+	err := s.Storage().Delete(ctx, certRecordKey(id))
+	if err == nil {
+		err = s.Storage().Delete(ctx, CertificateKeyKey(id))
+	}
+	if err != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("deleting certificate %s: %w", id, err)
+	}
+	if i, ok := slices.BinarySearch(s.certIDs, id); ok {
+		s.certIDs = slices.Delete(s.certIDs, i, i+1)
+	}
+	s.mu.Unlock()
+	for _, l := range s.listenersSnapshot() {
+		l.CertificateDeleted(id)
+	}
+	s.log.Info("certificate deleted", zap.String("cert_id", id))
+	return nil
+}
+
+// usersLocked returns up to 10 IDs of domains that use certificate id.
+func (s *Store) usersLocked(id string) []string {
+	var users []string
+	for _, did := range s.domainIDs {
+		if s.domains[did].CertificateID == id {
+			users = append(users, did)
+			if len(users) == 10 {
+				break
+			}
+		}
+	}
+	return users
+}
+
+// LoadKeyPair reads a certificate and its private key from storage and
+// returns them ready to serve. The handshake path calls it once per
+// certificate, on first use, and caches the result.
+func (s *Store) LoadKeyPair(ctx context.Context, id string) (*tls.Certificate, error) {
+	c, err := s.GetCertificate(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := s.Storage().Load(ctx, CertificateKeyKey(id))
+	if err != nil {
+		return nil, fmt.Errorf("loading private key of certificate %s: %w", id, err)
+	}
+	b, err := bundle.Parse(c.CertificatePEM, string(keyPEM))
+	if err != nil {
+		return nil, fmt.Errorf("parsing stored certificate %s: %w", id, err)
+	}
+	tc := b.TLSCertificate()
+	return &tc, nil
+}
+
+// CertificateExists reports whether a certificate with this ID exists.
+func (s *Store) CertificateExists(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := slices.BinarySearch(s.certIDs, id)
+	return ok
+}
+
+func insertSorted(ids []string, id string) []string {
+	i, found := slices.BinarySearch(ids, id)
+	if found {
+		return ids
+	}
+	return slices.Insert(ids, i, id)
+}

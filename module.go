@@ -1,0 +1,19 @@
+// Package domaincerts gives Caddy runtime-managed TLS certificates for many
+// customer domains: Domains map to uploaded certificate bundles or to ACME
+// certificates that CertMagic obtains and renews, private keys are sealed at
+// rest with NaCl, and everything is driven through Caddy's admin API.
+//
+// Importing this package (as xcaddy does with --with) registers every module
+// of the plugin:
+//
+//	domaincerts                      the app: domain store, index and issuance
+//	tls.get_certificate.domaincerts  serves certificates by SNI at handshake time
+//	tls.certificates.domaincerts     loads attached uploads into Caddy's cache
+//	caddy.storage.sealed             seals private keys at rest (NaCl secretbox)
+//	admin.api.domaincerts            the admin API under /domaincerts/
+package domaincerts
+
+import (
+	// the app, the manager, the loader and the admin API
+	_ "github.com/domaincerts/caddy-domaincerts/caddymod"
+)
