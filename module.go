@@ -16,4 +16,6 @@ package domaincerts
 import (
 	// the app, the manager, the loader and the admin API
 	_ "github.com/domaincerts/caddy-domaincerts/caddymod"
+	// the domaincerts global option and the domaincerts_load directive
+	_ "github.com/domaincerts/caddy-domaincerts/caddyfile"
 )

@@ -1,8 +1,12 @@
 package caddymod
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -17,16 +21,18 @@ func init() {
 
 // App is the domaincerts app. It keeps the Domains and TLS Certificates
 // that operators manage through the admin API (under /domaincerts/) in
-// Caddy's configured storage, and indexes them in memory for the
-// tls.get_certificate.domaincerts manager, which serves them by SNI.
+// Caddy's configured storage, indexes them in memory for the
+// tls.get_certificate.domaincerts manager, which serves them by SNI, and
+// obtains and renews certificates for managed domains with CertMagic.
 //
 // `"apps": {"domaincerts": {}}` is a complete configuration: uploads,
-// domains and serving work with the defaults.
+// domains and serving work with the defaults, and managed domains get
+// certificates from Let's Encrypt.
 type App struct {
-	// How many parsed certificates (with their unsealed private keys) are
-	// kept in memory. A certificate is loaded from storage on its first
-	// handshake and evicted, least recently used first, past this bound.
-	// Default: 10000.
+	// How many parsed uploaded certificates (with their unsealed private
+	// keys) are kept in memory. A certificate is loaded from storage on its
+	// first handshake and evicted, least recently used first, past this
+	// bound. Default: 10000.
 	CacheCapacity int `json:"cache_capacity,omitempty"`
 
 	// The ID of an uploaded certificate (cert_...) to serve to handshakes
@@ -34,13 +40,76 @@ type App struct {
 	// Default: none; such handshakes fail.
 	FallbackCertificateID string `json:"fallback_certificate_id,omitempty"`
 
-	// The authority of the default certificate management policy, which
-	// domains created without a certificate get. Default: "letsencrypt".
+	// The issuers that management policies name in their "authority",
+	// keyed by that name. Each is a tls.issuance module, e.g.
+	// {"module": "acme", "ca": "https://...", "email": "...",
+	// "trusted_roots_pem_files": [...], "external_account": {...}} or
+	// {"module": "internal"}. ACME issuers answer HTTP-01 and TLS-ALPN-01
+	// challenges on Caddy's own HTTP and HTTPS ports unless they name
+	// others. Default: {"letsencrypt": {"module": "acme"}}.
+	Issuers map[string]json.RawMessage `json:"issuers,omitempty"`
+
+	// The authority of the default management policy, which domains
+	// created without a certificate get. It must name one of Issuers.
+	// Default: "letsencrypt", or the only issuer when there is one.
 	DefaultAuthority string `json:"default_authority,omitempty"`
 
-	key  string
-	inst *instance
-	log  *zap.Logger
+	// The operator's own DNS zones. Domains at or below them need no
+	// CNAME (their cname_target is null); all others must CNAME to their
+	// cname_target before a certificate is ordered.
+	Zones []string `json:"zones,omitempty"`
+
+	// The host that customer domains must CNAME to, the same for all.
+	// Default: none (see cname_zone).
+	CNAMETarget string `json:"cname_target,omitempty"`
+
+	// A zone under which each customer domain gets its own CNAME target,
+	// "<unique label>.<cname_zone>". Ignored when cname_target is set.
+	// With neither, customer domains need no CNAME.
+	CNAMEZone string `json:"cname_zone,omitempty"`
+
+	// The zone under which wildcard customer domains get their
+	// acme_challenge_cname_target: "_acme-challenge.<base>" must CNAME to
+	// "<unique label>.<challenge_zone>", where the DNS-01 TXT record is
+	// written (by the built-in DNS server, or the dns_provider). Required
+	// to manage wildcards outside the operator's zones.
+	ChallengeZone string `json:"challenge_zone,omitempty"`
+
+	// The built-in authoritative DNS server for challenge_zone, which
+	// answers DNS-01 TXT queries from records kept in Caddy's storage, so
+	// every instance on that storage answers alike. Default: off.
+	DNSServer *DNSServerConfig `json:"dns_server,omitempty"`
+
+	// A DNS provider module (dns.providers.*) that writes DNS-01 TXT
+	// records in challenge_zone instead of the built-in server.
+	DNSProviderRaw json.RawMessage `json:"dns_provider,omitempty" caddy:"namespace=dns.providers inline_key=name"`
+
+	// DNS resolvers ("host:port") that check customer CNAMEs. Default:
+	// the system's resolvers.
+	Resolvers []string `json:"resolvers,omitempty"`
+
+	// The first wait between attempts of a provisioning job that failed;
+	// it doubles up to retry_max_interval. Default: 30s.
+	RetryMinInterval caddy.Duration `json:"retry_min_interval,omitempty"`
+
+	// The longest wait between attempts. Default: 1h.
+	RetryMaxInterval caddy.Duration `json:"retry_max_interval,omitempty"`
+
+	// How often managed certificates are checked for renewal. It takes
+	// effect when the process first loads the app. Default: 10m.
+	RenewCheckInterval caddy.Duration `json:"renew_check_interval,omitempty"`
+
+	// The fraction of a certificate's lifetime left when its renewal
+	// starts. Default: 1/3.
+	RenewalWindowRatio float64 `json:"renewal_window_ratio,omitempty"`
+
+	ctx         caddy.Context
+	key         string
+	inst        *instance
+	acme        *certsource.ACME
+	dnsProvider any
+	dnsKey      string
+	log         *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -52,14 +121,34 @@ func (App) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision loads the domain store from Caddy's storage, or reuses the one
-// already loaded by the running config.
+// already loaded by the running config. Issuers are loaded in Start, when
+// Caddy's ports are known.
 func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
 	a.log = ctx.Logger()
 	if a.CacheCapacity == 0 {
 		a.CacheCapacity = certsource.DefaultCacheCapacity
 	}
+	issuers := a.issuers()
 	if a.DefaultAuthority == "" {
 		a.DefaultAuthority = "letsencrypt"
+		if len(issuers) == 1 {
+			for name := range issuers {
+				a.DefaultAuthority = name
+			}
+		}
+	}
+	for name, raw := range issuers {
+		if _, _, err := issuerModule(raw); err != nil {
+			return fmt.Errorf("issuer %q: %w", name, err)
+		}
+	}
+	if a.DNSProviderRaw != nil {
+		val, err := ctx.LoadModule(a, "DNSProviderRaw")
+		if err != nil {
+			return fmt.Errorf("loading dns_provider: %w", err)
+		}
+		a.dnsProvider = val
 	}
 	st := ctx.Storage()
 	if st == nil {
@@ -68,6 +157,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	opts := domainstore.Options{
 		Logger:           a.log.Named("store"),
 		DefaultAuthority: a.DefaultAuthority,
+		Authorities:      a.authorityNames(),
 	}
 	key, inst, err := acquireInstance(ctx, st, opts, a.CacheCapacity, a.log.Named("source"))
 	if err != nil {
@@ -78,10 +168,41 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// issuers returns the configured issuers, or the default.
+func (a *App) issuers() map[string]json.RawMessage {
+	if len(a.Issuers) == 0 {
+		return defaultIssuers
+	}
+	return a.Issuers
+}
+
+func (a *App) authorityNames() []string {
+	var names []string
+	for name := range a.issuers() {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
 // Validate checks the configuration.
 func (a *App) Validate() error {
 	if a.CacheCapacity < 0 {
 		return fmt.Errorf("cache_capacity must be positive, got %d", a.CacheCapacity)
+	}
+	if _, ok := a.issuers()[a.DefaultAuthority]; !ok {
+		return fmt.Errorf("default_authority %q names no issuer; configure it under issuers (have %v)", a.DefaultAuthority, a.authorityNames())
+	}
+	if a.RenewalWindowRatio < 0 || a.RenewalWindowRatio >= 1 {
+		return fmt.Errorf("renewal_window_ratio must be between 0 and 1, got %v", a.RenewalWindowRatio)
+	}
+	if a.DNSServer != nil && a.ChallengeZone == "" {
+		return errors.New("dns_server needs challenge_zone, the zone it answers for")
+	}
+	for _, z := range a.Zones {
+		if strings.HasPrefix(z, "*") {
+			return fmt.Errorf("zone %q: give the zone name without a wildcard", z)
+		}
 	}
 	if id := a.FallbackCertificateID; id != "" && !a.inst.store.CertificateExists(id) {
 		return fmt.Errorf("fallback_certificate_id %q names no certificate; upload it first or remove the option", id)
@@ -89,11 +210,33 @@ func (a *App) Validate() error {
 	return nil
 }
 
-// Start starts the app.
-func (a *App) Start() error { return nil }
+// Start loads the issuers, starts the built-in DNS server if configured,
+// and starts managing the managed domains, taking over from the app of the
+// previous config.
+func (a *App) Start() error {
+	authorities, err := a.loadAuthorities(a.ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.startDNSServer(); err != nil {
+		return err
+	}
+	a.acme = certsource.NewACME(a.inst.store, a.inst.source,
+		certsource.ManagedCache(time.Duration(a.RenewCheckInterval), a.log.Named("cache")),
+		a.acmeOptions(authorities))
+	a.inst.store.SetPolicyOptions(a.DefaultAuthority, a.authorityNames(), a.acme.Decorate)
+	a.acme.Start()
+	return nil
+}
 
-// Stop stops the app.
-func (a *App) Stop() error { return nil }
+// Stop stops this app's provisioning jobs. Certificates keep being served;
+// the next config's app resumes management.
+func (a *App) Stop() error {
+	if a.acme != nil {
+		a.acme.Stop()
+	}
+	return nil
+}
 
 // Store returns the domain store.
 func (a *App) Store() *domainstore.Store { return a.inst.store }
@@ -101,15 +244,23 @@ func (a *App) Store() *domainstore.Store { return a.inst.store }
 // Source returns the certificate source.
 func (a *App) Source() *certsource.Source { return a.inst.source }
 
-// Cleanup releases the app's hold on the process-wide store. It is safe to
-// call after a failed Provision.
+// Cleanup releases the app's hold on the process-wide store and DNS
+// server. It is safe to call after a failed Provision.
 func (a *App) Cleanup() error {
-	if a.key == "" {
-		return nil
+	var errs []error
+	if a.dnsKey != "" {
+		if _, err := dnsServers.Delete(a.dnsKey); err != nil {
+			errs = append(errs, err)
+		}
+		a.dnsKey = ""
 	}
-	_, err := instances.Delete(a.key)
-	a.key = ""
-	return err
+	if a.key != "" {
+		if _, err := instances.Delete(a.key); err != nil {
+			errs = append(errs, err)
+		}
+		a.key = ""
+	}
+	return errors.Join(errs...)
 }
 
 // Interface guards

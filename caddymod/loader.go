@@ -2,7 +2,7 @@ package caddymod
 
 import (
 	"fmt"
-	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -38,12 +38,11 @@ func (Loader) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// loaders remember their store between Provision and LoadCertificates;
-// a slice type has no room for it.
-var (
-	loaderMu     sync.Mutex
-	loaderStores = make(map[*Loader]*domainstore.Store)
-)
+// loaderStore is the store of the config being loaded. A slice type has
+// no room for state, and the Caddyfile adapter needs LoadCertificates on
+// the value; the tls app calls it right after provisioning its loaders,
+// and Caddy loads one config at a time.
+var loaderStore atomic.Pointer[domainstore.Store]
 
 // Provision finds the domaincerts app, loading it first if needed, so that
 // its store is ready when the tls app asks for certificates.
@@ -52,22 +51,13 @@ func (l *Loader) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("getting domaincerts app: %w", err)
 	}
-	loaderMu.Lock()
-	loaderStores[l] = appIface.(*App).Store()
-	loaderMu.Unlock()
-	ctx.OnCancel(func() {
-		loaderMu.Lock()
-		delete(loaderStores, l)
-		loaderMu.Unlock()
-	})
+	loaderStore.Store(appIface.(*App).Store())
 	return nil
 }
 
 // LoadCertificates returns the selected certificates with their keys.
-func (l *Loader) LoadCertificates() ([]caddytls.Certificate, error) {
-	loaderMu.Lock()
-	store := loaderStores[l]
-	loaderMu.Unlock()
+func (l Loader) LoadCertificates() ([]caddytls.Certificate, error) {
+	store := loaderStore.Load()
 	if store == nil {
 		return nil, fmt.Errorf("loader not provisioned")
 	}
@@ -90,7 +80,7 @@ func (l *Loader) LoadCertificates() ([]caddytls.Certificate, error) {
 }
 
 // selectIDs resolves the loader's selectors to certificate IDs.
-func (l *Loader) selectIDs(store *domainstore.Store) ([]string, error) {
+func (l Loader) selectIDs(store *domainstore.Store) ([]string, error) {
 	seen := make(map[string]bool)
 	var ids []string
 	add := func(id string) {
@@ -99,7 +89,7 @@ func (l *Loader) selectIDs(store *domainstore.Store) ([]string, error) {
 			ids = append(ids, id)
 		}
 	}
-	if len(*l) == 0 {
+	if len(l) == 0 {
 		for _, d := range store.AllDomains() {
 			if d.Policy == nil {
 				add(d.CertificateID)
@@ -107,7 +97,7 @@ func (l *Loader) selectIDs(store *domainstore.Store) ([]string, error) {
 		}
 		return ids, nil
 	}
-	for _, sel := range *l {
+	for _, sel := range l {
 		if store.CertificateExists(sel) {
 			add(sel)
 			continue

@@ -3,11 +3,13 @@ package domainstore
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"slices"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -161,6 +163,7 @@ func (s *Store) DeleteCertificate(ctx context.Context, id string) error {
 		return notFound("certificate", id)
 	}
 	if n := s.certUse[id]; n > 0 {
+		// a managed domain's newest certificate counts as used too
 		users := s.usersLocked(id)
 		s.mu.Unlock()
 		return dcerr.New(dcerr.CertInUse,
@@ -208,7 +211,11 @@ func (s *Store) LoadKeyPair(ctx context.Context, id string) (*tls.Certificate, e
 	if err != nil {
 		return nil, err
 	}
-	keyPEM, err := s.Storage().Load(ctx, CertificateKeyKey(id))
+	keyKey := CertificateKeyKey(id)
+	if c.KeyStorageKey != "" {
+		keyKey = c.KeyStorageKey
+	}
+	keyPEM, err := s.Storage().Load(ctx, keyKey)
 	if err != nil {
 		return nil, fmt.Errorf("loading private key of certificate %s: %w", id, err)
 	}
@@ -234,4 +241,47 @@ func insertSorted(ids []string, id string) []string {
 		return ids
 	}
 	return slices.Insert(ids, i, id)
+}
+
+// AddManagedCertificate records a certificate that ACME issued for a
+// managed domain. Its private key stays where CertMagic wrote it
+// (keyStorageKey); the record holds only public material.
+func (s *Store) AddManagedCertificate(ctx context.Context, domainID, certPEM, keyStorageKey string, issuedAt time.Time) (*Certificate, error) {
+	chain, err := bundle.ParseCertificates(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("parsing issued certificate: %w", err)
+	}
+	t := now()
+	c := &Certificate{
+		ID:              newID(CertificatePrefix),
+		CreatedAt:       t,
+		UpdatedAt:       t,
+		CertificatePEM:  certPEM,
+		CertInfo:        bundle.Info(chain[0]),
+		PrivateKeyType:  keyTypeOf(chain[0]),
+		ManagedDomainID: domainID,
+		KeyStorageKey:   keyStorageKey,
+	}
+	issuedAt = issuedAt.UTC().Truncate(time.Second)
+	c.IssuedAt = &issuedAt
+	if err := s.writeJSON(ctx, certRecordKey(c.ID), c); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.certIDs = insertSorted(s.certIDs, c.ID)
+	s.mu.Unlock()
+	return c, nil
+}
+
+// keyTypeOf names the key algorithm of a certificate's public key.
+func keyTypeOf(c *x509.Certificate) string {
+	switch c.PublicKeyAlgorithm {
+	case x509.RSA:
+		return "rsa"
+	case x509.ECDSA:
+		return "ecdsa"
+	case x509.Ed25519:
+		return "ed25519"
+	}
+	return "unknown"
 }

@@ -36,6 +36,11 @@ type Certificate struct {
 	// ManagedDomainID names the managed domain whose ACME certificate this
 	// is; empty for uploads. Managed certificates are read-only.
 	ManagedDomainID string `json:"managed_domain_id,omitempty"`
+
+	// KeyStorageKey is where the private key of a managed certificate
+	// lives: CertMagic's own key file. Empty for uploads, whose key is at
+	// CertificateKeyKey(ID).
+	KeyStorageKey string `json:"key_storage_key,omitempty"`
 }
 
 // Policy is a domain's certificate management policy: the certificate is

@@ -151,6 +151,29 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 // storageRef boxes a Storage for atomic.Pointer.
 type storageRef struct{ certmagic.Storage }
 
+// Unsubscribe removes a listener added with Subscribe.
+func (s *Store) Unsubscribe(l Listener) {
+	s.mu.Lock()
+	s.listeners = slices.DeleteFunc(s.listeners, func(x Listener) bool { return x == l })
+	s.mu.Unlock()
+}
+
+// SetPolicyOptions changes the policy options of a loaded store, for a
+// config reload: the default authority, the authorities a policy may
+// name, and the decorator of new and re-managed domains.
+func (s *Store) SetPolicyOptions(defaultAuthority string, authorities []string, decorate func(*Domain)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if defaultAuthority != "" {
+		s.opts.DefaultAuthority = defaultAuthority
+	}
+	s.opts.Authorities = slices.Clone(authorities)
+	if len(s.opts.Authorities) == 0 {
+		s.opts.Authorities = []string{s.opts.DefaultAuthority}
+	}
+	s.opts.Decorate = decorate
+}
+
 // Storage returns the storage the store writes to.
 func (s *Store) Storage() certmagic.Storage { return s.storage.Load().Storage }
 

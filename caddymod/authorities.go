@@ -1,0 +1,169 @@
+package caddymod
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3"
+
+	"github.com/domaincerts/caddy-domaincerts/certsource"
+)
+
+// defaultIssuers is used when the app configures none: Let's Encrypt.
+var defaultIssuers = map[string]json.RawMessage{"letsencrypt": json.RawMessage(`{"module": "acme"}`)}
+
+// issuerModule splits an issuer's JSON into its module name and the rest.
+func issuerModule(raw json.RawMessage) (string, json.RawMessage, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return "", nil, fmt.Errorf("decoding issuer: %w", err)
+	}
+	var name string
+	if err := json.Unmarshal(fields["module"], &name); err != nil || name == "" {
+		return "", nil, fmt.Errorf(`issuer needs a "module" naming a tls.issuance module, such as "acme" or "internal"`)
+	}
+	delete(fields, "module")
+	rest, err := json.Marshal(fields)
+	return name, rest, err
+}
+
+// loadAuthorities loads the configured issuers as authorities. ACME
+// issuers get Caddy's HTTP and HTTPS ports as their challenge ports, so
+// that Caddy's own servers answer HTTP-01 and TLS-ALPN-01 challenges.
+func (a *App) loadAuthorities(ctx caddy.Context) (map[string]certsource.Authority, error) {
+	httpPort, httpsPort := serverPorts(ctx)
+	out := make(map[string]certsource.Authority)
+	for name, raw := range a.issuers() {
+		mod, rest, err := issuerModule(raw)
+		if err != nil {
+			return nil, fmt.Errorf("issuer %q: %w", name, err)
+		}
+		if mod == "acme" {
+			iss := new(caddytls.ACMEIssuer)
+			if err := caddy.StrictUnmarshalJSON(rest, iss); err != nil {
+				return nil, fmt.Errorf("issuer %q: decoding acme issuer: %w", name, err)
+			}
+			setChallengePorts(iss, httpPort, httpsPort)
+			if err := iss.Provision(ctx); err != nil {
+				return nil, fmt.Errorf("issuer %q: provisioning acme issuer: %w", name, err)
+			}
+			out[name] = acmeAuthority(name, iss)
+			continue
+		}
+		val, err := ctx.LoadModuleByID("tls.issuance."+mod, rest)
+		if err != nil {
+			return nil, fmt.Errorf("issuer %q: loading tls.issuance.%s: %w", name, mod, err)
+		}
+		iss, ok := val.(certmagic.Issuer)
+		if !ok {
+			return nil, fmt.Errorf("issuer %q: tls.issuance.%s is not an issuer", name, mod)
+		}
+		out[name] = certsource.Authority{
+			Name: name,
+			NewIssuer: func(cfg *certmagic.Config, _ acmez.Solver) (certmagic.Issuer, error) {
+				if cs, ok := iss.(caddytls.ConfigSetter); ok {
+					cs.SetConfig(cfg)
+				}
+				return iss, nil
+			},
+		}
+	}
+	return out, nil
+}
+
+// acmeAuthority builds issuers from a provisioned Caddy ACME issuer: a
+// copy of it for HTTP-01 and TLS-ALPN-01, or a CertMagic ACME issuer with
+// the same CA and account settings and the given DNS-01 solver.
+func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer) certsource.Authority {
+	return certsource.Authority{
+		Name:           name,
+		ValidatesNames: true,
+		NewIssuer: func(cfg *certmagic.Config, dns01 acmez.Solver) (certmagic.Issuer, error) {
+			if dns01 == nil {
+				iss := *tmpl // the provisioned template is copied; SetConfig binds the copy
+				iss.SetConfig(cfg)
+				return &iss, nil
+			}
+			roots, err := loadRoots(tmpl.TrustedRootsPEMFiles)
+			if err != nil {
+				return nil, err
+			}
+			return certmagic.NewACMEIssuer(cfg, certmagic.ACMEIssuer{
+				CA:                tmpl.CA,
+				TestCA:            tmpl.TestCA,
+				Email:             tmpl.Email,
+				Profile:           tmpl.Profile,
+				AccountKeyPEM:     tmpl.AccountKey,
+				Agreed:            true,
+				ExternalAccount:   tmpl.ExternalAccount,
+				CertObtainTimeout: time.Duration(tmpl.ACMETimeout),
+				TrustedRoots:      roots,
+				DNS01Solver:       dns01,
+				Logger:            cfg.Logger,
+			}), nil
+		},
+	}
+}
+
+func loadRoots(files []string) (*x509.CertPool, error) {
+	if len(files) == 0 {
+		return nil, nil
+	}
+	pool := x509.NewCertPool()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("reading trusted roots: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(bytes.TrimSpace(b)) {
+			return nil, fmt.Errorf("no certificates in trusted roots file %s", f)
+		}
+	}
+	return pool, nil
+}
+
+// setChallengePorts points an ACME issuer's HTTP and TLS-ALPN challenges at
+// Caddy's own ports unless it names its own.
+func setChallengePorts(iss *caddytls.ACMEIssuer, httpPort, httpsPort int) {
+	if iss.Challenges == nil {
+		iss.Challenges = new(caddytls.ChallengesConfig)
+	}
+	if iss.Challenges.HTTP == nil {
+		iss.Challenges.HTTP = new(caddytls.HTTPChallengeConfig)
+	}
+	if iss.Challenges.HTTP.AlternatePort == 0 {
+		iss.Challenges.HTTP.AlternatePort = httpPort
+	}
+	if iss.Challenges.TLSALPN == nil {
+		iss.Challenges.TLSALPN = new(caddytls.TLSALPNChallengeConfig)
+	}
+	if iss.Challenges.TLSALPN.AlternatePort == 0 {
+		iss.Challenges.TLSALPN.AlternatePort = httpsPort
+	}
+}
+
+// serverPorts returns the HTTP and HTTPS ports of Caddy's http app, or
+// the defaults (80, 443) when it has none. It is called from Start, when
+// every app is provisioned.
+func serverPorts(ctx caddy.Context) (int, int) {
+	httpPort, httpsPort := caddyhttp.DefaultHTTPPort, caddyhttp.DefaultHTTPSPort
+	if appIface, err := ctx.AppIfConfigured("http"); err == nil {
+		if app, ok := appIface.(*caddyhttp.App); ok {
+			if app.HTTPPort != 0 {
+				httpPort = app.HTTPPort
+			}
+			if app.HTTPSPort != 0 {
+				httpsPort = app.HTTPSPort
+			}
+		}
+	}
+	return httpPort, httpsPort
+}

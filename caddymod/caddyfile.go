@@ -1,0 +1,230 @@
+package caddymod
+
+import (
+	"encoding/json"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// UnmarshalCaddyfile sets up the app from the tokens of the domaincerts
+// global option. Syntax:
+//
+//	domaincerts {
+//		cache_capacity <n>
+//		fallback_certificate <cert_id>
+//		default_authority <name>
+//		issuer <name> <module> [<module args...>] {
+//			<module options>
+//		}
+//		zones <zone...>
+//		cname_target <host>
+//		cname_zone <zone>
+//		challenge_zone <zone>
+//		dns_server [<listen>] {
+//			ns <host>
+//		}
+//		dns_provider <module> [<module args...>] { <module options> }
+//		resolvers <host:port...>
+//		retry_interval <min> [<max>]
+//		renew_check_interval <duration>
+//		renewal_window_ratio <ratio>
+//	}
+//
+// issuer and zones/resolvers may repeat; every other option may appear
+// once.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := make(map[string]bool)
+	for d.NextBlock(0) {
+		opt := d.Val()
+		switch opt {
+		case "issuer", "zones", "resolvers":
+		default:
+			if seen[opt] {
+				return d.Errf("duplicate domaincerts option '%s'", opt)
+			}
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "cache_capacity":
+			err = parseInt(d, &a.CacheCapacity)
+		case "fallback_certificate":
+			err = oneArg(d, &a.FallbackCertificateID)
+		case "default_authority":
+			err = oneArg(d, &a.DefaultAuthority)
+		case "issuer":
+			err = a.parseIssuer(d)
+		case "zones":
+			a.Zones, err = appendArgs(d, a.Zones)
+		case "cname_target":
+			err = oneArg(d, &a.CNAMETarget)
+		case "cname_zone":
+			err = oneArg(d, &a.CNAMEZone)
+		case "challenge_zone":
+			err = oneArg(d, &a.ChallengeZone)
+		case "dns_server":
+			err = a.parseDNSServer(d)
+		case "dns_provider":
+			err = a.parseDNSProvider(d)
+		case "resolvers":
+			a.Resolvers, err = appendArgs(d, a.Resolvers)
+		case "retry_interval":
+			err = parseRetry(d, a)
+		case "renew_check_interval":
+			err = parseDuration(d, &a.RenewCheckInterval)
+		case "renewal_window_ratio":
+			var s string
+			if err = oneArg(d, &s); err == nil {
+				if a.RenewalWindowRatio, err = strconv.ParseFloat(s, 64); err != nil {
+					err = d.Errf("renewal_window_ratio: %v", err)
+				}
+			}
+		default:
+			return d.Errf("unrecognized domaincerts option '%s'", opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *App) parseIssuer(d *caddyfile.Dispenser) error {
+	var name, mod string
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	name = d.Val()
+	if !d.NextArg() {
+		return d.Errf("issuer %s: missing module name (e.g. acme or internal)", name)
+	}
+	mod = d.Val()
+	if _, dup := a.Issuers[name]; dup {
+		return d.Errf("duplicate issuer '%s'", name)
+	}
+	unm, err := caddyfile.UnmarshalModule(d, "tls.issuance."+mod)
+	if err != nil {
+		return err
+	}
+	if a.Issuers == nil {
+		a.Issuers = make(map[string]json.RawMessage)
+	}
+	a.Issuers[name] = caddyconfig.JSONModuleObject(unm, "module", mod, nil)
+	return nil
+}
+
+func (a *App) parseDNSServer(d *caddyfile.Dispenser) error {
+	a.DNSServer = new(DNSServerConfig)
+	if d.NextArg() {
+		a.DNSServer.Listen = d.Val()
+	}
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "ns":
+			if a.DNSServer.NS != "" {
+				return d.Err("duplicate dns_server option 'ns'")
+			}
+			if err := oneArg(d, &a.DNSServer.NS); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized dns_server option '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+func (a *App) parseDNSProvider(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	name := d.Val()
+	unm, err := caddyfile.UnmarshalModule(d, "dns.providers."+name)
+	if err != nil {
+		return err
+	}
+	a.DNSProviderRaw = caddyconfig.JSONModuleObject(unm, "name", name, nil)
+	return nil
+}
+
+func parseRetry(d *caddyfile.Dispenser, a *App) error {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return d.ArgErr()
+	}
+	for i, s := range args {
+		dur, err := caddy.ParseDuration(s)
+		if err != nil {
+			return d.Errf("retry_interval: %v", err)
+		}
+		if i == 0 {
+			a.RetryMinInterval = caddy.Duration(dur)
+		} else {
+			a.RetryMaxInterval = caddy.Duration(dur)
+		}
+	}
+	return noBlock(d)
+}
+
+func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return d.Errf("%v", err)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+func parseInt(d *caddyfile.Dispenser, dst *int) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return d.Errf("not a whole number: %s", s)
+	}
+	*dst = n
+	return nil
+}
+
+// oneArg reads exactly one argument and no block.
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return noBlock(d)
+}
+
+func appendArgs(d *caddyfile.Dispenser, dst []string) ([]string, error) {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return dst, d.ArgErr()
+	}
+	return append(dst, args...), noBlock(d)
+}
+
+func noBlock(d *caddyfile.Dispenser) error {
+	if d.NextBlock(d.Nesting()) {
+		return d.Errf("'%s' takes no block", d.Val())
+	}
+	return nil
+}

@@ -1,0 +1,605 @@
+package certsource
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io/fs"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3"
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+
+	"github.com/domaincerts/caddy-domaincerts/domainstore"
+	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
+)
+
+// Authority is an issuer that a management policy can name.
+type Authority struct {
+	// Name is what policies call it (e.g. "letsencrypt").
+	Name string
+	// ValidatesNames is true for authorities that check control of the
+	// names (ACME): their domains must meet the DNS preconditions before
+	// an order starts. Caddy's internal issuer does not.
+	ValidatesNames bool
+	// NewIssuer returns an issuer bound to cfg. When dns01 is non-nil
+	// the issuer must solve challenges with it (DNS-01 only); it is set
+	// for wildcard domains.
+	NewIssuer func(cfg *certmagic.Config, dns01 acmez.Solver) (certmagic.Issuer, error)
+}
+
+// CNAMEChecker checks that a DNS name is a CNAME to a target. Its errors
+// carry a message that says which record to create.
+type CNAMEChecker interface {
+	CheckCNAME(ctx context.Context, name, target string) error
+}
+
+// ACMEOptions configure automated certificates.
+type ACMEOptions struct {
+	// Authorities by name.
+	Authorities map[string]Authority
+
+	// Zones are the operator's own DNS zones. Domains at or below them
+	// need no CNAME.
+	Zones []string
+
+	// CNAMETarget returns the CNAME target of a domain outside Zones, or
+	// "" when the operator requires none.
+	CNAMETarget func(domain string) string
+
+	// ChallengeTarget returns the acme_challenge_cname_target of a
+	// wildcard domain outside Zones (its base name given), or "" when
+	// none is configured.
+	ChallengeTarget func(base string) string
+
+	// DNS01 builds the solver for wildcard domains from a function that
+	// maps an ACME identifier to the name where its TXT record goes.
+	// Nil means wildcards cannot be managed.
+	DNS01 func(target func(identifier string) (string, error)) acmez.Solver
+
+	// Checker verifies CNAMEs. Nil skips the checks.
+	Checker CNAMEChecker
+
+	// RetryMin and RetryMax bound the backoff between attempts of a
+	// provisioning job. Defaults: 30s and 1h.
+	RetryMin, RetryMax time.Duration
+
+	// RenewalWindowRatio is the fraction of a certificate's lifetime left
+	// when renewal starts. Default: certmagic's (1/3).
+	RenewalWindowRatio float64
+
+	// Storage is where certificates and ACME state are kept.
+	Storage certmagic.Storage
+
+	Logger *zap.Logger
+}
+
+// The process-wide CertMagic cache of managed certificates. It outlives
+// config reloads; the running ACME manager answers its config lookups.
+var (
+	managedCacheOnce sync.Once
+	managedCache     *certmagic.Cache
+	currentACME      atomic.Pointer[ACME]
+)
+
+// ManagedCache returns the process-wide cache of managed certificates,
+// creating it with the given renewal check interval on first use.
+func ManagedCache(renewCheck time.Duration, log *zap.Logger) *certmagic.Cache {
+	managedCacheOnce.Do(func() {
+		managedCache = certmagic.NewCache(certmagic.CacheOptions{
+			GetConfigForCert: func(c certmagic.Certificate) (*certmagic.Config, error) {
+				a := currentACME.Load()
+				if a == nil {
+					return nil, errors.New("no domaincerts app is running")
+				}
+				return a.configForCert(c)
+			},
+			RenewCheckInterval: renewCheck,
+			Logger:             log,
+		})
+	})
+	return managedCache
+}
+
+// ACME obtains and renews certificates for managed domains with CertMagic
+// and reports progress in the domains' status. One ACME runs per config;
+// on a reload the new one takes over the process-wide cache and jobs.
+type ACME struct {
+	store  *domainstore.Store
+	source *Source
+	cache  *certmagic.Cache
+	opts   ACMEOptions
+	log    *zap.Logger
+
+	mu      sync.Mutex
+	configs map[configKey]*certmagic.Config
+	jobs    map[string]*job // by domain ID
+	stopped bool
+	wg      sync.WaitGroup
+}
+
+type configKey struct {
+	authority, keyType string
+	dns01              bool
+}
+
+type job struct {
+	cancel context.CancelFunc
+	policy domainstore.Policy
+}
+
+// NewACME returns an ACME manager; Start begins managing.
+func NewACME(store *domainstore.Store, source *Source, cache *certmagic.Cache, opts ACMEOptions) *ACME {
+	if opts.RetryMin <= 0 {
+		opts.RetryMin = 30 * time.Second
+	}
+	if opts.RetryMax < opts.RetryMin {
+		opts.RetryMax = max(time.Hour, opts.RetryMin)
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	return &ACME{
+		store: store, source: source, cache: cache, opts: opts, log: opts.Logger,
+		configs: make(map[configKey]*certmagic.Config),
+		jobs:    make(map[string]*job),
+	}
+}
+
+// Start takes over from any previous manager and starts a job for every
+// managed domain. A domain whose certificate is in storage and valid gets
+// it loaded, with no new order.
+func (a *ACME) Start() {
+	currentACME.Store(a)
+	a.source.SetManaged(a)
+	a.store.Subscribe(a)
+	for _, d := range a.store.AllDomains() {
+		if d.Policy != nil {
+			a.startJob(d)
+		}
+	}
+}
+
+// Stop cancels this manager's jobs. Certificates stay in the cache and
+// keep being served; the next manager resumes renewals.
+func (a *ACME) Stop() {
+	a.store.Unsubscribe(a)
+	a.mu.Lock()
+	a.stopped = true
+	for id, j := range a.jobs {
+		j.cancel()
+		delete(a.jobs, id)
+	}
+	a.mu.Unlock()
+	a.wg.Wait()
+	currentACME.CompareAndSwap(a, nil)
+}
+
+// Decorate fills in a domain's CNAME targets. The store calls it for new
+// domains and for domains whose policy changes.
+func (a *ACME) Decorate(d *domainstore.Domain) {
+	d.CNAMETarget, d.ACMEChallengeCNAMETarget = nil, nil
+	if a.inZones(d.Domain) {
+		return
+	}
+	if a.opts.CNAMETarget != nil {
+		if t := a.opts.CNAMETarget(d.Domain); t != "" {
+			d.CNAMETarget = &t
+		}
+	}
+	if base, ok := strings.CutPrefix(d.Domain, "*."); ok && a.opts.ChallengeTarget != nil {
+		if t := a.opts.ChallengeTarget(base); t != "" {
+			d.ACMEChallengeCNAMETarget = &t
+		}
+	}
+}
+
+// ManagedCertificate returns the managed certificate for an index entry
+// from the cache, or nil.
+func (a *ACME) ManagedCertificate(e *domainstore.Entry, _ string) *tls.Certificate {
+	var best *certmagic.Certificate
+	certs := a.cache.AllMatchingCertificates(e.Name)
+	for i := range certs {
+		c := &certs[i]
+		if !slices.Contains(c.Names, e.Name) || c.Leaf == nil {
+			continue
+		}
+		if best == nil || c.Leaf.NotAfter.After(best.Leaf.NotAfter) {
+			best = c
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	return &best.Certificate
+}
+
+// CertificateStored is part of domainstore.Listener.
+func (a *ACME) CertificateStored(string, *bundle.Bundle) {}
+
+// CertificateDeleted is part of domainstore.Listener.
+func (a *ACME) CertificateDeleted(string) {}
+
+// DomainChanged starts or stops management when a domain's policy comes or
+// goes. It runs under the store's lock, so it only starts goroutines.
+func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
+	oldPolicy := policyOf(old)
+	newPolicy := policyOf(new)
+	if oldPolicy != nil && (newPolicy == nil || *oldPolicy != *newPolicy) {
+		a.stopJob(old.ID)
+		a.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: old.Domain}})
+		a.log.Info("stopped managing domain", zap.String("domain_id", old.ID), zap.String("domain", old.Domain))
+	}
+	if newPolicy != nil && (oldPolicy == nil || *oldPolicy != *newPolicy) {
+		a.startJob(new)
+	}
+}
+
+func policyOf(d *domainstore.Domain) *domainstore.Policy {
+	if d == nil {
+		return nil
+	}
+	return d.Policy
+}
+
+func (a *ACME) startJob(d *domainstore.Domain) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopped {
+		return
+	}
+	if j, ok := a.jobs[d.ID]; ok {
+		if j.policy == *d.Policy {
+			return
+		}
+		j.cancel()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.jobs[d.ID] = &job{cancel: cancel, policy: *d.Policy}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.run(ctx, d.ID, d.Domain, *d.Policy)
+	}()
+}
+
+func (a *ACME) stopJob(id string) {
+	a.mu.Lock()
+	if j, ok := a.jobs[id]; ok {
+		j.cancel()
+		delete(a.jobs, id)
+	}
+	a.mu.Unlock()
+}
+
+// jobError is a failed attempt: the status code to report and the cause.
+type jobError struct {
+	code string // "DNS_ERROR" or "INTERNAL_ERROR"
+	err  error
+}
+
+func (e *jobError) Error() string { return e.err.Error() }
+
+// run is a domain's provisioning job: it retries with backoff until the
+// domain has a certificate under management, or the job is cancelled.
+func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Policy) {
+	log := a.log.With(zap.String("domain_id", id), zap.String("domain", name))
+	started := time.Now().UTC().Truncate(time.Second)
+	delay := a.opts.RetryMin
+	for attempt := 0; ; attempt++ {
+		err := a.provision(ctx, id, name, policy, started)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		var je *jobError
+		if !errors.As(err, &je) {
+			je = &jobError{code: "INTERNAL_ERROR", err: err}
+		}
+		retry := time.Now().Add(delay).UTC().Truncate(time.Second)
+		code := je.code
+		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
+			ErrorCode: &code, Msg: je.err.Error(), StartedAt: started, RetriesAt: &retry,
+		}})
+		log.Warn("provisioning certificate failed; will retry",
+			zap.String("error_code", code), zap.Int("attempt", attempt+1),
+			zap.Time("retries_at", retry), zap.Error(je.err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Until(retry)):
+		}
+		delay = min(delay*2, a.opts.RetryMax)
+	}
+}
+
+// provision makes one attempt: load the certificate from storage, or check
+// DNS and obtain one.
+func (a *ACME) provision(ctx context.Context, id, name string, policy domainstore.Policy, started time.Time) error {
+	auth, ok := a.opts.Authorities[policy.Authority]
+	if !ok {
+		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("authority %q is not configured", policy.Authority)}
+	}
+	cfg, err := a.config(policy, strings.HasPrefix(name, "*."))
+	if err != nil {
+		return err
+	}
+	cert, err := cfg.CacheManagedCertificate(ctx, name)
+	switch {
+	case err == nil && !cert.NeedsRenewal(cfg):
+		return a.loaded(ctx, id, policy, cfg, name, cert)
+	case err == nil:
+		// stored but due for renewal: renew now, then serve the new one
+		if err := cfg.RenewCertSync(ctx, name, false); err != nil {
+			return classify(err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading stored certificate: %w", err)}
+	default:
+		if auth.ValidatesNames {
+			if err := a.checkDNS(ctx, id); err != nil {
+				return err
+			}
+		}
+		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
+			Msg: fmt.Sprintf("obtaining a certificate from %s", policy.Authority), StartedAt: started,
+		}})
+		if err := cfg.ObtainCertSync(ctx, name); err != nil {
+			return classify(err)
+		}
+	}
+	cert, err = cfg.CacheManagedCertificate(ctx, name)
+	if err != nil {
+		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading obtained certificate: %w", err)}
+	}
+	return a.loaded(ctx, id, policy, cfg, name, cert)
+}
+
+// checkDNS verifies the CNAMEs a domain needs before an order starts.
+func (a *ACME) checkDNS(ctx context.Context, id string) error {
+	if a.opts.Checker == nil {
+		return nil
+	}
+	d, err := a.store.GetDomain(id)
+	if err != nil {
+		return err
+	}
+	if d.CNAMETarget != nil {
+		if err := a.opts.Checker.CheckCNAME(ctx, d.Domain, *d.CNAMETarget); err != nil {
+			return &jobError{code: "DNS_ERROR", err: err}
+		}
+	}
+	if d.ACMEChallengeCNAMETarget != nil {
+		base := strings.TrimPrefix(d.Domain, "*.")
+		if err := a.opts.Checker.CheckCNAME(ctx, "_acme-challenge."+base, *d.ACMEChallengeCNAMETarget); err != nil {
+			return &jobError{code: "DNS_ERROR", err: err}
+		}
+	}
+	return nil
+}
+
+// loaded records a certificate that is now in the cache: a certificate
+// record if the domain has none for it, and the status.
+func (a *ACME) loaded(ctx context.Context, id string, policy domainstore.Policy, cfg *certmagic.Config, name string, cert certmagic.Certificate) error {
+	d, err := a.store.GetDomain(id)
+	if err != nil {
+		return nil // deleted meanwhile
+	}
+	certID := d.CertificateID
+	if !a.recordMatches(ctx, certID, cert) {
+		rec, err := a.addRecord(ctx, id, cfg, name, cert)
+		if err != nil {
+			return &jobError{code: "INTERNAL_ERROR", err: err}
+		}
+		certID = rec.ID
+	}
+	renews := a.renewsAt(cert)
+	return a.store.SetManagedState(ctx, id, policy, &domainstore.Status{RenewsAt: &renews}, certID)
+}
+
+// recordMatches reports whether certificate record id holds cert's leaf.
+func (a *ACME) recordMatches(ctx context.Context, id string, cert certmagic.Certificate) bool {
+	if id == "" || cert.Leaf == nil {
+		return false
+	}
+	rec, err := a.store.GetCertificate(ctx, id)
+	return err == nil && rec.SerialNumber == cert.Leaf.SerialNumber.Text(16)
+}
+
+func (a *ACME) addRecord(ctx context.Context, id string, cfg *certmagic.Config, name string, cert certmagic.Certificate) (*domainstore.Certificate, error) {
+	issuerKey := ""
+	if len(cfg.Issuers) > 0 {
+		issuerKey = cfg.Issuers[0].IssuerKey()
+	}
+	certPEM, err := cfg.Storage.Load(ctx, certmagic.StorageKeys.SiteCert(issuerKey, name))
+	if err != nil {
+		return nil, fmt.Errorf("loading issued certificate: %w", err)
+	}
+	issued := time.Now()
+	if cert.Leaf != nil {
+		issued = cert.Leaf.NotBefore
+	}
+	rec, err := a.store.AddManagedCertificate(ctx, id, string(certPEM), certmagic.StorageKeys.SitePrivateKey(issuerKey, name), issued)
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("managed certificate recorded", zap.String("domain_id", id), zap.String("domain", name),
+		zap.String("cert_id", rec.ID), zap.Time("not_after", rec.NotAfter))
+	return rec, nil
+}
+
+// renewsAt is when CertMagic will start renewing cert.
+func (a *ACME) renewsAt(cert certmagic.Certificate) time.Time {
+	if cert.Leaf == nil {
+		return time.Time{}
+	}
+	ratio := a.opts.RenewalWindowRatio
+	if ratio <= 0 {
+		ratio = certmagic.DefaultRenewalWindowRatio
+	}
+	life := cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore)
+	return cert.Leaf.NotAfter.Add(-time.Duration(float64(life) * ratio)).UTC().Truncate(time.Second)
+}
+
+func (a *ACME) setStatus(ctx context.Context, id string, policy domainstore.Policy, st *domainstore.Status) {
+	if d, err := a.store.GetDomain(id); err == nil && d.Status != nil {
+		st.RenewsAt = d.Status.RenewsAt // keep the renewal time of a certificate still served
+	}
+	if err := a.store.SetManagedState(ctx, id, policy, st, ""); err != nil {
+		a.log.Error("recording provisioning status", zap.String("domain_id", id), zap.Error(err))
+	}
+}
+
+// onEvent follows renewals that CertMagic's maintenance runs.
+func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) error {
+	renewal, _ := data["renewal"].(bool)
+	if !renewal {
+		return nil
+	}
+	name, _ := data["identifier"].(string)
+	d, ok := a.store.DomainByName(name)
+	if !ok || d.Policy == nil {
+		return nil
+	}
+	switch event {
+	case "cert_obtaining":
+		a.setStatus(ctx, d.ID, *d.Policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
+			Msg: "renewing the certificate", StartedAt: time.Now().UTC().Truncate(time.Second),
+		}})
+	case "cert_failed":
+		code := "INTERNAL_ERROR"
+		msg := "renewing the certificate failed"
+		if err, ok := data["error"].(error); ok {
+			code, msg = classify(err).code, err.Error()
+		}
+		retry := time.Now().Add(certmagic.DefaultRenewCheckInterval).UTC().Truncate(time.Second)
+		a.setStatus(ctx, d.ID, *d.Policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
+			ErrorCode: &code, Msg: msg, StartedAt: time.Now().UTC().Truncate(time.Second), RetriesAt: &retry,
+		}})
+	case "cert_obtained":
+		// the cache reloads the renewed certificate after this event;
+		// record it once it is there
+		go a.afterRenewal(d.ID, *d.Policy, name)
+	}
+	return nil
+}
+
+func (a *ACME) afterRenewal(id string, policy domainstore.Policy, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg, err := a.config(policy, strings.HasPrefix(name, "*."))
+	if err != nil {
+		return
+	}
+	cert, err := cfg.CacheManagedCertificate(ctx, name)
+	if err != nil {
+		a.log.Error("loading renewed certificate", zap.String("domain", name), zap.Error(err))
+		return
+	}
+	if err := a.loaded(ctx, id, policy, cfg, name, cert); err != nil {
+		a.log.Error("recording renewed certificate", zap.String("domain", name), zap.Error(err))
+	}
+}
+
+// configForCert returns the config that manages cert, for the cache's
+// maintenance (renewals).
+func (a *ACME) configForCert(c certmagic.Certificate) (*certmagic.Config, error) {
+	for _, n := range c.Names {
+		if d, ok := a.store.DomainByName(n); ok && d.Policy != nil {
+			return a.config(*d.Policy, strings.HasPrefix(d.Domain, "*."))
+		}
+	}
+	return nil, fmt.Errorf("no managed domain for certificate %v", c.Names)
+}
+
+// config returns the CertMagic config of a policy, building it on first use.
+func (a *ACME) config(p domainstore.Policy, wildcard bool) (*certmagic.Config, error) {
+	key := configKey{authority: p.Authority, keyType: p.PrivateKeyType, dns01: wildcard}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if cfg, ok := a.configs[key]; ok {
+		return cfg, nil
+	}
+	auth, ok := a.opts.Authorities[p.Authority]
+	if !ok {
+		return nil, &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("authority %q is not configured", p.Authority)}
+	}
+	keyType := certmagic.P256
+	if p.PrivateKeyType == domainstore.KeyTypeRSA {
+		keyType = certmagic.RSA4096
+	}
+	cfg := certmagic.New(a.cache, certmagic.Config{
+		Storage:            a.opts.Storage,
+		KeySource:          certmagic.StandardKeyGenerator{KeyType: keyType},
+		RenewalWindowRatio: a.opts.RenewalWindowRatio,
+		OnEvent:            a.onEvent,
+		Logger:             a.log.Named("certmagic"),
+	})
+	var solver acmez.Solver
+	if wildcard && auth.ValidatesNames {
+		if a.opts.DNS01 == nil {
+			return nil, &jobError{code: "INTERNAL_ERROR",
+				err: errors.New("wildcard domains need DNS-01: configure a challenge zone (built-in DNS) or a dns provider")}
+		}
+		solver = a.opts.DNS01(a.txtTarget)
+	}
+	iss, err := auth.NewIssuer(cfg, solver)
+	if err != nil {
+		return nil, &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("setting up issuer %s: %w", p.Authority, err)}
+	}
+	cfg.Issuers = []certmagic.Issuer{iss}
+	a.configs[key] = cfg
+	return cfg, nil
+}
+
+// txtTarget maps an ACME DNS-01 identifier (a wildcard's base name) to the
+// name where its TXT record goes: the acme_challenge_cname_target of a
+// domain outside the operator's zones, else "_acme-challenge.<base>".
+func (a *ACME) txtTarget(identifier string) (string, error) {
+	base := strings.TrimPrefix(strings.ToLower(identifier), "*.")
+	if d, ok := a.store.DomainByName("*." + base); ok && d.ACMEChallengeCNAMETarget != nil {
+		return *d.ACMEChallengeCNAMETarget, nil
+	}
+	return "_acme-challenge." + base, nil
+}
+
+// inZones reports whether name is at or below one of the operator's zones.
+func (a *ACME) inZones(name string) bool {
+	name = strings.TrimPrefix(name, "*.")
+	for _, z := range a.opts.Zones {
+		z = strings.ToLower(strings.TrimSuffix(z, "."))
+		if name == z || strings.HasSuffix(name, "."+z) {
+			return true
+		}
+	}
+	return false
+}
+
+// classify maps an ACME failure to a status code: problems the domain's
+// owner must fix in DNS are DNS_ERROR, everything else INTERNAL_ERROR.
+func classify(err error) *jobError {
+	var prob acme.Problem
+	var probPtr *acme.Problem
+	if errors.As(err, &probPtr) && probPtr != nil {
+		prob = *probPtr
+	}
+	if prob.Type != "" || errors.As(err, &prob) {
+		switch strings.TrimPrefix(prob.Type, "urn:ietf:params:acme:error:") {
+		case "dns", "caa", "connection", "unauthorized", "incorrectResponse", "rejectedIdentifier":
+			return &jobError{code: "DNS_ERROR", err: err}
+		}
+	}
+	return &jobError{code: "INTERNAL_ERROR", err: err}
+}
+
+// Interface guards
+var (
+	_ Managed              = (*ACME)(nil)
+	_ domainstore.Listener = (*ACME)(nil)
+)

@@ -1,0 +1,532 @@
+package domainstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/caddyserver/certmagic"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
+	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
+)
+
+func openStore(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), &certmagic.FileStorage{Path: dir}, Options{Authorities: []string{"letsencrypt", "local"}})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func wantCode(t *testing.T, err error, code dcerr.Code) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("got no error; want %s", code)
+	}
+	if got := dcerr.CodeOf(err); got != code {
+		t.Fatalf("got code %s (%v); want %s", got, err, code)
+	}
+}
+
+func upload(t *testing.T, s *Store, leaf *testpki.Leaf) *Certificate {
+	t.Helper()
+	c, err := s.CreateCertificate(context.Background(), CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
+	if err != nil {
+		t.Fatalf("CreateCertificate: %v", err)
+	}
+	return c
+}
+
+func TestCertificateLifecycle(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	ca := testpki.NewCA(t, "Test CA")
+	leaf := ca.Issue(t, "a.example.test", "b.example.test")
+
+	c := upload(t, s, leaf)
+	if !strings.HasPrefix(c.ID, "cert_") || len(c.ID) != len("cert_")+26 {
+		t.Errorf("id = %q", c.ID)
+	}
+	if c.SerialNumber != leaf.Serial || c.PrivateKeyType != "ecdsa" || c.IssuedAt != nil {
+		t.Errorf("record = serial %s type %s issued %v", c.SerialNumber, c.PrivateKeyType, c.IssuedAt)
+	}
+
+	// storage holds the record without the key, and the key apart
+	rec, err := os.ReadFile(filepath.Join(dir, "domaincerts", "certificates", c.ID+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(rec), "PRIVATE KEY") {
+		t.Fatal("certificate record holds the private key")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "domaincerts", "certificates", c.ID+".key")); err != nil {
+		t.Fatalf("private key not stored apart: %v", err)
+	}
+
+	got, err := s.GetCertificate(ctx, c.ID)
+	if err != nil || got.SerialNumber != leaf.Serial {
+		t.Fatalf("GetCertificate = %v, %v", got, err)
+	}
+	desc := "new description"
+	if u, err := s.UpdateCertificate(ctx, c.ID, CertificatePatch{Description: &desc}); err != nil || u.Description != desc {
+		t.Fatalf("UpdateCertificate = %v, %v", u, err)
+	}
+	kp, err := s.LoadKeyPair(ctx, c.ID)
+	if err != nil || kp.Leaf.SerialNumber.Text(16) != leaf.Serial {
+		t.Fatalf("LoadKeyPair = %v, %v", kp, err)
+	}
+	if err := s.DeleteCertificate(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.GetCertificate(ctx, c.ID)
+	wantCode(t, err, dcerr.NotFound)
+	if _, err := os.Stat(filepath.Join(dir, "domaincerts", "certificates", c.ID+".key")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("private key left behind: %v", err)
+	}
+	wantCode(t, s.DeleteCertificate(ctx, c.ID), dcerr.NotFound)
+}
+
+func TestRejectedWritesChangeNothing(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	ca := testpki.NewCA(t, "Test CA")
+	other := ca.Issue(t, "other.example.test")
+	leaf := ca.Issue(t, "a.example.test")
+	cert := upload(t, s, leaf)
+	if _, err := s.CreateDomain(ctx, DomainInput{Domain: "a.example.test", CertificateID: cert.ID}); err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("x", MaxDescription+1)
+	huge := strings.Repeat("x", MaxMetadata+1)
+	otherCert := upload(t, s, other)
+
+	tests := []struct {
+		name string
+		err  error
+		code dcerr.Code
+	}{
+		{"key mismatch", func() error {
+			_, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: other.KeyPEM})
+			return err
+		}(), dcerr.KeyMismatch},
+		{"description too long", func() error {
+			_, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM, Description: long})
+			return err
+		}(), dcerr.FieldTooLarge},
+		{"metadata too long", func() error {
+			_, err := s.CreateDomain(ctx, DomainInput{Domain: "m.example.test", Metadata: huge})
+			return err
+		}(), dcerr.FieldTooLarge},
+		{"invalid domain", func() error {
+			_, err := s.CreateDomain(ctx, DomainInput{Domain: "under_score.example.test"})
+			return err
+		}(), dcerr.DomainInvalid},
+		{"duplicate domain", func() error {
+			_, err := s.CreateDomain(ctx, DomainInput{Domain: "A.Example.Test."})
+			return err
+		}(), dcerr.DomainExists},
+		{"cert and policy", func() error {
+			_, err := s.CreateDomain(ctx, DomainInput{Domain: "c.example.test", CertificateID: cert.ID, Policy: &Policy{}})
+			return err
+		}(), dcerr.CertAndPolicy},
+		{"unknown authority", func() error {
+			_, err := s.CreateDomain(ctx, DomainInput{Domain: "c.example.test", Policy: &Policy{Authority: "nope"}})
+			return err
+		}(), dcerr.PolicyInvalid},
+		{"unknown key type", func() error {
+			_, err := s.CreateDomain(ctx, DomainInput{Domain: "c.example.test", Policy: &Policy{PrivateKeyType: "dsa"}})
+			return err
+		}(), dcerr.PolicyInvalid},
+		{"certificate not found", func() error {
+			_, err := s.CreateDomain(ctx, DomainInput{Domain: "c.example.test", CertificateID: "cert_00000000000000000000000000"})
+			return err
+		}(), dcerr.CertNotFound},
+		{"certificate does not cover", func() error {
+			_, err := s.CreateDomain(ctx, DomainInput{Domain: "c.example.test", CertificateID: cert.ID})
+			return err
+		}(), dcerr.CertDomainMismatch},
+		{"certificate in use", s.DeleteCertificate(ctx, cert.ID), dcerr.CertInUse},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			wantCode(t, tt.err, tt.code)
+		})
+	}
+	domains, certs := s.Len()
+	if domains != 1 || certs != 2 {
+		t.Fatalf("after rejected writes: %d domains, %d certificates; want 1, 2", domains, certs)
+	}
+	// a fresh store over the same storage sees the same
+	s2 := openStore(t, dir)
+	if d, c := s2.Len(); d != 1 || c != 2 {
+		t.Fatalf("reloaded: %d domains, %d certificates; want 1, 2", d, c)
+	}
+	_ = otherCert
+}
+
+func TestDomainLifecycleAndIndex(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	ca := testpki.NewCA(t, "Test CA")
+	wild := upload(t, s, ca.Issue(t, "*.example.test"))
+	exact := upload(t, s, ca.Issue(t, "a.example.test"))
+
+	dw, err := s.CreateDomain(ctx, DomainInput{Domain: "*.example.test", CertificateID: wild.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	da, err := s.CreateDomain(ctx, DomainInput{Domain: "a.example.test", CertificateID: exact.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	managed, err := s.CreateDomain(ctx, DomainInput{Domain: "m.example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if managed.Policy == nil || managed.Policy.Authority != "letsencrypt" || managed.Policy.PrivateKeyType != "ecdsa" {
+		t.Fatalf("default policy = %+v", managed.Policy)
+	}
+
+	lookups := []struct{ sni, cert string }{
+		{"a.example.test", exact.ID},
+		{"b.example.test", wild.ID},
+		{"B.EXAMPLE.TEST.", wild.ID},
+		{"example.test", ""},
+		{"x.y.example.test", ""},
+	}
+	check := func(t *testing.T, s *Store) {
+		for _, l := range lookups {
+			e, ok := s.Lookup(l.sni)
+			got := ""
+			if ok {
+				got = e.CertificateID
+			}
+			if got != l.cert {
+				t.Errorf("Lookup(%q) certificate = %q; want %q", l.sni, got, l.cert)
+			}
+		}
+		if e, ok := s.Lookup("m.example.org"); !ok || !e.Managed || e.CertificateID != "" {
+			t.Errorf("managed entry = %+v, %v", e, ok)
+		}
+	}
+	check(t, s)
+	check(t, openStore(t, dir)) // the index comes back from storage
+
+	// detach, then the name has no certificate
+	if err := s.DetachCertificate(ctx, da.ID); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := s.Lookup("a.example.test"); e.CertificateID != "" {
+		t.Fatalf("after detach: %+v", e)
+	}
+	wantCode(t, s.DetachCertificate(ctx, managed.ID), dcerr.DetachManaged)
+
+	// PATCH: attach, immutable name
+	if _, err := s.UpdateDomain(ctx, da.ID, DomainPatch{CertificateID: &wild.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := s.Lookup("a.example.test"); e.CertificateID != wild.ID {
+		t.Fatalf("after patch: %+v", e)
+	}
+	other := "b.example.test"
+	_, err = s.UpdateDomain(ctx, da.ID, DomainPatch{Domain: &other})
+	wantCode(t, err, dcerr.DomainImmutable)
+	same := "a.example.test"
+	if _, err := s.UpdateDomain(ctx, da.ID, DomainPatch{Domain: &same}); err != nil {
+		t.Fatalf("patching the same name: %v", err)
+	}
+
+	// attaching an upload ends management; a policy detaches the upload
+	if d, err := s.UpdateDomain(ctx, managed.ID, DomainPatch{Policy: &Policy{Authority: "local"}}); err != nil || d.Policy.Authority != "local" {
+		t.Fatalf("policy patch = %+v, %v", d, err)
+	}
+	if err := s.DetachPolicy(ctx, managed.ID); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := s.Lookup("m.example.org"); e.Managed {
+		t.Fatal("still managed after DetachPolicy")
+	}
+
+	if err := s.DeleteDomain(ctx, dw.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Lookup("b.example.test"); ok {
+		t.Fatal("wildcard still matches after delete")
+	}
+	wantCode(t, s.DeleteDomain(ctx, dw.ID), dcerr.NotFound)
+	// the wildcard certificate is still used by a.example.test
+	wantCode(t, s.DeleteCertificate(ctx, wild.ID), dcerr.CertInUse)
+	if err := s.DeleteCertificate(ctx, exact.ID); err != nil {
+		t.Fatalf("deleting an unused certificate: %v", err)
+	}
+}
+
+func TestPagination(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir())
+	var ids []string
+	for i := 0; i < 7; i++ {
+		d, err := s.CreateDomain(ctx, DomainInput{Domain: fmt.Sprintf("d%d.example.test", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, d.ID)
+	}
+	var seen []string
+	before := ""
+	for pages := 0; ; pages++ {
+		if pages > 5 {
+			t.Fatal("pagination does not end")
+		}
+		page, more := s.ListDomains(3, before)
+		for _, d := range page {
+			seen = append(seen, d.ID)
+		}
+		if !more {
+			break
+		}
+		before = page[len(page)-1].ID
+	}
+	if len(seen) != 7 {
+		t.Fatalf("saw %d domains; want 7", len(seen))
+	}
+	for i, id := range seen {
+		if want := ids[6-i]; id != want {
+			t.Errorf("item %d = %s; want %s (newest first)", i, id, want)
+		}
+	}
+}
+
+// TestConcurrentWrites runs uploads, attaches, swaps and lookups in
+// parallel (run it with -race) and checks that no update is lost.
+func TestConcurrentWrites(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openStore(t, dir)
+	ca := testpki.NewCA(t, "Test CA")
+	const writers, perWriter = 8, 10
+
+	// a shared domain whose certificate every writer swaps
+	shared := []*Certificate{upload(t, s, ca.Issue(t, "shared.example.test")), upload(t, s, ca.Issue(t, "shared.example.test"))}
+	sd, err := s.CreateDomain(ctx, DomainInput{Domain: "shared.example.test", CertificateID: shared[0].ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					s.Lookup("shared.example.test")
+					s.Lookup("w3-5.example.test")
+				}
+			}
+		}()
+	}
+	var wwg sync.WaitGroup
+	errs := make(chan error, writers*perWriter*2)
+	for w := 0; w < writers; w++ {
+		wwg.Add(1)
+		go func(w int) {
+			defer wwg.Done()
+			for i := 0; i < perWriter; i++ {
+				name := fmt.Sprintf("w%d-%d.example.test", w, i)
+				leaf := ca.Issue(t, name)
+				c, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := s.CreateDomain(ctx, DomainInput{Domain: name, CertificateID: c.ID}); err != nil {
+					errs <- err
+					return
+				}
+				if _, err := s.UpdateDomain(ctx, sd.ID, DomainPatch{CertificateID: &shared[i%2].ID}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(w)
+	}
+	wwg.Wait()
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	check := func(s *Store) {
+		d, c := s.Len()
+		if d != writers*perWriter+1 || c != writers*perWriter+2 {
+			t.Fatalf("%d domains, %d certificates; want %d, %d", d, c, writers*perWriter+1, writers*perWriter+2)
+		}
+		for w := 0; w < writers; w++ {
+			for i := 0; i < perWriter; i++ {
+				name := fmt.Sprintf("w%d-%d.example.test", w, i)
+				e, ok := s.Lookup(name)
+				if !ok || e.CertificateID == "" {
+					t.Fatalf("%s lost", name)
+				}
+			}
+		}
+		// the index and the stored record of the shared domain agree
+		e, _ := s.Lookup("shared.example.test")
+		got, _ := s.GetDomain(sd.ID)
+		if e.CertificateID != got.CertificateID {
+			t.Fatalf("index says %s, record says %s", e.CertificateID, got.CertificateID)
+		}
+	}
+	check(s)
+	s2 := openStore(t, dir)
+	check(s2)
+	e1, _ := s.Lookup("shared.example.test")
+	e2, _ := s2.Lookup("shared.example.test")
+	if e1.CertificateID != e2.CertificateID {
+		t.Fatalf("memory says %s, storage says %s", e1.CertificateID, e2.CertificateID)
+	}
+}
+
+func TestNormalizeDomain(t *testing.T) {
+	tests := []struct {
+		in, want string
+		ok       bool
+	}{
+		{"app.example.com", "app.example.com", true},
+		{"App.Example.COM.", "app.example.com", true},
+		{"*.example.com", "*.example.com", true},
+		{"xn--bcher-kva.example", "xn--bcher-kva.example", true},
+		{"a-b.example.com", "a-b.example.com", true},
+		{"", "", false},
+		{"example", "", false},
+		{"*.com", "", false},
+		{"a.*.example.com", "", false},
+		{"*example.com", "", false},
+		{"**.example.com", "", false},
+		{"a..example.com", "", false},
+		{".example.com", "", false},
+		{"under_score.example.com", "", false},
+		{"-a.example.com", "", false},
+		{"a-.example.com", "", false},
+		{"192.168.1.1", "", false},
+		{"::1", "", false},
+		{"[::1]", "", false},
+		{"bücher.example", "", false},
+		{"a b.example.com", "", false},
+		{"example.123", "", false},
+		{strings.Repeat("a", 64) + ".example.com", "", false},
+		{strings.Repeat("a.", 127) + "com", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := NormalizeDomain(tt.in)
+			if tt.ok {
+				if err != nil || got != tt.want {
+					t.Fatalf("NormalizeDomain(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+				}
+				return
+			}
+			wantCode(t, err, dcerr.DomainInvalid)
+		})
+	}
+}
+
+func FuzzNormalizeDomain(f *testing.F) {
+	for _, s := range []string{"a.example.com", "*.example.com", "A.B.", "_x.y", "1.2.3.4", "*.*.x", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		got, err := NormalizeDomain(in)
+		if err != nil {
+			if dcerr.CodeOf(err) != dcerr.DomainInvalid {
+				t.Fatalf("error without DOMAIN_INVALID: %v", err)
+			}
+			return
+		}
+		again, err := NormalizeDomain(got)
+		if err != nil || again != got {
+			t.Fatalf("not idempotent: %q -> %q -> %q, %v", in, got, again, err)
+		}
+	})
+}
+
+func TestIDs(t *testing.T) {
+	prev := ""
+	seen := map[string]bool{}
+	for i := 0; i < 1000; i++ {
+		id := newID(DomainPrefix)
+		if !validID(DomainPrefix, id) {
+			t.Fatalf("invalid id %q", id)
+		}
+		if id <= prev {
+			t.Fatalf("ids not increasing: %q after %q", id, prev)
+		}
+		if seen[id] {
+			t.Fatalf("duplicate id %q", id)
+		}
+		seen[id] = true
+		prev = id
+	}
+	for _, bad := range []string{"", "rd_", "rd_../../etc/passwd0000000000", "cert_01m8djch0ss9fesqghxx6mv9mk", "rd_01M8DJCH0SS9FESQGHXX6MV9MK"} {
+		if validID(DomainPrefix, bad) {
+			t.Errorf("validID(%q) = true", bad)
+		}
+	}
+}
+
+// TestListenerOrder checks that listeners see uploads and domain changes.
+func TestListeners(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir())
+	l := &recorder{}
+	s.Subscribe(l)
+	ca := testpki.NewCA(t, "Test CA")
+	c := upload(t, s, ca.Issue(t, "a.example.test"))
+	d, _ := s.CreateDomain(ctx, DomainInput{Domain: "a.example.test", CertificateID: c.ID})
+	_ = s.DeleteDomain(ctx, d.ID)
+	_ = s.DeleteCertificate(ctx, c.ID)
+	s.Unsubscribe(l)
+	_, _ = s.CreateDomain(ctx, DomainInput{Domain: "b.example.test"})
+	want := []string{"stored " + c.ID, "domain nil->a.example.test", "domain a.example.test->nil", "deleted " + c.ID}
+	if got, _ := json.Marshal(l.events); string(got) != mustJSON(want) {
+		t.Fatalf("events = %s; want %s", got, mustJSON(want))
+	}
+}
+
+type recorder struct{ events []string }
+
+func (r *recorder) CertificateStored(id string, _ *bundle.Bundle) {
+	r.events = append(r.events, "stored "+id)
+}
+func (r *recorder) CertificateDeleted(id string) { r.events = append(r.events, "deleted "+id) }
+func (r *recorder) DomainChanged(old, new *Domain) {
+	name := func(d *Domain) string {
+		if d == nil {
+			return "nil"
+		}
+		return d.Domain
+	}
+	r.events = append(r.events, "domain "+name(old)+"->"+name(new))
+}
+
+func mustJSON(v any) string { b, _ := json.Marshal(v); return string(b) }
