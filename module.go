@@ -16,6 +16,8 @@ package domaincerts
 import (
 	// the app, the manager, the loader and the admin API
 	_ "github.com/domaincerts/caddy-domaincerts/caddymod"
+	// caddy.storage.sealed and the seal-keygen and seal-reseal commands
+	_ "github.com/domaincerts/caddy-domaincerts/sealedstorage"
 	// the domaincerts global option and the domaincerts_load directive
 	_ "github.com/domaincerts/caddy-domaincerts/caddyfile"
 )

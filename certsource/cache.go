@@ -80,9 +80,14 @@ func (c *Cache) Put(id string, cert *tls.Certificate) {
 // Remove drops id from the cache.
 func (c *Cache) Remove(id string) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	delete(c.entries, id)
-	c.mu.Unlock()
-	// the ring keeps the stale ID until the hand passes it
+	// the ring keeps the stale ID until the hand passes it, or until
+	// stale slots outnumber live ones
+	if len(c.ring) > 2*len(c.entries)+64 {
+		c.compactLocked()
+		c.hand = 0
+	}
 }
 
 // evictLocked advances the clock hand until it evicts one entry.

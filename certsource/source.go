@@ -158,7 +158,7 @@ func (s *Source) certificate(ctx context.Context, id string) (*tls.Certificate, 
 	// the leader loads without the handshake's deadline so that waiters
 	// are not failed by one impatient client
 	l.cert, l.err = s.store.LoadKeyPair(context.WithoutCancel(ctx), id)
-	if l.err == nil {
+	if l.err == nil && s.store.CertificateExists(id) { // not deleted while loading
 		s.cache.Put(id, l.cert)
 	}
 	s.mu.Lock()

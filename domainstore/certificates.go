@@ -107,9 +107,9 @@ func (s *Store) GetCertificate(ctx context.Context, id string) (*Certificate, er
 // beforeID (or the newest, when it is empty), newest first, and whether
 // more follow.
 func (s *Store) ListCertificates(ctx context.Context, limit int, beforeID string) ([]*Certificate, bool, error) {
-	s.mu.Lock()
+	s.mu.RLock()
 	ids, more := page(s.certIDs, limit, beforeID)
-	s.mu.Unlock()
+	s.mu.RUnlock()
 	out := make([]*Certificate, 0, len(ids))
 	for _, id := range ids {
 		c, err := s.GetCertificate(ctx, id)
@@ -229,8 +229,8 @@ func (s *Store) LoadKeyPair(ctx context.Context, id string) (*tls.Certificate, e
 
 // CertificateExists reports whether a certificate with this ID exists.
 func (s *Store) CertificateExists(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	_, ok := slices.BinarySearch(s.certIDs, id)
 	return ok
 }

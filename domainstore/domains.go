@@ -97,8 +97,8 @@ func (s *Store) CreateDomain(ctx context.Context, in DomainInput) (*Domain, erro
 
 // GetDomain returns a domain record.
 func (s *Store) GetDomain(id string) (*Domain, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	d, ok := s.domains[id]
 	if !ok {
 		return nil, notFound("domain", id)
@@ -108,8 +108,8 @@ func (s *Store) GetDomain(id string) (*Domain, error) {
 
 // DomainByName returns the domain registered for exactly this name.
 func (s *Store) DomainByName(name string) (*Domain, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	id, ok := s.names[sniNormalize(name)]
 	if !ok {
 		return nil, false
@@ -120,8 +120,8 @@ func (s *Store) DomainByName(name string) (*Domain, bool) {
 // ListDomains returns up to limit domains created before beforeID (or the
 // newest, when it is empty), newest first, and whether more follow.
 func (s *Store) ListDomains(limit int, beforeID string) ([]*Domain, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	ids, more := page(s.domainIDs, limit, beforeID)
 	out := make([]*Domain, len(ids))
 	for i, id := range ids {
@@ -142,7 +142,11 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 			return nil, err
 		}
 	}
-	if p.CertificateID != nil && *p.CertificateID != "" && p.Policy != nil {
+	if p.CertificateID != nil && *p.CertificateID == "" {
+		return nil, dcerr.New(dcerr.BadRequest,
+			"certificate_id is empty; to detach the certificate, DELETE /domaincerts/domains/%s/certificate", id)
+	}
+	if p.CertificateID != nil && p.Policy != nil {
 		return nil, errCertAndPolicy()
 	}
 	var policy *Policy
@@ -172,7 +176,7 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 	if p.Metadata != nil {
 		d.Metadata = *p.Metadata
 	}
-	if p.CertificateID != nil && *p.CertificateID != "" {
+	if p.CertificateID != nil {
 		if err := s.checkAttachLocked(ctx, *p.CertificateID, d.Domain); err != nil {
 			return nil, err
 		}
@@ -357,8 +361,8 @@ func errCertAndPolicy() error {
 
 // AllDomains returns copies of every domain record, oldest first.
 func (s *Store) AllDomains() []*Domain {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	out := make([]*Domain, len(s.domainIDs))
 	for i, id := range s.domainIDs {
 		out[i] = s.domains[id].clone()

@@ -77,7 +77,7 @@ type Store struct {
 
 	// mu guards the fields below and serializes domain writes, so that
 	// checks (uniqueness, certificate in use) and writes cannot interleave.
-	mu        sync.Mutex
+	mu        sync.RWMutex
 	domains   map[string]*Domain // by ID
 	names     map[string]string  // normalized domain name -> domain ID
 	domainIDs []string           // sorted, oldest first
@@ -200,8 +200,8 @@ func (s *Store) Lookup(serverName string) (*Entry, bool) {
 
 // Len returns the number of domains and certificates.
 func (s *Store) Len() (domains, certificates int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	return len(s.domainIDs), len(s.certIDs)
 }
 

@@ -43,6 +43,10 @@ type caddyOpts struct {
 	// HTTPPort and HTTPSPort fix Caddy's ports (for ACME tests that need the
 	// HTTP-01 port Pebble validates on). Default: free ports.
 	HTTPPort, HTTPSPort int
+	// IdleStdin gives Caddy a standard input that stays open and never
+	// has data, like a terminal nobody types into (the default is
+	// /dev/null, which reads as end of file at once).
+	IdleStdin bool
 	// Mutate, if set, edits the final configuration. The caddyProc has its
 	// ports and directories set when Mutate runs.
 	Mutate func(cfg map[string]any, c *caddyProc)
@@ -60,7 +64,9 @@ type caddyProc struct {
 	ConfigFile string
 	Config     map[string]any
 
-	log *syncBuffer
+	log       *syncBuffer
+	idleStdin bool
+	stdinW    *os.File // the write end of an IdleStdin pipe
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -92,6 +98,7 @@ func startCaddy(t *testing.T, opts caddyOpts) *caddyProc {
 		StorageDir: t.TempDir(),
 		HomeDir:    t.TempDir(),
 		log:        &syncBuffer{},
+		idleStdin:  opts.IdleStdin,
 	}
 	if c.HTTPPort == 0 {
 		c.HTTPPort = freePort(t)
@@ -196,17 +203,33 @@ func (c *caddyProc) start() {
 	)
 	cmd.Stdout = c.log
 	cmd.Stderr = c.log
+	var stdinW *os.File
+	if c.idleStdin {
+		r, w, err := os.Pipe()
+		if err != nil {
+			c.mu.Unlock()
+			t.Fatalf("making caddy's stdin: %v", err)
+		}
+		cmd.Stdin, stdinW = r, w
+		defer r.Close() // the child has its own copy once started
+	}
 	if err := cmd.Start(); err != nil {
 		c.mu.Unlock()
+		if stdinW != nil {
+			stdinW.Close()
+		}
 		t.Fatalf("starting caddy: %v", err)
 	}
 	done := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
+		if stdinW != nil {
+			stdinW.Close()
+		}
 		fmt.Fprintf(c.log, "===== harness: caddy exited: %v =====\n", cmd.ProcessState)
 		close(done)
 	}()
-	c.cmd, c.done = cmd, done
+	c.cmd, c.done, c.stdinW = cmd, done, stdinW
 	c.mu.Unlock()
 
 	if err := c.waitReady(done); err != nil {
@@ -272,6 +295,16 @@ func (c *caddyProc) listenAddrs() []string {
 		}
 	}
 	return addrs
+}
+
+// CloseStdin closes the IdleStdin of the running process, which then
+// reads end of file.
+func (c *caddyProc) CloseStdin() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stdinW != nil {
+		c.stdinW.Close()
+	}
 }
 
 // Stop stops Caddy gracefully (POST /stop, then SIGINT) and waits for it to

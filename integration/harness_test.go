@@ -122,6 +122,106 @@ func TestHarnessPebble(t *testing.T) {
 	}
 }
 
+// TestHarnessResolver checks the test resolver: CNAME chains are followed,
+// wildcard records answer one level down, and a delegated zone is asked
+// for its names, behind the CNAMEs that lead there.
+func TestHarnessResolver(t *testing.T) {
+	p := getPebble(t)
+	r := p.DNS
+
+	// An authoritative server for zone.test: TXT "v-<name>" for every
+	// name except missing.zone.test, which does not exist.
+	port, err := freeUDPTCPPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	authAddr := "127.0.0.1:" + strconv.Itoa(port)
+	auth := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(req)
+		m.Authoritative = true
+		q := req.Question[0]
+		switch {
+		case q.Name == "missing.zone.test.":
+			m.Rcode = dns.RcodeNameError
+		case q.Qtype == dns.TypeTXT:
+			m.Answer = append(m.Answer, &dns.TXT{
+				Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET},
+				Txt: []string{"v-" + q.Name}})
+		}
+		_ = w.WriteMsg(m)
+	})
+	for _, network := range []string{"udp", "tcp"} {
+		srv := &dns.Server{Addr: authAddr, Net: network, Handler: auth}
+		started := make(chan struct{})
+		srv.NotifyStartedFunc = func() { close(started) }
+		go func() { _ = srv.ListenAndServe() }()
+		select {
+		case <-started:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("authoritative test server over %s did not start", network)
+		}
+		t.Cleanup(func() { _ = srv.Shutdown() })
+	}
+
+	r.Delegate("zone.test", authAddr)
+	r.SetCNAME("a.chain.test", "b.chain.test")
+	r.SetCNAME("b.chain.test", "c.chain.test")
+	r.SetA("c.chain.test", "192.0.2.7")
+	r.AddTXT("*.wild.test", "w")
+	r.SetCNAME("_acme-challenge.cust.test", "x.zone.test")
+	r.SetCNAME("gone.cust.test", "missing.zone.test")
+	t.Cleanup(func() {
+		r.Undelegate("zone.test")
+		for _, n := range []string{"a.chain.test", "b.chain.test", "c.chain.test", "*.wild.test",
+			"_acme-challenge.cust.test", "gone.cust.test"} {
+			r.Delete(n)
+		}
+	})
+
+	answers := func(m *dns.Msg) string {
+		var parts []string
+		for _, rr := range m.Answer {
+			switch v := rr.(type) {
+			case *dns.CNAME:
+				parts = append(parts, v.Hdr.Name+" CNAME "+v.Target)
+			case *dns.A:
+				parts = append(parts, v.Hdr.Name+" A "+v.A.String())
+			case *dns.TXT:
+				parts = append(parts, v.Hdr.Name+" TXT "+strings.Join(v.Txt, ""))
+			}
+		}
+		return strings.Join(parts, "; ")
+	}
+	for _, tc := range []struct {
+		network, name string
+		qtype         uint16
+		want          string
+		rcode         int
+	}{
+		{"udp", "a.chain.test", dns.TypeA, "a.chain.test. CNAME b.chain.test.; b.chain.test. CNAME c.chain.test.; c.chain.test. A 192.0.2.7", 0},
+		{"udp", "a.chain.test", dns.TypeCNAME, "a.chain.test. CNAME b.chain.test.", 0},
+		{"tcp", "plain.test", dns.TypeA, "plain.test. A 127.0.0.1", 0},
+		{"udp", "x.wild.test", dns.TypeTXT, "x.wild.test. TXT w", 0},
+		{"udp", "wild.test", dns.TypeTXT, "", 0},
+		{"tcp", "_acme-challenge.cust.test", dns.TypeTXT, "_acme-challenge.cust.test. CNAME x.zone.test.; x.zone.test. TXT v-x.zone.test.", 0},
+		{"udp", "y.zone.test", dns.TypeTXT, "y.zone.test. TXT v-y.zone.test.", 0},
+		{"udp", "gone.cust.test", dns.TypeTXT, "gone.cust.test. CNAME missing.zone.test.", dns.RcodeNameError},
+	} {
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(tc.name), tc.qtype)
+		resp, _, err := (&dns.Client{Net: tc.network, Timeout: 2 * time.Second}).Exchange(m, p.DNSAddr)
+		if err != nil {
+			t.Errorf("%s %s over %s: %v", dns.TypeToString[tc.qtype], tc.name, tc.network, err)
+			continue
+		}
+		if got := answers(resp); got != tc.want || resp.Rcode != tc.rcode {
+			t.Errorf("%s %s over %s: %q (rcode %s), want %q (rcode %s)", dns.TypeToString[tc.qtype], tc.name,
+				tc.network, got, dns.RcodeToString[resp.Rcode], tc.want, dns.RcodeToString[tc.rcode])
+		}
+	}
+}
+
 var opensslSubjectRE = regexp.MustCompile(`(?m)^subject=.*CN\s*=\s*([^,/\n]+)`)
 
 // opensslExpect runs the real openssl s_client with -servername and requires

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -14,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/letsencrypt/challtestsrv"
 	"github.com/letsencrypt/pebble/v2/ca"
 	"github.com/letsencrypt/pebble/v2/db"
 	"github.com/letsencrypt/pebble/v2/va"
@@ -22,14 +22,14 @@ import (
 	"github.com/miekg/dns"
 )
 
-// pebbleEnv is an in-process Pebble ACME server with a test DNS server
-// (challtestsrv), shared by every test of the binary (challtestsrv uses the
-// global miekg/dns mux, so there is only one). Get it with getPebble.
+// pebbleEnv is an in-process Pebble ACME server with the test resolver
+// (testResolver) that its VA asks, shared by every test of the binary. Get
+// it with getPebble.
 //
-// ACME tests run Caddy with caddyOpts{HTTPPort: p.HTTPPort} (and
-// HTTPSPort: p.TLSPort for TLS-ALPN-01), because Pebble's VA validates
-// HTTP-01 on that one port. Such tests must therefore not run in parallel
-// with each other.
+// ACME tests run Caddy with caddyOpts{HTTPPort: p.HTTPPort, HTTPSPort:
+// p.TLSPort}, because Pebble's VA validates HTTP-01 and TLS-ALPN-01 on those
+// ports of 127.0.0.1. Such tests must therefore not run in parallel with
+// each other.
 type pebbleEnv struct {
 	// DirectoryURL is the ACME directory, https://127.0.0.1:<port>/dir.
 	DirectoryURL string
@@ -47,14 +47,24 @@ type pebbleEnv struct {
 	// HTTPPort and TLSPort are where the VA sends HTTP-01 and TLS-ALPN-01
 	// validation requests on 127.0.0.1.
 	HTTPPort, TLSPort int
-	// DNSAddr is the test DNS server (UDP and TCP), 127.0.0.1:<port>. Every
-	// A query without a record answers 127.0.0.1; AAAA answers nothing.
+	// DNSAddr is the test resolver (UDP and TCP), 127.0.0.1:<port>, that
+	// the VA uses. Every A query without a record answers 127.0.0.1; AAAA
+	// answers nothing. Point the plugin's "resolvers" at it too.
 	DNSAddr string
+	// DNS is the test resolver itself, for records and delegations.
+	DNS *testResolver
 
-	srv  *httptest.Server
-	dns  *challtestsrv.ChallSrv
-	logs *syncBuffer
+	srv     *httptest.Server
+	handler http.Handler
+	logs    *syncBuffer
 }
+
+// shortProfile is a Pebble profile whose certificates are valid for
+// shortValidity, for renewal tests (the issuer's "profile").
+const (
+	shortProfile  = "short"
+	shortValidity = 30 * time.Second
+)
 
 var (
 	pebbleOnce sync.Once
@@ -77,38 +87,30 @@ func startPebble() (*pebbleEnv, error) {
 		return nil, fmt.Errorf("PEBBLE_VA_NOSLEEP=1 and PEBBLE_WFE_NONCEREJECT=0 must be set before pebble is built (TestMain does)")
 	}
 	p := &pebbleEnv{logs: &syncBuffer{}}
-	dnsPort, err := freeUDPTCPPort()
-	if err != nil {
-		return nil, err
-	}
-	p.DNSAddr = "127.0.0.1:" + strconv.Itoa(dnsPort)
 	p.HTTPPort = freePort(panicTB{})
 	p.TLSPort = freePort(panicTB{})
 
-	cs, err := challtestsrv.New(challtestsrv.Config{
-		DNSAddrs: []string{p.DNSAddr},
-		Log:      log.New(p.logs, "challtestsrv: ", log.LstdFlags),
-	})
+	res, err := startResolver(p.logs)
 	if err != nil {
-		return nil, fmt.Errorf("creating challtestsrv: %w", err)
+		return nil, err
 	}
-	cs.SetDefaultDNSIPv6("")
-	cs.Run()
-	p.dns = cs
+	p.DNS, p.DNSAddr = res, res.Addr
 	if err := waitDNS(p.DNSAddr); err != nil {
-		cs.Shutdown()
+		res.Shutdown()
 		return nil, err
 	}
 
-	logger := log.New(p.logs, "pebble: ", log.LstdFlags)
+	logger := log.New(p.logs, "pebble: ", log.LstdFlags|log.Lmicroseconds)
 	store := db.NewMemoryStore()
 	authority := ca.New(logger, store, "", "ecdsa", 0, 1, map[string]ca.Profile{
-		"default": {Description: "the default profile"},
+		"default":    {Description: "the default profile"},
+		shortProfile: {Description: "short-lived certificates", ValidityPeriod: uint64(shortValidity / time.Second)},
 	})
 	validator := va.New(logger, p.HTTPPort, p.TLSPort, false, p.DNSAddr, store)
 	front := wfe.New(logger, store, validator, authority, nil, false, false, 0, 0)
 
-	p.srv = httptest.NewUnstartedServer(front.Handler())
+	p.handler = front.Handler()
+	p.srv = httptest.NewUnstartedServer(p.handler)
 	p.srv.StartTLS()
 	p.DirectoryURL = p.srv.URL + wfe.DirectoryPath
 
@@ -128,42 +130,81 @@ func startPebble() (*pebbleEnv, error) {
 	return p, nil
 }
 
-// ACMEIssuer is a Caddy "acme" issuer object pointed at Pebble.
+// ACMEIssuer is a Caddy "acme" issuer object pointed at Pebble. It asks
+// for Pebble's "default" profile (90-day certificates): Pebble picks a
+// random profile for orders that name none, which could be shortProfile.
 func (p *pebbleEnv) ACMEIssuer() map[string]any {
 	return map[string]any{
 		"module":                  "acme",
 		"ca":                      p.DirectoryURL,
 		"trusted_roots_pem_files": []any{p.ServerRootFile},
+		"profile":                 "default",
 	}
 }
 
-// Log returns what Pebble and challtestsrv logged.
+// ServeOn serves the same Pebble (same CA, same accounts and orders) on
+// a second HTTPS endpoint at addr, with the same server certificate, so
+// that ServerRootFile is trusted for it too. It returns the directory URL
+// there; the endpoint closes when the test ends.
+func (p *pebbleEnv) ServeOn(t testing.TB, addr string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listening on %s for a second pebble endpoint: %v", addr, err)
+	}
+	srv := httptest.NewUnstartedServer(p.handler)
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.TLS = p.srv.TLS.Clone() // the same certificate as the first endpoint
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv.URL + wfe.DirectoryPath
+}
+
+// Log returns what Pebble and the test resolver logged.
 func (p *pebbleEnv) Log() string { return p.logs.String() }
 
-// AddA adds A records for host (answered instead of the default 127.0.0.1).
-func (p *pebbleEnv) AddA(host string, ips ...string) { p.dns.AddDNSARecord(host, ips) }
+// logMark returns the current length of the log, for LogSince.
+func (p *pebbleEnv) logMark() int { return len(p.logs.String()) }
 
-// DeleteA removes the A records of host.
-func (p *pebbleEnv) DeleteA(host string) { p.dns.DeleteDNSARecord(host) }
+// LogSince returns what was logged after mark.
+func (p *pebbleEnv) LogSince(mark int) string { return p.logs.String()[mark:] }
+
+// dumpLogOnFailure prints, when t fails, what Pebble and the resolver
+// logged during the test.
+func (p *pebbleEnv) dumpLogOnFailure(t testing.TB) {
+	mark := p.logMark()
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("DOMAINCERTS_TEST_LOG") != "" {
+			t.Logf("pebble and resolver log during the test:\n%s", p.LogSince(mark))
+		}
+	})
+}
+
+// AddA sets the A records of host (answered instead of the default 127.0.0.1).
+func (p *pebbleEnv) AddA(host string, ips ...string) { p.DNS.SetA(host, ips...) }
+
+// DeleteA removes the records of host.
+func (p *pebbleEnv) DeleteA(host string) { p.DNS.Delete(host) }
 
 // AddCNAME points host at target.
-func (p *pebbleEnv) AddCNAME(host, target string) { p.dns.AddDNSCNAMERecord(host, target) }
+func (p *pebbleEnv) AddCNAME(host, target string) { p.DNS.SetCNAME(host, target) }
 
-// DeleteCNAME removes the CNAME of host.
-func (p *pebbleEnv) DeleteCNAME(host string) { p.dns.DeleteDNSCNAMERecord(host) }
+// DeleteCNAME removes the records of host.
+func (p *pebbleEnv) DeleteCNAME(host string) { p.DNS.Delete(host) }
 
 // AddTXT adds a TXT record for host.
-func (p *pebbleEnv) AddTXT(host, value string) { p.dns.AddDNSTXTRecord(host, value) }
+func (p *pebbleEnv) AddTXT(host, value string) { p.DNS.AddTXT(host, value) }
 
-// DeleteTXT removes every TXT record of host.
-func (p *pebbleEnv) DeleteTXT(host string) { p.dns.DeleteDNSTXTRecord(host) }
+// DeleteTXT removes the records of host.
+func (p *pebbleEnv) DeleteTXT(host string) { p.DNS.Delete(host) }
 
 func (p *pebbleEnv) shutdown() {
 	if p.srv != nil {
 		p.srv.Close()
 	}
-	if p.dns != nil {
-		p.dns.Shutdown()
+	if p.DNS != nil {
+		p.DNS.Shutdown()
 	}
 }
 

@@ -76,11 +76,16 @@ func Parse(certPEM, keyPEM string) (*Bundle, error) {
 }
 
 // TLSCertificate returns the bundle for crypto/tls: the DER chain as
-// uploaded (a root at its end included), the private key, and the parsed
-// leaf. The slices are shared with b; do not modify them.
+// uploaded less a self-signed root at its end (clients have it already),
+// the private key, and the parsed leaf. The slices are shared with b; do
+// not modify them.
 func (b *Bundle) TLSCertificate() tls.Certificate {
-	der := make([][]byte, len(b.Chain))
-	for i, c := range b.Chain {
+	chain := b.Chain
+	if n := len(chain); n > 1 && selfSigned(chain[n-1]) {
+		chain = chain[:n-1] // clients have the root; sending it wastes bytes on every handshake
+	}
+	der := make([][]byte, len(chain))
+	for i, c := range chain {
 		der[i] = c.Raw
 	}
 	tc := tls.Certificate{Certificate: der, PrivateKey: b.Key}

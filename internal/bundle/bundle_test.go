@@ -254,7 +254,7 @@ func checkBundle(t *testing.T, b *Bundle, keyType string, chainLen int) {
 		t.Errorf("canonical PEM parses to a different bundle")
 	}
 	tc := b.TLSCertificate()
-	if len(tc.Certificate) != chainLen || tc.Leaf != b.Chain[0] || !bytes.Equal(tc.Certificate[0], b.Chain[0].Raw) {
+	if len(tc.Certificate) != servedLen(b) || tc.Leaf != b.Chain[0] || !bytes.Equal(tc.Certificate[0], b.Chain[0].Raw) {
 		t.Errorf("TLSCertificate() = %d certs, leaf set %v", len(tc.Certificate), tc.Leaf == b.Chain[0])
 	}
 	if k, ok := tc.PrivateKey.(interface{ Equal(crypto.PrivateKey) bool }); !ok || !k.Equal(b.Key) {
@@ -367,4 +367,14 @@ func BenchmarkParse(b *testing.B) {
 			}
 		})
 	}
+}
+
+// servedLen is how many certificates TLSCertificate serves: the chain less
+// a self-signed root at its end.
+func servedLen(b *Bundle) int {
+	n := len(b.Chain)
+	if n > 1 && selfSigned(b.Chain[n-1]) {
+		return n - 1
+	}
+	return n
 }

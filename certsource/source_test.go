@@ -1,0 +1,285 @@
+package certsource
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+
+	"github.com/domaincerts/caddy-domaincerts/domainstore"
+	"github.com/domaincerts/caddy-domaincerts/internal/memstorage"
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
+)
+
+type fixture struct {
+	store  *domainstore.Store
+	source *Source
+	ca     *testpki.CA
+	dir    string
+}
+
+func newFixture(t testing.TB, capacity int) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	return newFixtureOn(t, capacity, &certmagic.FileStorage{Path: dir}, dir)
+}
+
+func newFixtureOn(t testing.TB, capacity int, st certmagic.Storage, dir string) *fixture {
+	t.Helper()
+	store, err := domainstore.Open(context.Background(), st, domainstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{store: store, source: New(store, capacity, nil), ca: testpki.NewCA(t, "Source Test CA"), dir: dir}
+}
+
+// attach uploads a leaf for name and creates the domain; it returns the
+// certificate ID and the leaf's serial.
+func (f *fixture) attach(t testing.TB, domain string, names ...string) (string, string) {
+	t.Helper()
+	if len(names) == 0 {
+		names = []string{domain}
+	}
+	leaf := f.ca.Issue(t, names...)
+	c, err := f.store.CreateCertificate(context.Background(), domainstore.CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.CreateDomain(context.Background(), domainstore.DomainInput{Domain: domain, CertificateID: c.ID}); err != nil {
+		t.Fatal(err)
+	}
+	return c.ID, leaf.Serial
+}
+
+// handshake runs a real TLS handshake over a pipe against a server whose
+// GetCertificate is the source, and returns the served leaf's serial.
+func (f *fixture) handshake(t testing.TB, sni string) (string, error) {
+	t.Helper()
+	cConn, sConn := net.Pipe()
+	defer cConn.Close()
+	srv := tls.Server(sConn, &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		return f.source.GetCertificate(h.Context(), h)
+	}})
+	go func() {
+		_ = srv.Handshake()
+		sConn.Close()
+	}()
+	// verify the chain but not the name, so that a fallback certificate
+	// can be seen for what it is
+	pool := f.ca.Pool()
+	cli := tls.Client(cConn, &tls.Config{ServerName: sni, InsecureSkipVerify: true,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			leaf, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return err
+			}
+			_, err = leaf.Verify(x509.VerifyOptions{Roots: pool})
+			return err
+		}})
+	_ = cConn.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = sConn.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := cli.Handshake(); err != nil {
+		return "", err
+	}
+	return cli.ConnectionState().PeerCertificates[0].SerialNumber.Text(16), nil
+}
+
+func TestServesBySNI(t *testing.T) {
+	f := newFixture(t, 100)
+	_, exact := f.attach(t, "a.example.test")
+	_, wild := f.attach(t, "*.example.test")
+
+	tests := []struct {
+		sni, want string
+		err       error
+	}{
+		{"a.example.test", exact, nil},
+		{"b.example.test", wild, nil},
+		{"B.Example.Test", wild, nil},
+		{"example.test", "", ErrNoDomain},
+		{"x.b.example.test", "", ErrNoDomain},
+		{"unknown.test", "", ErrNoDomain},
+	}
+	for _, tt := range tests {
+		t.Run(tt.sni, func(t *testing.T) {
+			got, err := f.handshake(t, tt.sni)
+			if tt.err != nil {
+				if err == nil {
+					t.Fatalf("handshake succeeded with %s; want failure", got)
+				}
+				_, gerr := f.source.GetCertificate(context.Background(), &tls.ClientHelloInfo{ServerName: tt.sni})
+				if !errors.Is(gerr, tt.err) {
+					t.Fatalf("GetCertificate error = %v; want %v", gerr, tt.err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("served %s, %v; want %s", got, err, tt.want)
+			}
+		})
+	}
+	if _, err := f.source.GetCertificate(context.Background(), &tls.ClientHelloInfo{}); !errors.Is(err, ErrNoServerName) {
+		t.Fatalf("no SNI: %v", err)
+	}
+}
+
+func TestManagedWithoutCertificateFails(t *testing.T) {
+	f := newFixture(t, 10)
+	if _, err := f.store.CreateDomain(context.Background(), domainstore.DomainInput{Domain: "m.example.test"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.source.GetCertificate(context.Background(), &tls.ClientHelloInfo{ServerName: "m.example.test"}); !errors.Is(err, ErrNoCertificate) {
+		t.Fatalf("err = %v; want ErrNoCertificate", err)
+	}
+}
+
+func TestFallback(t *testing.T) {
+	f := newFixture(t, 10)
+	fallbackID, serial := f.attach(t, "fallback.example.test")
+	f.source.SetFallback(fallbackID)
+	got, err := f.handshake(t, "nothing.example.test")
+	if err != nil || got != serial {
+		t.Fatalf("served %s, %v; want the fallback %s", got, err, serial)
+	}
+}
+
+// TestLoadsFromStorageOnce starts a second source over the same storage
+// (as after a restart) and checks that concurrent first handshakes share
+// one load and then hit the cache.
+func TestLoadsFromStorageOnce(t *testing.T) {
+	f := newFixture(t, 10)
+	_, serial := f.attach(t, "a.example.test")
+
+	store2, err := domainstore.Open(context.Background(), &certmagic.FileStorage{Path: f.dir}, domainstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2 := &fixture{store: store2, source: New(store2, 10, nil), ca: f.ca}
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := f2.handshake(t, "a.example.test")
+			if err != nil || got != serial {
+				t.Errorf("served %s, %v; want %s", got, err, serial)
+			}
+		}()
+	}
+	wg.Wait()
+	st := f2.source.Cache().Stats()
+	if st.Entries != 1 {
+		t.Fatalf("cache entries = %d; want 1", st.Entries)
+	}
+	if st.Misses > 16 || st.Hits+st.Misses < 16 {
+		t.Fatalf("cache stats = %+v", st)
+	}
+}
+
+func TestDeletedCertificateLeavesCache(t *testing.T) {
+	f := newFixture(t, 10)
+	id, _ := f.attach(t, "a.example.test")
+	d, _ := f.store.DomainByName("a.example.test")
+	if err := f.store.DeleteDomain(context.Background(), d.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.DeleteCertificate(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	if c := f.source.Cache().Get(id); c != nil {
+		t.Fatal("deleted certificate still cached")
+	}
+}
+
+func TestCacheEviction(t *testing.T) {
+	c := NewCache(3)
+	certs := make([]*tls.Certificate, 6)
+	for i := range certs {
+		certs[i] = &tls.Certificate{}
+	}
+	c.Put("a", certs[0])
+	c.Put("b", certs[1])
+	c.Put("c", certs[2])
+	c.Get("a") // a gets a second chance
+	c.Put("d", certs[3])
+	if c.Get("b") != nil {
+		t.Fatal("b should have been evicted first (a was referenced)")
+	}
+	if c.Get("a") == nil || c.Get("c") == nil || c.Get("d") == nil {
+		t.Fatal("a, c and d should be cached")
+	}
+	if st := c.Stats(); st.Entries != 3 || st.Evictions != 1 {
+		t.Fatalf("stats = %+v", st)
+	}
+	c.SetCapacity(1)
+	c.Put("e", certs[4])
+	if st := c.Stats(); st.Entries != 1 {
+		t.Fatalf("after shrinking: %+v", st)
+	}
+	// removals below capacity do not grow the ring without bound
+	c.SetCapacity(1000)
+	for i := 0; i < 500; i++ {
+		id := fmt.Sprint("x", i)
+		c.Put(id, certs[5])
+		c.Remove(id)
+	}
+	if n := len(c.ring); n > 2*len(c.entries)+65 {
+		t.Fatalf("ring holds %d slots for %d entries", n, len(c.entries))
+	}
+}
+
+// BenchmarkGetCertificateHit measures the handshake hit path among
+// 100,000 domains: index lookup and cache hit.
+func BenchmarkGetCertificateHit(b *testing.B) {
+	for _, n := range []int{1, 100_000} {
+		b.Run(fmt.Sprintf("domains=%d", n), func(b *testing.B) {
+			f := newFixtureOn(b, n+1, new(memstorage.Storage), "")
+			store, names := benchStore(b, f, n)
+			f.source = New(store, n+1, nil)
+			for _, name := range names {
+				if _, err := f.source.GetCertificate(context.Background(), &tls.ClientHelloInfo{ServerName: name}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			hellos := make([]*tls.ClientHelloInfo, len(names))
+			for i, name := range names {
+				hellos[i] = &tls.ClientHelloInfo{ServerName: name}
+			}
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := f.source.GetCertificate(ctx, hellos[i%len(hellos)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// benchStore fills a store with n domains sharing one uploaded wildcard
+// certificate (uploading n distinct certificates would measure the
+// upload, not the lookup) and returns their names.
+func benchStore(b *testing.B, f *fixture, n int) (*domainstore.Store, []string) {
+	b.Helper()
+	leaf := f.ca.Issue(b, "*.bench.test")
+	c, err := f.store.CreateCertificate(context.Background(), domainstore.CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
+	if err != nil {
+		b.Fatal(err)
+	}
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("d%d.bench.test", i)
+		if _, err := f.store.CreateDomain(context.Background(), domainstore.DomainInput{Domain: names[i], CertificateID: c.ID}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return f.store, names
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every native fuzz target of the module for FUZZTIME each (default 5s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fuzztime=${FUZZTIME:-5s}
+n=0
+for pkg in $(go list ./...); do
+	dir=$(go list -f '{{.Dir}}' "$pkg")
+	for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
+		echo "fuzz: $pkg $target ($fuzztime)"
+		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$pkg" >/dev/null
+		n=$((n + 1))
+	done
+done
+if [ "$n" -lt 8 ]; then
+	echo "fuzz: only $n targets found; expected at least 8" >&2
+	exit 1
+fi
+echo "fuzz: $n targets ran for $fuzztime each"

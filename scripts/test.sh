@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs every test of domaincerts, as CI does. Needs Go, gcc (for -race),
+# openssl and curl; fetches modules through the Go module proxy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GOFLAGS=${GOFLAGS:--buildvcs=false}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "tools"
+for tool in go gcc openssl curl; do
+	command -v "$tool" >/dev/null || { echo "missing $tool: install it (see README)" >&2; exit 1; }
+done
+go version
+
+step "gofmt and go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+go vet ./...
+
+step "unit tests (race detector)"
+go test -race -count=1 $(go list ./... | grep -v /integration)
+
+step "fuzz smoke runs"
+FUZZTIME=${FUZZTIME:-4s} ./scripts/fuzz.sh
+
+step "xcaddy build"
+./xcaddy/build.sh "$work/caddy"
+modules=$("$work/caddy" list-modules)
+for id in domaincerts tls.get_certificate.domaincerts tls.certificates.domaincerts caddy.storage.sealed admin.api.domaincerts; do
+	grep -qx "$id" <<<"$modules" || { echo "module $id missing from the xcaddy build" >&2; exit 1; }
+done
+"$work/caddy" build-info | grep -q 'github.com/domaincerts/caddy-domaincerts' || { echo "plugin missing from build-info" >&2; exit 1; }
+
+step "integration tests (real Caddy built by xcaddy, Pebble, DNS, TLS clients)"
+# -v so that every test's verdict is visible; the check below fails the run
+# if any integration test was skipped or too few ran
+DOMAINCERTS_CADDY_BIN="$work/caddy" go test -count=1 -v -timeout 15m ./integration/ | tee "$work/integration.log"
+status=${PIPESTATUS[0]}
+[ "$status" -eq 0 ] || exit "$status"
+if grep -q -- '--- SKIP' "$work/integration.log"; then
+	echo "integration tests were skipped; that counts as a failure" >&2
+	exit 1
+fi
+passed=$(grep -c -- '^--- PASS: Test' "$work/integration.log" || true)
+min=20
+if [ "$passed" -lt "$min" ]; then
+	echo "only $passed integration tests passed; expected at least $min" >&2
+	exit 1
+fi
+echo "integration: $passed tests passed"
+
+step "done"
+echo "all tests passed"

@@ -1,0 +1,192 @@
+package sealedstorage
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/seal"
+)
+
+// DevKeyPath returns where the development key lives when neither key nor
+// key_file is configured: <caddy.AppDataDir()>/domaincerts/seal.key.
+func DevKeyPath() string {
+	return filepath.Join(caddy.AppDataDir(), "domaincerts", "seal.key")
+}
+
+// loggerFor is ctx.Logger; tests replace it to read the logs.
+var loggerFor = func(ctx caddy.Context) *zap.Logger { return ctx.Logger() }
+
+// placeholderRE matches a value that has a placeholder in it, such as
+// {env.X} or {file./path}. A base64 key has no braces.
+var placeholderRE = regexp.MustCompile(`\{[^{}]+\}`)
+
+// maxKeyFileSize bounds what is read from a key file; a key in base64 is 44
+// bytes.
+const maxKeyFileSize = 4096
+
+// resolveKeys returns the configured keys, the sealing key first. When
+// neither key nor key_file is set, it loads or creates the development key
+// and returns its path. Errors never contain key material; they name a
+// placeholder only when the field is nothing but placeholders.
+func (s *SealedStorage) resolveKeys(logger *zap.Logger) (keys [][]byte, devKeyPath string, err error) {
+	repl := caddy.NewReplacer()
+	var first []byte
+	switch {
+	case s.Key != "":
+		if first, err = parseField(repl, "key", s.Key); err != nil {
+			return nil, "", err
+		}
+	case s.KeyFile != "":
+		path := repl.ReplaceKnown(s.KeyFile, "")
+		if first, err = readKeyFile(path, logger); err != nil {
+			return nil, "", fmt.Errorf("sealed storage: key_file: %w", err)
+		}
+	default:
+		devKeyPath = DevKeyPath()
+		if first, err = loadOrCreateDevKey(devKeyPath, logger); err != nil {
+			return nil, "", fmt.Errorf("sealed storage: development key: %w", err)
+		}
+	}
+	keys = append(keys, first)
+	ids := map[seal.KeyID]string{seal.KeyIDOf(first): "key"}
+	for i, raw := range s.OldKeys {
+		field := fmt.Sprintf("old_keys[%d]", i)
+		k, err := parseField(repl, field, raw)
+		if err != nil {
+			return nil, "", err
+		}
+		if other, dup := ids[seal.KeyIDOf(k)]; dup {
+			return nil, "", fmt.Errorf("sealed storage: %s is the same key as %s; remove it", field, other)
+		}
+		ids[seal.KeyIDOf(k)] = field
+		keys = append(keys, k)
+	}
+	return keys, devKeyPath, nil
+}
+
+// parseField resolves the placeholders in a key field and decodes it.
+func parseField(repl *caddy.Replacer, field, raw string) ([]byte, error) {
+	v := strings.TrimSpace(repl.ReplaceKnown(raw, ""))
+	src := ""
+	if onlyPlaceholders(raw) {
+		src = " (from " + raw + ")"
+	}
+	if v == "" {
+		return nil, fmt.Errorf("sealed storage: %s is empty after resolving placeholders%s; check that the environment variable or file is set", field, src)
+	}
+	k, err := seal.ParseKey(v)
+	if err != nil {
+		return nil, fmt.Errorf("sealed storage: %s%s: %w; generate one with `caddy seal-keygen`", field, src, err)
+	}
+	return k, nil
+}
+
+// onlyPlaceholders reports whether raw consists of placeholders only, so
+// that naming it in an error reveals no key.
+func onlyPlaceholders(raw string) bool {
+	return raw != "" && placeholderRE.ReplaceAllString(raw, "") == ""
+}
+
+// readKeyFile reads a base64 key from path.
+func readKeyFile(path string, logger *zap.Logger) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil {
+		warnIfShared(path, fi, logger)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	defer clear(b)
+	if len(b) > maxKeyFileSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes; it should hold one base64 key", path, maxKeyFileSize)
+	}
+	k, err := seal.ParseKey(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return k, nil
+}
+
+// warnIfShared logs when a key file is readable by group or others.
+func warnIfShared(path string, fi fs.FileInfo, logger *zap.Logger) {
+	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0 {
+		logger.Warn("seal key file is accessible to group or others; chmod 600 it",
+			zap.String("key_file", path), zap.Stringer("mode", fi.Mode().Perm()))
+	}
+}
+
+// loadOrCreateDevKey returns the development key at path, creating it (32
+// random bytes, mode 0600, directory 0700) on first use. Two processes that
+// start together end up with the same key: the file is linked into place
+// atomically, and the loser reads the winner's key.
+func loadOrCreateDevKey(path string, logger *zap.Logger) ([]byte, error) {
+	k, err := readKeyFile(path, logger)
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return k, err
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	key, err := seal.GenerateKey()
+	if err != nil {
+		return nil, err
+	}
+	content := []byte(seal.EncodeKey(key) + "\n")
+	defer clear(content)
+
+	tmp, err := os.CreateTemp(dir, ".seal.key-*") // mode 0600
+	if err != nil {
+		return nil, err
+	}
+	tmpName := tmp.Name()
+	defer os.Remove(tmpName)
+	_, err = tmp.Write(content)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("writing %s: %w", tmpName, err)
+	}
+	err = os.Link(tmpName, path)
+	switch {
+	case err == nil:
+		return key, nil
+	case errors.Is(err, fs.ErrExist):
+		return readKeyFile(path, logger)
+	}
+	// No hard links on this file system: create the file exclusively.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return readKeyFile(path, logger)
+	}
+	if err != nil {
+		return nil, err
+	}
+	_, err = f.Write(content)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("writing %s: %w", path, err)
+	}
+	return key, nil
+}
