@@ -2,6 +2,7 @@ package caddymod
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -90,13 +91,13 @@ func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer) certsource.Authority 
 			if dns01 == nil {
 				iss := *tmpl // the provisioned template is copied; SetConfig binds the copy
 				iss.SetConfig(cfg)
-				return &iss, nil
+				return quietCaddyACME{&iss}, nil
 			}
 			roots, err := loadRoots(tmpl.TrustedRootsPEMFiles)
 			if err != nil {
 				return nil, err
 			}
-			return certmagic.NewACMEIssuer(cfg, certmagic.ACMEIssuer{
+			return quietACME{certmagic.NewACMEIssuer(cfg, certmagic.ACMEIssuer{
 				CA:                tmpl.CA,
 				TestCA:            tmpl.TestCA,
 				Email:             tmpl.Email,
@@ -108,9 +109,30 @@ func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer) certsource.Authority 
 				TrustedRoots:      roots,
 				DNS01Solver:       dns01,
 				Logger:            cfg.Logger,
-			}), nil
+			})}, nil
 		},
 	}
+}
+
+// Provisioning jobs obtain certificates one attempt at a time
+// (Config.ObtainCertSync) and retry on their own schedule. CertMagic treats
+// such attempts as interactive and may then prompt on standard input for
+// an ACME account email, which would block a job forever. These wrappers
+// make the issuers' pre-checks non-interactive; everything else (Issue,
+// Revoke, renewal info) is the wrapped issuer's.
+type (
+	quietCaddyACME struct{ *caddytls.ACMEIssuer }
+	quietACME      struct{ *certmagic.ACMEIssuer }
+)
+
+// PreCheck runs the issuer's pre-check without prompts.
+func (q quietCaddyACME) PreCheck(ctx context.Context, names []string, _ bool) error {
+	return q.ACMEIssuer.PreCheck(ctx, names, false)
+}
+
+// PreCheck runs the issuer's pre-check without prompts.
+func (q quietACME) PreCheck(ctx context.Context, names []string, _ bool) error {
+	return q.ACMEIssuer.PreCheck(ctx, names, false)
 }
 
 func loadRoots(files []string) (*x509.CertPool, error) {

@@ -1,6 +1,7 @@
 package caddymod
 
 import (
+	"context"
 	"fmt"
 	"sync/atomic"
 
@@ -65,7 +66,7 @@ func (l Loader) LoadCertificates() ([]caddytls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx := caddy.ActiveContext()
+	ctx := context.Background() // the tls app gives LoadCertificates no context
 	var certs []caddytls.Certificate
 	for _, id := range ids {
 		tc, err := store.LoadKeyPair(ctx, id)

@@ -3,6 +3,7 @@ package certsource
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -63,6 +64,12 @@ type ACMEOptions struct {
 	// maps an ACME identifier to the name where its TXT record goes.
 	// Nil means wildcards cannot be managed.
 	DNS01 func(target func(identifier string) (string, error)) acmez.Solver
+
+	// DNS01InZones reports that the DNS01 solver can write TXT records
+	// inside Zones ("_acme-challenge.<base>" of a wildcard in the
+	// operator's own zones), as a DNS provider can; the built-in DNS server
+	// answers only for the challenge zone.
+	DNS01InZones bool
 
 	// Checker verifies CNAMEs. Nil skips the checks.
 	Checker CNAMEChecker
@@ -186,6 +193,11 @@ func (a *ACME) Stop() {
 // domains and for domains whose policy changes.
 func (a *ACME) Decorate(d *domainstore.Domain) {
 	d.CNAMETarget, d.ACMEChallengeCNAMETarget = nil, nil
+	if d.Policy != nil && d.Status == nil {
+		d.Status = &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
+			Msg: "provisioning job queued", StartedAt: time.Now().UTC().Truncate(time.Second),
+		}}
+	}
 	if a.inZones(d.Domain) {
 		return
 	}
@@ -302,7 +314,7 @@ func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Poli
 		if !errors.As(err, &je) {
 			je = &jobError{code: "INTERNAL_ERROR", err: err}
 		}
-		retry := time.Now().Add(delay).UTC().Truncate(time.Second)
+		retry := ceilSecond(time.Now().Add(delay))
 		code := je.code
 		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 			ErrorCode: &code, Msg: je.err.Error(), StartedAt: started, RetriesAt: &retry,
@@ -337,12 +349,17 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 	case err == nil:
 		// stored but due for renewal: renew now, then serve the new one
 		if err := cfg.RenewCertSync(ctx, name, false); err != nil {
-			return classify(err)
+			return classify(fmt.Errorf("renewing the certificate for %s from %s: %w", name, policy.Authority, err))
 		}
 	case !errors.Is(err, fs.ErrNotExist):
 		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading stored certificate: %w", err)}
 	default:
 		if auth.ValidatesNames {
+			if strings.HasPrefix(name, "*.") && a.inZones(name) && !a.opts.DNS01InZones {
+				return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf(
+					"%s is inside the operator's zones, so its DNS-01 record goes to _acme-challenge.%s, which the built-in dns_server does not serve; configure a dns_provider for the zone",
+					name, strings.TrimPrefix(name, "*."))}
+			}
 			if err := a.checkDNS(ctx, id); err != nil {
 				return err
 			}
@@ -351,7 +368,7 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 			Msg: fmt.Sprintf("obtaining a certificate from %s", policy.Authority), StartedAt: started,
 		}})
 		if err := cfg.ObtainCertSync(ctx, name); err != nil {
-			return classify(err)
+			return classify(fmt.Errorf("obtaining a certificate for %s from %s: %w", name, policy.Authority, err))
 		}
 	}
 	cert, err = cfg.CacheManagedCertificate(ctx, name)
@@ -399,7 +416,7 @@ func (a *ACME) loaded(ctx context.Context, id string, policy domainstore.Policy,
 		}
 		certID = rec.ID
 	}
-	renews := a.renewsAt(cert)
+	renews := a.renewsAt(ctx, cfg, name, cert)
 	return a.store.SetManagedState(ctx, id, policy, &domainstore.Status{RenewsAt: &renews}, certID)
 }
 
@@ -434,10 +451,25 @@ func (a *ACME) addRecord(ctx context.Context, id string, cfg *certmagic.Config, 
 	return rec, nil
 }
 
-// renewsAt is when CertMagic will start renewing cert.
-func (a *ACME) renewsAt(cert certmagic.Certificate) time.Time {
+// renewsAt is when CertMagic will start renewing cert: the time the CA
+// suggested through ACME Renewal Information when there is one, else the
+// end of the certificate's life less the renewal window.
+func (a *ACME) renewsAt(ctx context.Context, cfg *certmagic.Config, name string, cert certmagic.Certificate) time.Time {
 	if cert.Leaf == nil {
 		return time.Time{}
+	}
+	if len(cfg.Issuers) > 0 {
+		meta, err := cfg.Storage.Load(ctx, certmagic.StorageKeys.SiteMeta(cfg.Issuers[0].IssuerKey(), name))
+		var res struct {
+			IssuerData struct {
+				RenewalInfo *acme.RenewalInfo `json:"renewal_info"`
+			} `json:"issuer_data"`
+		}
+		if err == nil && json.Unmarshal(meta, &res) == nil {
+			if ri := res.IssuerData.RenewalInfo; ri != nil && !ri.SelectedTime.IsZero() {
+				return ri.SelectedTime.UTC().Truncate(time.Second)
+			}
+		}
 	}
 	ratio := a.opts.RenewalWindowRatio
 	if ratio <= 0 {
@@ -579,6 +611,16 @@ func (a *ACME) inZones(name string) bool {
 		}
 	}
 	return false
+}
+
+// ceilSecond rounds t up to a whole second (in UTC), so that a reported
+// retries_at is never earlier than the retry.
+func ceilSecond(t time.Time) time.Time {
+	t = t.UTC()
+	if r := t.Truncate(time.Second); !r.Equal(t) {
+		return r.Add(time.Second)
+	}
+	return t
 }
 
 // classify maps an ACME failure to a status code: problems the domain's

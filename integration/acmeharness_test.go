@@ -143,6 +143,13 @@ func isIssued(d map[string]any) bool {
 	return certRef(d) != "" && st != nil && st["renews_at"] != nil && st["provisioning_job"] == nil
 }
 
+// renewsAt returns the renews_at of a domain object.
+func renewsAt(t *testing.T, d map[string]any) time.Time {
+	t.Helper()
+	st, _ := d["certificate_management_status"].(map[string]any)
+	return checkTimestamp(t, "renews_at", st["renews_at"])
+}
+
 // jobOf returns the provisioning_job of a domain object, or nil.
 func jobOf(d map[string]any) map[string]any {
 	st, _ := d["certificate_management_status"].(map[string]any)
@@ -268,6 +275,19 @@ func (m *managed) expectServesManaged(t *testing.T, sni string, cert map[string]
 	}
 	verifyChain(t, state, m.p.IssuerRoots, sni)
 	return state
+}
+
+// expectServesPebble requires a handshake for sni to present a leaf that
+// Pebble issued for it (whichever serial; for certificates that renew all
+// the time).
+func (m *managed) expectServesPebble(t *testing.T, sni string) {
+	t.Helper()
+	state, err := handshakeState(m.HTTPSAddr(), sni)
+	if err != nil {
+		t.Errorf("handshake for %q: %v, want a certificate from pebble", sni, err)
+		return
+	}
+	verifyChain(t, state, m.p.IssuerRoots, sni)
 }
 
 // waitServes polls handshakes for sni until one presents serial, for at

@@ -59,11 +59,15 @@ type pebbleEnv struct {
 	logs    *syncBuffer
 }
 
-// shortProfile is a Pebble profile whose certificates are valid for
-// shortValidity, for renewal tests (the issuer's "profile").
+// Pebble profiles for renewal tests (an issuer's "profile"): shortProfile
+// certificates are valid for shortValidity; tinyProfile ones for
+// tinyValidity, short enough that CertMagic renews them within seconds
+// (under 5 renew_check_intervals left), over and over.
 const (
 	shortProfile  = "short"
 	shortValidity = 30 * time.Second
+	tinyProfile   = "tiny"
+	tinyValidity  = 8 * time.Second
 )
 
 var (
@@ -105,6 +109,7 @@ func startPebble() (*pebbleEnv, error) {
 	authority := ca.New(logger, store, "", "ecdsa", 0, 1, map[string]ca.Profile{
 		"default":    {Description: "the default profile"},
 		shortProfile: {Description: "short-lived certificates", ValidityPeriod: uint64(shortValidity / time.Second)},
+		tinyProfile:  {Description: "very short-lived certificates", ValidityPeriod: uint64(tinyValidity / time.Second)},
 	})
 	validator := va.New(logger, p.HTTPPort, p.TLSPort, false, p.DNSAddr, store)
 	front := wfe.New(logger, store, validator, authority, nil, false, false, 0, 0)

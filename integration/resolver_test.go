@@ -160,6 +160,12 @@ func (r *testResolver) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	q := req.Question[0]
 	r.resolve(m, q)
+	var answers []string
+	for _, rr := range m.Answer {
+		answers = append(answers, strings.ReplaceAll(rr.String(), "\t", " "))
+	}
+	r.logf("resolver: %s %s -> %s [%s]", dns.TypeToString[q.Qtype], q.Name,
+		dns.RcodeToString[m.Rcode], strings.Join(answers, "; "))
 	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
 		size := dns.MinMsgSize
 		if opt := req.IsEdns0(); opt != nil {
