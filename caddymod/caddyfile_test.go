@@ -1,0 +1,103 @@
+package caddymod
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	_ "github.com/caddyserver/caddy/v2/modules/caddytls" // tls.issuance.internal and acme
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	tests := []struct {
+		name, input, want, wantErr string
+	}{
+		{"empty", "domaincerts", `{}`, ""},
+		{"empty block", "domaincerts {\n}", `{}`, ""},
+		{"options", `domaincerts {
+			cache_capacity 7
+			fallback_certificate cert_x
+			zones a.test b.test
+			zones c.test
+			cname_target edge.a.test
+			challenge_zone acme.a.test
+			dns_server 127.0.0.1:5353 {
+				ns ns1.a.test
+			}
+			resolvers 127.0.0.1:53
+			retry_interval 2s 10s
+			renew_check_interval 1m
+			renewal_window_ratio 0.25
+		}`, `{"cache_capacity":7,"fallback_certificate_id":"cert_x","zones":["a.test","b.test","c.test"],"cname_target":"edge.a.test","challenge_zone":"acme.a.test","dns_server":{"listen":"127.0.0.1:5353","ns":"ns1.a.test"},"resolvers":["127.0.0.1:53"],"retry_min_interval":2000000000,"retry_max_interval":10000000000,"renew_check_interval":60000000000,"renewal_window_ratio":0.25}`, ""},
+		{"issuers", "domaincerts {\n issuer local internal\n default_authority local\n}", `{"issuers":{"local":{"module":"internal"}},"default_authority":"local"}`, ""},
+		{"unknown", "domaincerts {\n nope 1\n}", "", "unrecognized domaincerts option 'nope'"},
+		{"duplicate", "domaincerts {\n cname_zone a\n cname_zone b\n}", "", "duplicate domaincerts option 'cname_zone'"},
+		{"issuer without module", "domaincerts {\n issuer local\n}", "", "missing module name"},
+		{"ratio not a number", "domaincerts {\n renewal_window_ratio half\n}", "", "renewal_window_ratio"},
+		{"retry three args", "domaincerts {\n retry_interval 1s 2s 3s\n}", "", "wrong argument count"},
+		{"dns_server dup ns", "domaincerts {\n dns_server {\n ns a\n ns b\n }\n}", "", "duplicate dns_server option 'ns'"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var app App
+			err := app.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v; want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := json.Marshal(&app)
+			if string(got) != tt.want {
+				t.Fatalf("got  %s\nwant %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestManagerAndLoaderCaddyfile(t *testing.T) {
+	var m Manager
+	if err := m.UnmarshalCaddyfile(caddyfile.NewTestDispenser("domaincerts")); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.UnmarshalCaddyfile(caddyfile.NewTestDispenser("domaincerts extra")); err == nil {
+		t.Fatal("manager accepted an argument")
+	}
+	var l Loader
+	if err := l.UnmarshalCaddyfile(caddyfile.NewTestDispenser("domaincerts_load a.test cert_x")); err != nil {
+		t.Fatal(err)
+	}
+	if len(l) != 2 || l[0] != "a.test" || l[1] != "cert_x" {
+		t.Fatalf("loader = %v", l)
+	}
+}
+
+// FuzzUnmarshalCaddyfile feeds arbitrary Caddyfile text to the app's
+// parser: it must return an error or a config that encodes, never panic.
+func FuzzUnmarshalCaddyfile(f *testing.F) {
+	for _, seed := range []string{
+		"domaincerts",
+		"domaincerts {\n zones a b\n}",
+		"domaincerts {\n dns_server :53 {\n ns x\n }\n}",
+		"domaincerts {\n issuer a internal\n}",
+		"domaincerts {\n retry_interval 1s 2s\n renewal_window_ratio 0.5\n}",
+		"domaincerts {\n {\n}",
+		"domaincerts }",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, input string) {
+		var app App
+		if err := app.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
+			return
+		}
+		if _, err := json.Marshal(&app); err != nil {
+			t.Fatalf("parsed config does not encode: %v", err)
+		}
+	})
+}
