@@ -15,5 +15,5 @@ case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
 cd "$here"
 echo "building Caddy $caddy_version with github.com/domaincerts/caddy-domaincerts (xcaddy $xcaddy_version) -> $out" >&2
 go run "github.com/caddyserver/xcaddy/cmd/xcaddy@$xcaddy_version" build "$caddy_version" \
-	--with "github.com/domaincerts/caddy-domaincerts=$here" \
+	--with "github.com/domaincerts/caddy-domaincerts@v0.0.0=$here" \
 	--output "$out"
