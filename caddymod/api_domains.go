@@ -77,7 +77,10 @@ func (h *handler) listDomains(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	domains, more := h.store.ListDomains(limit, before)
+	domains, more, err := h.store.ListDomains(r.Context(), limit, before)
+	if err != nil {
+		return err
+	}
 	views := make([]domainView, len(domains))
 	last := ""
 	for i, d := range domains {
@@ -88,8 +91,8 @@ func (h *handler) listDomains(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (h *handler) getDomain(w http.ResponseWriter, _ *http.Request, id string) error {
-	d, err := h.store.GetDomain(id)
+func (h *handler) getDomain(w http.ResponseWriter, r *http.Request, id string) error {
+	d, err := h.store.GetDomain(r.Context(), id)
 	if err != nil {
 		return err
 	}

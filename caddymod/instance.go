@@ -24,8 +24,10 @@ type instance struct {
 	source *certsource.Source
 }
 
-// Destruct is called when the last app using the instance is cleaned up.
-func (*instance) Destruct() error { return nil }
+// Destruct is called when the last app using the instance is cleaned up
+// (Caddy stops, or a reload moves to another storage): it writes the index
+// snapshot that makes the next start-up fast.
+func (i *instance) Destruct() error { return i.store.Close() }
 
 // storageIdentity names a storage location. Storages that print themselves
 // (certmagic.FileStorage, caddy.storage.sealed) are named by what they

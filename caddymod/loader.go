@@ -91,9 +91,9 @@ func (l Loader) selectIDs(store *domainstore.Store) ([]string, error) {
 		}
 	}
 	if len(l) == 0 {
-		for _, d := range store.AllDomains() {
-			if d.Policy == nil {
-				add(d.CertificateID)
+		for _, e := range store.Entries() {
+			if !e.Managed {
+				add(e.CertificateID)
 			}
 		}
 		return ids, nil
@@ -103,7 +103,7 @@ func (l Loader) selectIDs(store *domainstore.Store) ([]string, error) {
 			add(sel)
 			continue
 		}
-		d, ok := store.DomainByName(sel)
+		d, ok := store.DomainByName(context.Background(), sel)
 		if !ok {
 			return nil, fmt.Errorf("%q is neither a certificate ID nor a registered domain", sel)
 		}

@@ -167,11 +167,21 @@ func (a *ACME) Start() {
 	currentACME.Store(a)
 	a.source.SetManaged(a)
 	a.store.Subscribe(a)
-	for _, d := range a.store.AllDomains() {
-		if d.Policy != nil {
-			a.startJob(d)
+	// managed domains resume in the background: their records are read
+	// from storage one by one, which must not delay the config load
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		ctx := context.Background()
+		for _, e := range a.store.Entries() {
+			if !e.Managed {
+				continue
+			}
+			if d, err := a.store.GetDomain(ctx, e.DomainID); err == nil && d.Policy != nil {
+				a.startJob(d)
+			}
 		}
-	}
+	}()
 }
 
 // Stop cancels this manager's jobs. Certificates stay in the cache and
@@ -383,7 +393,7 @@ func (a *ACME) checkDNS(ctx context.Context, id string) error {
 	if a.opts.Checker == nil {
 		return nil
 	}
-	d, err := a.store.GetDomain(id)
+	d, err := a.store.GetDomain(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -404,7 +414,7 @@ func (a *ACME) checkDNS(ctx context.Context, id string) error {
 // loaded records a certificate that is now in the cache: a certificate
 // record if the domain has none for it, and the status.
 func (a *ACME) loaded(ctx context.Context, id string, policy domainstore.Policy, cfg *certmagic.Config, name string, cert certmagic.Certificate) error {
-	d, err := a.store.GetDomain(id)
+	d, err := a.store.GetDomain(ctx, id)
 	if err != nil {
 		return nil // deleted meanwhile
 	}
@@ -480,7 +490,7 @@ func (a *ACME) renewsAt(ctx context.Context, cfg *certmagic.Config, name string,
 }
 
 func (a *ACME) setStatus(ctx context.Context, id string, policy domainstore.Policy, st *domainstore.Status) {
-	if d, err := a.store.GetDomain(id); err == nil && d.Status != nil {
+	if d, err := a.store.GetDomain(ctx, id); err == nil && d.Status != nil {
 		st.RenewsAt = d.Status.RenewsAt // keep the renewal time of a certificate still served
 	}
 	if err := a.store.SetManagedState(ctx, id, policy, st, ""); err != nil {
@@ -495,7 +505,7 @@ func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) e
 		return nil
 	}
 	name, _ := data["identifier"].(string)
-	d, ok := a.store.DomainByName(name)
+	d, ok := a.store.DomainByName(ctx, name)
 	if !ok || d.Policy == nil {
 		return nil
 	}
@@ -543,7 +553,7 @@ func (a *ACME) afterRenewal(id string, policy domainstore.Policy, name string) {
 // maintenance (renewals).
 func (a *ACME) configForCert(c certmagic.Certificate) (*certmagic.Config, error) {
 	for _, n := range c.Names {
-		if d, ok := a.store.DomainByName(n); ok && d.Policy != nil {
+		if d, ok := a.store.DomainByName(context.Background(), n); ok && d.Policy != nil {
 			return a.config(*d.Policy, strings.HasPrefix(d.Domain, "*."))
 		}
 	}
@@ -595,7 +605,7 @@ func (a *ACME) config(p domainstore.Policy, wildcard bool) (*certmagic.Config, e
 // domain outside the operator's zones, else "_acme-challenge.<base>".
 func (a *ACME) txtTarget(identifier string) (string, error) {
 	base := strings.TrimPrefix(strings.ToLower(identifier), "*.")
-	if d, ok := a.store.DomainByName("*." + base); ok && d.ACMEChallengeCNAMETarget != nil {
+	if d, ok := a.store.DomainByName(context.Background(), "*."+base); ok && d.ACMEChallengeCNAMETarget != nil {
 		return *d.ACMEChallengeCNAMETarget, nil
 	}
 	return "_acme-challenge." + base, nil

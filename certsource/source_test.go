@@ -37,6 +37,7 @@ func newFixtureOn(t testing.TB, capacity int, st certmagic.Storage, dir string) 
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = store.Close() })
 	return &fixture{store: store, source: New(store, capacity, nil), ca: testpki.NewCA(t, "Source Test CA"), dir: dir}
 }
 
@@ -161,6 +162,7 @@ func TestLoadsFromStorageOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = store2.Close() })
 	f2 := &fixture{store: store2, source: New(store2, 10, nil), ca: f.ca}
 	var wg sync.WaitGroup
 	for i := 0; i < 16; i++ {
@@ -186,7 +188,7 @@ func TestLoadsFromStorageOnce(t *testing.T) {
 func TestDeletedCertificateLeavesCache(t *testing.T) {
 	f := newFixture(t, 10)
 	id, _ := f.attach(t, "a.example.test")
-	d, _ := f.store.DomainByName("a.example.test")
+	d, _ := f.store.DomainByName(context.Background(), "a.example.test")
 	if err := f.store.DeleteDomain(context.Background(), d.ID); err != nil {
 		t.Fatal(err)
 	}

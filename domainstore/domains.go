@@ -2,6 +2,9 @@ package domainstore
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"slices"
 
 	"go.uber.org/zap"
@@ -85,49 +88,79 @@ func (s *Store) CreateDomain(ctx context.Context, in DomainInput) (*Domain, erro
 	if s.opts.Decorate != nil {
 		s.opts.Decorate(d)
 	}
-	if err := s.writeJSON(ctx, domainKey(d.ID), d); err != nil {
+	if _, err := s.writeDomainLocked(ctx, d); err != nil {
 		return nil, err
 	}
-	s.putDomainLocked(d)
 	s.notifyDomainLocked(nil, d)
 	s.log.Info("domain created", zap.String("domain_id", d.ID), zap.String("domain", name),
 		zap.String("cert_id", d.CertificateID), zap.Bool("managed", policy != nil))
 	return d.clone(), nil
 }
 
-// GetDomain returns a domain record.
-func (s *Store) GetDomain(id string) (*Domain, error) {
+// GetDomain reads a domain record from storage.
+func (s *Store) GetDomain(ctx context.Context, id string) (*Domain, error) {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	d, ok := s.domains[id]
+	e, ok := s.domains[id]
+	s.mu.RUnlock()
 	if !ok {
 		return nil, notFound("domain", id)
 	}
-	return d.clone(), nil
+	d, err := s.loadDomainVersion(ctx, id, e.Version)
+	if err != nil && errors.Is(err, fs.ErrNotExist) {
+		// rewritten meanwhile; read under the lock to get a stable version
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		if e, ok = s.domains[id]; !ok {
+			return nil, notFound("domain", id)
+		}
+		return s.loadDomainVersion(ctx, id, e.Version)
+	}
+	return d, err
 }
 
-// DomainByName returns the domain registered for exactly this name.
-func (s *Store) DomainByName(name string) (*Domain, bool) {
+// DomainByName reads the record of the domain registered for exactly this
+// name (a wildcard name matches only itself).
+func (s *Store) DomainByName(ctx context.Context, name string) (*Domain, bool) {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	id, ok := s.names[sniNormalize(name)]
+	s.mu.RUnlock()
 	if !ok {
 		return nil, false
 	}
-	return s.domains[id].clone(), true
+	d, err := s.GetDomain(ctx, id)
+	return d, err == nil
 }
 
 // ListDomains returns up to limit domains created before beforeID (or the
 // newest, when it is empty), newest first, and whether more follow.
-func (s *Store) ListDomains(limit int, beforeID string) ([]*Domain, bool) {
+func (s *Store) ListDomains(ctx context.Context, limit int, beforeID string) ([]*Domain, bool, error) {
+	s.mu.RLock()
+	ids, more := page(s.domainIDs, limit, beforeID)
+	s.mu.RUnlock()
+	out := make([]*Domain, 0, len(ids))
+	for _, id := range ids {
+		d, err := s.GetDomain(ctx, id)
+		if dcerr.CodeOf(err) == dcerr.NotFound {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		out = append(out, d)
+	}
+	return out, more, nil
+}
+
+// Entries returns the index entries of every domain, oldest first. The
+// entries are immutable.
+func (s *Store) Entries() []*Entry {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	ids, more := page(s.domainIDs, limit, beforeID)
-	out := make([]*Domain, len(ids))
-	for i, id := range ids {
-		out[i] = s.domains[id].clone()
+	out := make([]*Entry, len(s.domainIDs))
+	for i, id := range s.domainIDs {
+		out[i] = s.domains[id]
 	}
-	return out, more
+	return out
 }
 
 // UpdateDomain applies a patch. A rejected patch changes nothing.
@@ -159,9 +192,9 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cur, ok := s.domains[id]
-	if !ok {
-		return nil, notFound("domain", id)
+	cur, err := s.currentLocked(ctx, id)
+	if err != nil {
+		return nil, err
 	}
 	if p.Domain != nil {
 		if n, err := NormalizeDomain(*p.Domain); err != nil || n != cur.Domain {
@@ -198,10 +231,9 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 		}
 	}
 	d.UpdatedAt = now()
-	if err := s.writeJSON(ctx, domainKey(d.ID), d); err != nil {
+	if _, err := s.writeDomainLocked(ctx, d); err != nil {
 		return nil, err
 	}
-	s.putDomainLocked(d)
 	s.notifyDomainLocked(cur, d)
 	s.log.Info("domain updated", zap.String("domain_id", d.ID), zap.String("domain", d.Domain),
 		zap.String("cert_id", d.CertificateID), zap.Bool("managed", d.Policy != nil))
@@ -259,14 +291,19 @@ func (s *Store) SetManagedState(ctx context.Context, id string, policy Policy, s
 func (s *Store) DeleteDomain(ctx context.Context, id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d, ok := s.domains[id]
+	e, ok := s.domains[id]
 	if !ok {
 		return notFound("domain", id)
 	}
-	if err := s.Storage().Delete(ctx, domainKey(id)); err != nil {
+	d, err := s.loadDomainVersion(ctx, id, e.Version)
+	if err != nil {
 		return err
 	}
-	s.removeDomainLocked(d)
+	if err := s.Storage().Delete(ctx, domainRecordKey(id, e.Version)); err != nil {
+		return fmt.Errorf("deleting domain %s: %w", id, err)
+	}
+	s.removeEntryLocked(e)
+	s.markDirty()
 	s.notifyDomainLocked(d, nil)
 	s.log.Info("domain deleted", zap.String("domain_id", id), zap.String("domain", d.Domain))
 	return nil
@@ -277,9 +314,9 @@ func (s *Store) DeleteDomain(ctx context.Context, id string) error {
 func (s *Store) mutateDomain(ctx context.Context, id string, fn func(*Domain) (bool, error)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cur, ok := s.domains[id]
-	if !ok {
-		return notFound("domain", id)
+	cur, err := s.currentLocked(ctx, id)
+	if err != nil {
+		return err
 	}
 	d := cur.clone()
 	changed, err := fn(d)
@@ -287,12 +324,20 @@ func (s *Store) mutateDomain(ctx context.Context, id string, fn func(*Domain) (b
 		return err
 	}
 	d.UpdatedAt = now()
-	if err := s.writeJSON(ctx, domainKey(id), d); err != nil {
+	if _, err := s.writeDomainLocked(ctx, d); err != nil {
 		return err
 	}
-	s.putDomainLocked(d)
 	s.notifyDomainLocked(cur, d)
 	return nil
+}
+
+// currentLocked reads the current record of domain id. s.mu must be held.
+func (s *Store) currentLocked(ctx context.Context, id string) (*Domain, error) {
+	e, ok := s.domains[id]
+	if !ok {
+		return nil, notFound("domain", id)
+	}
+	return s.loadDomainVersion(ctx, id, e.Version)
 }
 
 // notifyDomainLocked tells listeners about a change. It is called with
@@ -357,15 +402,4 @@ func (s *Store) normalizePolicy(p *Policy) (*Policy, error) {
 func errCertAndPolicy() error {
 	return dcerr.New(dcerr.CertAndPolicy,
 		"give either certificate_id (an uploaded certificate) or certificate_management_policy (automated certificates), not both")
-}
-
-// AllDomains returns copies of every domain record, oldest first.
-func (s *Store) AllDomains() []*Domain {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]*Domain, len(s.domainIDs))
-	for i, id := range s.domainIDs {
-		out[i] = s.domains[id].clone()
-	}
-	return out
 }

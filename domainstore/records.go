@@ -121,14 +121,16 @@ func (d *Domain) clone() *Domain {
 // Entry is what the SNI index holds for a domain: everything the handshake
 // path needs, immutable once published.
 type Entry struct {
-	DomainID string
-	Name     string
+	DomainID string `json:"id"`
+	Name     string `json:"n"`
 	// CertificateID is the certificate to serve; empty if there is none.
-	CertificateID string
+	CertificateID string `json:"c,omitempty"`
 	// Managed is true when the domain has a management policy.
-	Managed bool
+	Managed bool `json:"m,omitempty"`
+	// Version is the version of the stored record the entry reflects.
+	Version uint64 `json:"v"`
 }
 
-func entryFor(d *Domain) *Entry {
-	return &Entry{DomainID: d.ID, Name: d.Domain, CertificateID: d.CertificateID, Managed: d.Policy != nil}
+func entryFor(d *Domain, version uint64) *Entry {
+	return &Entry{DomainID: d.ID, Name: d.Domain, CertificateID: d.CertificateID, Managed: d.Policy != nil, Version: version}
 }

@@ -33,8 +33,6 @@ func certRecordKey(id string) string { return certificatesDir + "/" + id + ".jso
 // CertificateKeyKey returns the storage key of a certificate's private key.
 func CertificateKeyKey(id string) string { return certificatesDir + "/" + id + ".key" }
 
-func domainKey(id string) string { return domainsDir + "/" + id + ".json" }
-
 // Options configure a Store.
 type Options struct {
 	// Logger receives the store's logs. Default: a no-op logger.
@@ -69,25 +67,36 @@ type Listener interface {
 
 // Store is the service behind every door: it validates, persists and
 // indexes Domains and Certificates. It is safe for concurrent use.
+//
+// Memory holds the index entries only (name, domain ID, certificate ID,
+// managed flag, record version), not the records: reads of a record go to
+// storage, so that a million domains cost little memory and start fast.
 type Store struct {
 	storage atomic.Pointer[storageRef]
 	opts    Options
 	log     *zap.Logger
 	index   *sniindex.Index[*Entry]
 
-	// mu guards the fields below and serializes domain writes, so that
-	// checks (uniqueness, certificate in use) and writes cannot interleave.
+	// mu guards the fields below and serializes writes, so that checks
+	// (uniqueness, certificate in use) and writes cannot interleave.
 	mu        sync.RWMutex
-	domains   map[string]*Domain // by ID
-	names     map[string]string  // normalized domain name -> domain ID
-	domainIDs []string           // sorted, oldest first
-	certIDs   []string           // sorted, oldest first
-	certUse   map[string]int     // certificate ID -> domains that use it
+	domains   map[string]*Entry // by domain ID
+	names     map[string]string // normalized domain name -> domain ID
+	domainIDs []string          // sorted, oldest first
+	certIDs   []string          // sorted, oldest first
+	certUse   map[string]int    // certificate ID -> domains that use it
 	listeners []Listener
+
+	dirty     chan struct{}
+	closing   chan struct{}
+	loopDone  chan struct{}
+	closeOnce sync.Once
 }
 
-// Open reads the records in storage and returns a Store with its index
-// built. Only domain records are read; certificates are listed, not loaded.
+// Open returns a Store over storage with its index built. It reads the
+// index snapshot and lists the record directories; it reads only the
+// domain records that changed since the snapshot was written, and no
+// certificate.
 func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
@@ -99,12 +108,15 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 		opts.Authorities = []string{opts.DefaultAuthority}
 	}
 	s := &Store{
-		opts:    opts,
-		log:     opts.Logger,
-		index:   sniindex.New[*Entry](),
-		domains: make(map[string]*Domain),
-		names:   make(map[string]string),
-		certUse: make(map[string]int),
+		opts:     opts,
+		log:      opts.Logger,
+		index:    sniindex.New[*Entry](),
+		domains:  make(map[string]*Entry),
+		names:    make(map[string]string),
+		certUse:  make(map[string]int),
+		dirty:    make(chan struct{}, 1),
+		closing:  make(chan struct{}),
+		loopDone: make(chan struct{}),
 	}
 	s.SetStorage(storage)
 	start := time.Now()
@@ -119,37 +131,88 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 	}
 	slices.Sort(s.certIDs)
 
-	domainKeys, err := listKeys(ctx, storage, domainsDir)
+	loaded, stale, err := s.loadDomains(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listing domains: %w", err)
+		return nil, err
 	}
-	for _, k := range domainKeys {
-		id, ok := idFromKey(k, DomainPrefix)
-		if !ok {
-			continue
-		}
-		d, err := s.loadDomain(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		if other, dup := s.names[d.Domain]; dup {
-			// two instances raced on the same name; keep the older record
-			s.log.Warn("duplicate domain records; keeping the older",
-				zap.String("domain", d.Domain), zap.String("domain_id", d.ID), zap.String("kept_domain_id", other))
-			continue
-		}
-		s.putDomainLocked(d)
+	go s.snapshotLoop()
+	if loaded > 0 || stale > 0 {
+		s.markDirty()
 	}
-	slices.Sort(s.domainIDs)
 	s.log.Info("domain store loaded",
 		zap.Int("domains", len(s.domainIDs)),
+		zap.Int("records_read", loaded),
 		zap.Int("certificates", len(s.certIDs)),
 		zap.Duration("took", time.Since(start)))
 	return s, nil
 }
 
-// storageRef boxes a Storage for atomic.Pointer.
-type storageRef struct{ certmagic.Storage }
+// loadDomains builds the index from the snapshot and the listing of the
+// domain records, reading the records the snapshot does not reflect. It
+// returns how many records it read and how many stale versions it found
+// (and deleted).
+func (s *Store) loadDomains(ctx context.Context) (int, int, error) {
+	snap := s.loadSnapshot(ctx)
+	keys, err := listKeys(ctx, s.Storage(), domainsDir)
+	if err != nil {
+		return 0, 0, fmt.Errorf("listing domains: %w", err)
+	}
+	versions := make(map[string]uint64, len(keys))
+	var stale []string
+	for _, k := range keys {
+		id, v, ok := parseDomainKey(k)
+		if !ok {
+			continue
+		}
+		if old, seen := versions[id]; seen {
+			// a write was interrupted between storing the new version
+			// and deleting the old one
+			stale = append(stale, domainRecordKey(id, min(old, v)))
+			v = max(old, v)
+		}
+		versions[id] = v
+	}
+	for _, k := range stale {
+		_ = s.Storage().Delete(ctx, k)
+	}
+	ids := make([]string, 0, len(versions))
+	for id := range versions {
+		ids = append(ids, id)
+	}
+	s.domains = make(map[string]*Entry, len(ids))
+	s.names = make(map[string]string, len(ids))
+	s.domainIDs = make([]string, 0, len(ids))
+	s.index.Grow(len(ids))
+	slices.Sort(ids) // oldest first, so the older of two records for one name wins
+	read := 0
+	for _, id := range ids {
+		v := versions[id]
+		e, ok := snap[id]
+		if !ok || e.Version != v {
+			d, err := s.loadDomainVersion(ctx, id, v)
+			if err != nil {
+				return 0, 0, err
+			}
+			e = entryFor(d, v)
+			read++
+		}
+		if other, dup := s.names[e.Name]; dup {
+			// two instances raced on the same name; keep the older record
+			s.log.Warn("duplicate domain records; keeping the older",
+				zap.String("domain", e.Name), zap.String("domain_id", e.DomainID), zap.String("kept_domain_id", other))
+			continue
+		}
+		s.putEntryLocked(e)
+	}
+	return read, len(stale), nil
+}
+
+// Subscribe adds a listener for changes.
+func (s *Store) Subscribe(l Listener) {
+	s.mu.Lock()
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+}
 
 // Unsubscribe removes a listener added with Subscribe.
 func (s *Store) Unsubscribe(l Listener) {
@@ -174,6 +237,9 @@ func (s *Store) SetPolicyOptions(defaultAuthority string, authorities []string, 
 	s.opts.Decorate = decorate
 }
 
+// storageRef boxes a Storage for atomic.Pointer.
+type storageRef struct{ certmagic.Storage }
+
 // Storage returns the storage the store writes to.
 func (s *Store) Storage() certmagic.Storage { return s.storage.Load().Storage }
 
@@ -182,13 +248,6 @@ func (s *Store) Storage() certmagic.Storage { return s.storage.Load().Storage }
 // records are not re-read.
 func (s *Store) SetStorage(storage certmagic.Storage) {
 	s.storage.Store(&storageRef{storage})
-}
-
-// Subscribe adds a listener for changes.
-func (s *Store) Subscribe(l Listener) {
-	s.mu.Lock()
-	s.listeners = append(s.listeners, l)
-	s.mu.Unlock()
 }
 
 // Lookup returns the index entry for a handshake's server name: the exact
@@ -211,10 +270,10 @@ func (s *Store) listenersSnapshot() []Listener {
 	return slices.Clone(s.listeners)
 }
 
-// putDomainLocked publishes d (a record the store owns) in the maps and
-// the index. s.mu must be held, or s not yet shared.
-func (s *Store) putDomainLocked(d *Domain) {
-	old, had := s.domains[d.ID]
+// putEntryLocked publishes e in the maps and the index. s.mu must be
+// held, or s not yet shared.
+func (s *Store) putEntryLocked(e *Entry) {
+	old, had := s.domains[e.DomainID]
 	if had && old.CertificateID != "" {
 		s.certUse[old.CertificateID]--
 		if s.certUse[old.CertificateID] <= 0 {
@@ -222,34 +281,35 @@ func (s *Store) putDomainLocked(d *Domain) {
 		}
 	}
 	if !had {
-		s.domainIDs = append(s.domainIDs, d.ID) // IDs grow; callers sort after bulk loads
+		s.domainIDs = insertSorted(s.domainIDs, e.DomainID)
 	}
-	s.domains[d.ID] = d
-	s.names[d.Domain] = d.ID
-	if d.CertificateID != "" {
-		s.certUse[d.CertificateID]++
+	s.domains[e.DomainID] = e
+	s.names[e.Name] = e.DomainID
+	if e.CertificateID != "" {
+		s.certUse[e.CertificateID]++
 	}
-	s.index.Set(d.Domain, entryFor(d))
+	s.index.Set(e.Name, e)
 }
 
-// removeDomainLocked drops d from the maps and the index. s.mu must be held.
-func (s *Store) removeDomainLocked(d *Domain) {
-	delete(s.domains, d.ID)
-	delete(s.names, d.Domain)
-	if d.CertificateID != "" {
-		s.certUse[d.CertificateID]--
-		if s.certUse[d.CertificateID] <= 0 {
-			delete(s.certUse, d.CertificateID)
+// removeEntryLocked drops e from the maps and the index. s.mu must be held.
+func (s *Store) removeEntryLocked(e *Entry) {
+	delete(s.domains, e.DomainID)
+	delete(s.names, e.Name)
+	if e.CertificateID != "" {
+		s.certUse[e.CertificateID]--
+		if s.certUse[e.CertificateID] <= 0 {
+			delete(s.certUse, e.CertificateID)
 		}
 	}
-	if i, ok := slices.BinarySearch(s.domainIDs, d.ID); ok {
+	if i, ok := slices.BinarySearch(s.domainIDs, e.DomainID); ok {
 		s.domainIDs = slices.Delete(s.domainIDs, i, i+1)
 	}
-	s.index.Delete(d.Domain)
+	s.index.Delete(e.Name)
 }
 
-func (s *Store) loadDomain(ctx context.Context, id string) (*Domain, error) {
-	b, err := s.Storage().Load(ctx, domainKey(id))
+// loadDomainVersion reads version v of domain id from storage.
+func (s *Store) loadDomainVersion(ctx context.Context, id string, v uint64) (*Domain, error) {
+	b, err := s.Storage().Load(ctx, domainRecordKey(id, v))
 	if err != nil {
 		return nil, fmt.Errorf("loading domain %s: %w", id, err)
 	}
@@ -261,6 +321,29 @@ func (s *Store) loadDomain(ctx context.Context, id string) (*Domain, error) {
 		return nil, fmt.Errorf("decoding domain %s: record holds id %q", id, d.ID)
 	}
 	return &d, nil
+}
+
+// writeDomainLocked stores d as the next version of its record, deletes
+// the previous version, and publishes the new entry. s.mu must be held.
+func (s *Store) writeDomainLocked(ctx context.Context, d *Domain) (*Entry, error) {
+	var v uint64 = 1
+	old := s.domains[d.ID]
+	if old != nil {
+		v = old.Version + 1
+	}
+	if err := s.writeJSON(ctx, domainRecordKey(d.ID, v), d); err != nil {
+		return nil, err
+	}
+	if old != nil {
+		if err := s.Storage().Delete(ctx, domainRecordKey(d.ID, old.Version)); err != nil {
+			// the next start-up finds two versions and keeps the newer
+			s.log.Warn("deleting previous domain record version", zap.String("domain_id", d.ID), zap.Error(err))
+		}
+	}
+	e := entryFor(d, v)
+	s.putEntryLocked(e)
+	s.markDirty()
+	return e, nil
 }
 
 func (s *Store) writeJSON(ctx context.Context, key string, v any) error {

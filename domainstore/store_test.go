@@ -25,6 +25,7 @@ func openStore(t *testing.T, dir string) *Store {
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
+	t.Cleanup(func() { _ = s.Close() })
 	return s
 }
 
@@ -291,7 +292,10 @@ func TestPagination(t *testing.T) {
 		if pages > 5 {
 			t.Fatal("pagination does not end")
 		}
-		page, more := s.ListDomains(3, before)
+		page, more, err := s.ListDomains(ctx, 3, before)
+		if err != nil {
+			t.Fatal(err)
+		}
 		for _, d := range page {
 			seen = append(seen, d.ID)
 		}
@@ -392,7 +396,7 @@ func TestConcurrentWrites(t *testing.T) {
 		}
 		// the index and the stored record of the shared domain agree
 		e, _ := s.Lookup("shared.example.test")
-		got, _ := s.GetDomain(sd.ID)
+		got, _ := s.GetDomain(ctx, sd.ID)
 		if e.CertificateID != got.CertificateID {
 			t.Fatalf("index says %s, record says %s", e.CertificateID, got.CertificateID)
 		}

@@ -40,6 +40,20 @@ func New[V any]() *Index[V] {
 	return ix
 }
 
+// Grow makes room for about n more names, to spare rehashing when an
+// index is filled in bulk.
+func (ix *Index[V]) Grow(n int) {
+	per := n/shardCount + 1
+	for i := range ix.shards {
+		s := &ix.shards[i]
+		s.mu.Lock()
+		if len(s.exact) == 0 {
+			s.exact = make(map[string]V, per)
+		}
+		s.mu.Unlock()
+	}
+}
+
 // Normalize returns name as the index stores and looks it up: lowercased
 // and without a trailing dot. It allocates only when name has uppercase
 // letters.
