@@ -2,6 +2,7 @@ package domainstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -279,11 +280,13 @@ func (s *Store) SetManagedState(ctx context.Context, id string, policy Policy, s
 		if d.Policy == nil || *d.Policy != policy {
 			return false, nil
 		}
+		before := *d
 		d.Status = status
 		if certificateID != "" {
 			d.CertificateID = certificateID
 		}
-		return true, nil
+		// an unchanged status is not rewritten (nor is updated_at bumped)
+		return d.CertificateID != before.CertificateID || !sameStatus(d.Status, before.Status), nil
 	})
 }
 
@@ -402,4 +405,11 @@ func (s *Store) normalizePolicy(p *Policy) (*Policy, error) {
 func errCertAndPolicy() error {
 	return dcerr.New(dcerr.CertAndPolicy,
 		"give either certificate_id (an uploaded certificate) or certificate_management_policy (automated certificates), not both")
+}
+
+// sameStatus reports whether two statuses say the same.
+func sameStatus(a, b *Status) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
 }
