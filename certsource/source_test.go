@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
+	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
 	"github.com/domaincerts/caddy-domaincerts/internal/memstorage"
 	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
@@ -284,4 +286,33 @@ func benchStore(b *testing.B, f *fixture, n int) (*domainstore.Store, []string) 
 		}
 	}
 	return f.store, names
+}
+
+// BenchmarkCacheMemory reports the heap bytes one cached certificate takes
+// (an ECDSA P-256 leaf with its intermediate and key, parsed leaf kept).
+func BenchmarkCacheMemory(b *testing.B) {
+	ca := testpki.NewCA(b, "Memory CA")
+	const n = 2000
+	leaves := make([]*testpki.Leaf, n)
+	for i := range leaves {
+		leaves[i] = ca.Issue(b, fmt.Sprintf("m%d.example.test", i))
+	}
+	for i := 0; i < b.N; i++ {
+		cache := NewCache(n)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for j, l := range leaves {
+			bnd, err := bundle.Parse(l.CertPEM, l.KeyPEM)
+			if err != nil {
+				b.Fatal(err)
+			}
+			tc := bnd.TLSCertificate()
+			cache.Put(fmt.Sprint("cert_", j), &tc)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/cert")
+		runtime.KeepAlive(cache)
+	}
 }

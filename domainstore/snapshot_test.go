@@ -3,6 +3,7 @@ package domainstore
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -195,4 +196,38 @@ func FuzzDecodeSnapshot(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkIndexMemory reports the heap bytes per domain that a loaded
+// store keeps (index entry, maps, sorted IDs) at 100,000 domains.
+func BenchmarkIndexMemory(b *testing.B) {
+	ctx := context.Background()
+	st := new(memstorage.Storage)
+	s, err := Open(ctx, st, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = 100_000
+	for i := 0; i < n; i++ {
+		if _, err := s.CreateDomain(ctx, DomainInput{Domain: fmt.Sprintf("customer-%d.example.test", i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < b.N; i++ {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		s2, err := Open(ctx, st, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/domain")
+		s2.closeOnce.Do(func() { close(s2.closing) })
+		runtime.KeepAlive(s2)
+	}
 }
