@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSmoke runs the whole tool in-process with tiny numbers against both
+// servers, which it builds itself, and checks that every row is there with
+// plausible values. It checks no speed goal: the numbers of a 300 ms phase
+// on a shared machine say nothing.
+func TestSmoke(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	jsonPath := filepath.Join(t.TempDir(), "report.json")
+	var out bytes.Buffer
+	args := []string{"-n", "20", "-duration", "300ms", "-samples", "5", "-concurrency", "4", "-key", "both", "-json", jsonPath}
+	start := time.Now()
+	if err := run(ctx, args, &out); err != nil {
+		t.Fatalf("run %v: %v\noutput:\n%s", args, err, out.String())
+	}
+	t.Logf("run took %v", time.Since(start).Round(time.Millisecond))
+	text := out.String()
+
+	b, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rp report
+	if err := json.Unmarshal(b, &rp); err != nil {
+		t.Fatalf("decoding %s: %v", jsonPath, err)
+	}
+	if rp.WrongCerts != 0 || rp.Errors != 0 {
+		t.Errorf("wrong certificates %d, handshake errors %d; want none\n%s", rp.WrongCerts, rp.Errors, text)
+	}
+	if len(rp.Suites) != 2 || rp.Suites[0].Key != keyECDSA || rp.Suites[1].Key != keyRSA {
+		t.Fatalf("suites %+v; want ecdsa then rsa", rp.Suites)
+	}
+	for _, want := range []string{"the load client runs in this process", "RSA-2048 certificates share a pool", "goals:"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+
+	// which columns each row must fill
+	const (
+		both = iota
+		oursOnly
+		sealed // ours only, and only when the binary has sealed storage
+		coarse // both, but may be missing: CPU ticks are 10 ms, a tiny phase may see none
+	)
+	rows := []struct {
+		id   string
+		cols int
+		goal bool
+	}{
+		{"load_seq", oursOnly, false},
+		{"load", both, false},
+		{"rss", both, true},
+		{"hwm", both, false},
+		{"hs_one", both, true},
+		{"hs_one_p50", both, false},
+		{"hs_one_p99", both, false},
+		{"cpu_one", coarse, false},
+		{"hs_rand", both, true},
+		{"hs_rand_p50", both, false},
+		{"hs_rand_p99", both, true},
+		{"cpu_rand", coarse, false},
+		{"change_p50", both, false},
+		{"change_p99", both, false},
+		{"served_p50", oursOnly, true},
+		{"served_p99", oursOnly, true},
+		{"cold", both, false},
+		{"hs_rand_cold", oursOnly, false},
+		{"load_sealed", sealed, false},
+		{"cold_sealed", sealed, true},
+		{"hs_rand_cold_sealed", sealed, false},
+	}
+	for _, sr := range rp.Suites {
+		t.Run(string(sr.Key), func(t *testing.T) {
+			if sr.N != 20 {
+				t.Errorf("n = %d, want 20", sr.N)
+			}
+			if len(sr.Rows) != len(rows) {
+				t.Errorf("%d rows, want %d", len(sr.Rows), len(rows))
+			}
+			for _, want := range rows {
+				r := sr.find(want.id)
+				if r == nil {
+					t.Errorf("row %s missing", want.id)
+					continue
+				}
+				if !strings.Contains(text, r.Metric) {
+					t.Errorf("row %s (%q) not in the printed table", want.id, r.Metric)
+				}
+				positive := func(col string, v *float64) {
+					if v == nil || !(*v > 0) {
+						t.Errorf("row %s: %s = %v, want > 0", want.id, col, deref(v))
+					}
+				}
+				switch {
+				case want.cols == coarse:
+					for col, v := range map[string]*float64{"ours": r.Ours, "stock": r.Stock} {
+						if v != nil && !(*v > 0) {
+							t.Errorf("row %s: %s = %v, want > 0 or none", want.id, col, *v)
+						}
+					}
+					continue
+				case want.cols == sealed && !rp.SealedInBin:
+					if r.Ours != nil || !strings.Contains(r.Note, "not available") {
+						t.Errorf("row %s: ours %v, note %q; want no value and a not-available note", want.id, deref(r.Ours), r.Note)
+					}
+				default:
+					positive("ours", r.Ours)
+				}
+				if want.cols == both {
+					positive("stock", r.Stock)
+					positive("ratio", r.Ratio)
+				} else if r.Stock != nil {
+					t.Errorf("row %s: stock = %v, want none", want.id, *r.Stock)
+				}
+				if want.goal {
+					switch strings.TrimSuffix(r.Result, "*") {
+					case pass, fail:
+					case na:
+						if want.cols != sealed || rp.SealedInBin {
+							t.Errorf("row %s: goal not checked: %s", want.id, r.Note)
+						}
+					default:
+						t.Errorf("row %s: result %q, want PASS or FAIL", want.id, r.Result)
+					}
+				}
+			}
+			for name, p := range sr.Phases {
+				if p.Handshakes == 0 || p.WrongCerts != 0 || p.Errors != 0 {
+					t.Errorf("phase %s: %d handshakes, %d errors, %d wrong certificates (%s)", name, p.Handshakes, p.Errors, p.WrongCerts, p.FirstError)
+				}
+			}
+		})
+	}
+	if t.Failed() {
+		t.Logf("output:\n%s", text)
+	}
+}
+
+func deref(v *float64) any {
+	if v == nil {
+		return nil
+	}
+	return *v
+}
+
+// TestFlags checks that bad flags are refused before anything starts.
+func TestFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"-key", "dsa"},
+		{"-n", "0"},
+		{"-duration", "1ms"},
+		{"-concurrency", "0"},
+		{"-cache", "-1"},
+		{"extra"},
+	} {
+		var out bytes.Buffer
+		if err := run(context.Background(), args, &out); err == nil {
+			t.Errorf("run %v: no error", args)
+		}
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	ds := make([]time.Duration, 100)
+	for i := range ds {
+		ds[len(ds)-1-i] = time.Duration(i+1) * time.Millisecond
+	}
+	for _, c := range []struct{ p, want float64 }{{50, 50}, {99, 99}, {100, 100}, {1, 1}} {
+		if got := percentileMS(ds, c.p); got != c.want {
+			t.Errorf("p%v = %v, want %v", c.p, got, c.want)
+		}
+	}
+	if got := percentileMS(nil, 50); got != 0 {
+		t.Errorf("p50 of nothing = %v", got)
+	}
+}
