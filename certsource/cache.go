@@ -62,8 +62,13 @@ func (c *Cache) Get(id string) *tls.Certificate {
 	return e.cert
 }
 
-// Put caches cert under id, evicting others if the cache is full.
+// Put caches cert under id, evicting others if the cache is full. The
+// chain's intermediates are shared with other cached certificates that
+// carry the same ones (most certificates come from a few CAs).
 func (c *Cache) Put(id string, cert *tls.Certificate) {
+	for i := 1; i < len(cert.Certificate); i++ {
+		cert.Certificate[i] = intern(cert.Certificate[i])
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.entries[id]; ok {
@@ -148,4 +153,26 @@ func (c *Cache) Stats() CacheStats {
 		Entries: len(c.entries), Capacity: c.capacity,
 		Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load(),
 	}
+}
+
+// Intermediates seen by any cache, by DER. The set is bounded: past
+// maxInterned distinct intermediates, new ones are kept as they are.
+var (
+	internMu sync.Mutex
+	interned = make(map[string][]byte)
+)
+
+const maxInterned = 10_000
+
+// intern returns the shared copy of an intermediate's DER.
+func intern(der []byte) []byte {
+	internMu.Lock()
+	defer internMu.Unlock()
+	if shared, ok := interned[string(der)]; ok {
+		return shared
+	}
+	if len(interned) < maxInterned {
+		interned[string(der)] = der
+	}
+	return der
 }

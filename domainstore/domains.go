@@ -64,16 +64,20 @@ func (s *Store) CreateDomain(ctx context.Context, in DomainInput) (*Domain, erro
 		}
 	}
 
+	if in.CertificateID != "" {
+		if err := s.checkAttach(ctx, in.CertificateID, name); err != nil {
+			return nil, err
+		}
+	}
+
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if id, taken := s.names[name]; taken {
 		return nil, dcerr.New(dcerr.DomainExists, "domain %s is already registered as %s; update that domain instead", name, id).
 			WithDetail("domain_id", id)
 	}
-	if in.CertificateID != "" {
-		if err := s.checkAttachLocked(ctx, in.CertificateID, name); err != nil {
-			return nil, err
-		}
+	if in.CertificateID != "" && !s.certExistsLocked(in.CertificateID) {
+		return nil, errCertNotFound(in.CertificateID) // deleted while we checked it
 	}
 	t := now()
 	d := &Domain{
@@ -191,6 +195,19 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 		}
 	}
 
+	if p.CertificateID != nil {
+		// the name is immutable, so the coverage check can use the index
+		s.mu.RLock()
+		e, ok := s.domains[id]
+		s.mu.RUnlock()
+		if !ok {
+			return nil, notFound("domain", id)
+		}
+		if err := s.checkAttach(ctx, *p.CertificateID, e.Name); err != nil {
+			return nil, err
+		}
+	}
+
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur, err := s.currentLocked(ctx, id)
@@ -211,8 +228,8 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 		d.Metadata = *p.Metadata
 	}
 	if p.CertificateID != nil {
-		if err := s.checkAttachLocked(ctx, *p.CertificateID, d.Domain); err != nil {
-			return nil, err
+		if !s.certExistsLocked(*p.CertificateID) {
+			return nil, errCertNotFound(*p.CertificateID) // deleted while we checked it
 		}
 		d.CertificateID = *p.CertificateID
 		d.Policy = nil
@@ -359,13 +376,17 @@ func (s *Store) notifyDomainLocked(old, new *Domain) {
 	}
 }
 
-// checkAttachLocked verifies that certificate id exists and covers name.
-func (s *Store) checkAttachLocked(ctx context.Context, id, name string) error {
-	if _, ok := slices.BinarySearch(s.certIDs, id); !ok || !validID(CertificatePrefix, id) {
-		return dcerr.New(dcerr.CertNotFound, "certificate_id %q names no certificate; upload it first", id).
-			WithDetail("certificate_id", id)
+// checkAttach verifies that certificate id exists and covers name. It
+// reads storage and takes no lock; callers check again under the lock that
+// the certificate still exists.
+func (s *Store) checkAttach(ctx context.Context, id, name string) error {
+	if !s.CertificateExists(id) {
+		return errCertNotFound(id)
 	}
 	c, err := s.GetCertificate(ctx, id)
+	if dcerr.CodeOf(err) == dcerr.NotFound {
+		return errCertNotFound(id)
+	}
 	if err != nil {
 		return err
 	}
@@ -400,6 +421,18 @@ func (s *Store) normalizePolicy(p *Policy) (*Policy, error) {
 			WithDetail("private_key_type", out.PrivateKeyType)
 	}
 	return &out, nil
+}
+
+// certExistsLocked reports whether certificate id exists. s.mu must be
+// held and the certificates listed.
+func (s *Store) certExistsLocked(id string) bool {
+	_, ok := slices.BinarySearch(s.certIDs, id)
+	return ok && validID(CertificatePrefix, id)
+}
+
+func errCertNotFound(id string) error {
+	return dcerr.New(dcerr.CertNotFound, "certificate_id %q names no certificate; upload it first", id).
+		WithDetail("certificate_id", id)
 }
 
 func errCertAndPolicy() error {

@@ -87,6 +87,11 @@ type Store struct {
 	certUse   map[string]int    // certificate ID -> domains that use it
 	listeners []Listener
 
+	// certsReady is closed when the certificate IDs are listed; start-up
+	// does not wait for it (the handshake path needs only the index).
+	certsReady chan struct{}
+	certsErr   error
+
 	dirty     chan struct{}
 	closing   chan struct{}
 	loopDone  chan struct{}
@@ -108,29 +113,20 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 		opts.Authorities = []string{opts.DefaultAuthority}
 	}
 	s := &Store{
-		opts:     opts,
-		log:      opts.Logger,
-		index:    sniindex.New[*Entry](),
-		domains:  make(map[string]*Entry),
-		names:    make(map[string]string),
-		certUse:  make(map[string]int),
-		dirty:    make(chan struct{}, 1),
-		closing:  make(chan struct{}),
-		loopDone: make(chan struct{}),
+		opts:       opts,
+		log:        opts.Logger,
+		index:      sniindex.New[*Entry](),
+		domains:    make(map[string]*Entry),
+		names:      make(map[string]string),
+		certUse:    make(map[string]int),
+		dirty:      make(chan struct{}, 1),
+		certsReady: make(chan struct{}),
+		closing:    make(chan struct{}),
+		loopDone:   make(chan struct{}),
 	}
 	s.SetStorage(storage)
 	start := time.Now()
-	certKeys, err := listKeys(ctx, storage, certificatesDir)
-	if err != nil {
-		return nil, fmt.Errorf("listing certificates: %w", err)
-	}
-	for _, k := range certKeys {
-		if id, ok := idFromKey(k, CertificatePrefix); ok {
-			s.certIDs = append(s.certIDs, id)
-		}
-	}
-	slices.Sort(s.certIDs)
-
+	go s.listCertificates(context.WithoutCancel(ctx))
 	loaded, stale, err := s.loadDomains(ctx)
 	if err != nil {
 		return nil, err
@@ -142,9 +138,38 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 	s.log.Info("domain store loaded",
 		zap.Int("domains", len(s.domainIDs)),
 		zap.Int("records_read", loaded),
-		zap.Int("certificates", len(s.certIDs)),
 		zap.Duration("took", time.Since(start)))
 	return s, nil
+}
+
+// listCertificates lists the certificate IDs in the background and closes
+// certsReady. Operations on certificates wait for it.
+func (s *Store) listCertificates(ctx context.Context) {
+	defer close(s.certsReady)
+	start := time.Now()
+	keys, err := listKeys(ctx, s.Storage(), certificatesDir)
+	if err != nil {
+		s.certsErr = fmt.Errorf("listing certificates: %w", err)
+		s.log.Error("listing certificates", zap.Error(err))
+		return
+	}
+	var ids []string
+	for _, k := range keys {
+		if id, ok := idFromKey(k, CertificatePrefix); ok {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	s.mu.Lock()
+	s.certIDs = ids
+	s.mu.Unlock()
+	s.log.Info("certificates listed", zap.Int("certificates", len(ids)), zap.Duration("took", time.Since(start)))
+}
+
+// waitCertificates waits until the certificate IDs are listed.
+func (s *Store) waitCertificates() error {
+	<-s.certsReady
+	return s.certsErr
 }
 
 // loadDomains builds the index from the snapshot and the listing of the
@@ -259,6 +284,7 @@ func (s *Store) Lookup(serverName string) (*Entry, bool) {
 
 // Len returns the number of domains and certificates.
 func (s *Store) Len() (domains, certificates int) {
+	_ = s.waitCertificates()
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return len(s.domainIDs), len(s.certIDs)

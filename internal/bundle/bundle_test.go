@@ -378,3 +378,38 @@ func servedLen(b *Bundle) int {
 	}
 	return n
 }
+
+func TestParseStored(t *testing.T) {
+	p := pki(t)
+	tests := []struct {
+		name  string
+		chain string
+		key   string
+		want  int // certificates served
+	}{
+		{"leaf and intermediate", join(p.ecLeaf.pem, p.inter.pem), p.ecLeaf.keyPEM, 2},
+		{"root at the end is left out", join(p.ecLeaf.pem, p.inter.pem, p.root.pem), p.ecLeaf.keyPEM, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := Parse(tt.chain, tt.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc, err := ParseStored(b.CertPEM, b.KeyPEM)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(tc.Certificate) != tt.want || tc.Leaf == nil || !tc.Leaf.Equal(b.Chain[0]) {
+				t.Fatalf("ParseStored: %d certificates, leaf %v", len(tc.Certificate), tc.Leaf != nil)
+			}
+			want := b.TLSCertificate()
+			if len(want.Certificate) != len(tc.Certificate) {
+				t.Fatalf("ParseStored serves %d certificates, TLSCertificate %d", len(tc.Certificate), len(want.Certificate))
+			}
+		})
+	}
+	if _, err := ParseStored([]byte(p.ecLeaf.pem), []byte(p.rsaLeaf.keyPEM)); err == nil {
+		t.Fatal("ParseStored accepted a key of another certificate")
+	}
+}
