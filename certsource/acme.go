@@ -125,6 +125,11 @@ type ACME struct {
 	opts   ACMEOptions
 	log    *zap.Logger
 
+	// attempts bounds how many provisioning attempts run at once, so that
+	// a start-up with many managed domains does not storm storage, DNS
+	// and the CA
+	attempts chan struct{}
+
 	mu      sync.Mutex
 	configs map[configKey]*certmagic.Config
 	jobs    map[string]*job // by domain ID
@@ -155,10 +160,14 @@ func NewACME(store *domainstore.Store, source *Source, cache *certmagic.Cache, o
 	}
 	return &ACME{
 		store: store, source: source, cache: cache, opts: opts, log: opts.Logger,
-		configs: make(map[configKey]*certmagic.Config),
-		jobs:    make(map[string]*job),
+		configs:  make(map[configKey]*certmagic.Config),
+		jobs:     make(map[string]*job),
+		attempts: make(chan struct{}, maxConcurrentAttempts),
 	}
 }
+
+// maxConcurrentAttempts is how many provisioning attempts run at once.
+const maxConcurrentAttempts = 16
 
 // Start takes over from any previous manager and starts a job for every
 // managed domain. A domain whose certificate is in storage and valid gets
@@ -176,6 +185,12 @@ func (a *ACME) Start() {
 		for _, e := range a.store.Entries() {
 			if !e.Managed {
 				continue
+			}
+			a.mu.Lock()
+			stopped := a.stopped
+			a.mu.Unlock()
+			if stopped {
+				return
 			}
 			if d, err := a.store.GetDomain(ctx, e.DomainID); err == nil && d.Policy != nil {
 				a.startJob(d)
@@ -316,7 +331,13 @@ func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Poli
 	started := time.Now().UTC().Truncate(time.Second)
 	delay := a.opts.RetryMin
 	for attempt := 0; ; attempt++ {
+		select {
+		case a.attempts <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		err := a.provision(ctx, id, name, policy, started)
+		<-a.attempts
 		if err == nil || ctx.Err() != nil {
 			return
 		}
