@@ -116,18 +116,8 @@ func (s *Store) ListCertificates(ctx context.Context, limit int, beforeID string
 	s.mu.RLock()
 	ids, more := page(s.certIDs, limit, beforeID)
 	s.mu.RUnlock()
-	out := make([]*Certificate, 0, len(ids))
-	for _, id := range ids {
-		c, err := s.GetCertificate(ctx, id)
-		if dcerr.CodeOf(err) == dcerr.NotFound {
-			continue // deleted meanwhile
-		}
-		if err != nil {
-			return nil, false, err
-		}
-		out = append(out, c)
-	}
-	return out, more, nil
+	out, err := loadAll(ctx, ids, s.GetCertificate)
+	return out, more, err
 }
 
 // UpdateCertificate changes a certificate's description and metadata.

@@ -142,18 +142,8 @@ func (s *Store) ListDomains(ctx context.Context, limit int, beforeID string) ([]
 	s.mu.RLock()
 	ids, more := page(s.domainIDs, limit, beforeID)
 	s.mu.RUnlock()
-	out := make([]*Domain, 0, len(ids))
-	for _, id := range ids {
-		d, err := s.GetDomain(ctx, id)
-		if dcerr.CodeOf(err) == dcerr.NotFound {
-			continue // deleted meanwhile
-		}
-		if err != nil {
-			return nil, false, err
-		}
-		out = append(out, d)
-	}
-	return out, more, nil
+	out, err := loadAll(ctx, ids, s.GetDomain)
+	return out, more, err
 }
 
 // Entries returns the index entries of every domain, oldest first. The

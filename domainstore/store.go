@@ -417,6 +417,22 @@ func page(ids []string, limit int, beforeID string) ([]string, bool) {
 	return out, more
 }
 
+// loadAll reads the records of a page, skipping those deleted meanwhile.
+func loadAll[T any](ctx context.Context, ids []string, get func(context.Context, string) (T, error)) ([]T, error) {
+	out := make([]T, 0, len(ids))
+	for _, id := range ids {
+		r, err := get(ctx, id)
+		if dcerr.CodeOf(err) == dcerr.NotFound {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 func checkText(field, v string, limit int) error {
 	if len(v) > limit {
 		return dcerr.New(dcerr.FieldTooLarge, "%s is %d bytes; the limit is %d bytes", field, len(v), limit).
