@@ -92,6 +92,12 @@ type Store struct {
 	certsReady chan struct{}
 	certsErr   error
 
+	// touched records the domains written while a snapshot is being
+	// reconciled in the background (nil otherwise), so that the
+	// reconciliation does not undo them.
+	touched    map[string]bool
+	reconciled chan struct{} // closed when the index matches storage
+
 	dirty     chan struct{}
 	closing   chan struct{}
 	loopDone  chan struct{}
@@ -121,6 +127,7 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 		certUse:    make(map[string]int),
 		dirty:      make(chan struct{}, 1),
 		certsReady: make(chan struct{}),
+		reconciled: make(chan struct{}),
 		closing:    make(chan struct{}),
 		loopDone:   make(chan struct{}),
 	}
@@ -166,70 +173,174 @@ func (s *Store) listCertificates(ctx context.Context) {
 	s.log.Info("certificates listed", zap.Int("certificates", len(ids)), zap.Duration("took", time.Since(start)))
 }
 
+// Reconciled is closed once the index reflects storage: at once when the
+// store started without a snapshot, else when the background
+// reconciliation of the snapshot has finished.
+func (s *Store) Reconciled() <-chan struct{} { return s.reconciled }
+
 // waitCertificates waits until the certificate IDs are listed.
 func (s *Store) waitCertificates() error {
 	<-s.certsReady
 	return s.certsErr
 }
 
-// loadDomains builds the index from the snapshot and the listing of the
-// domain records, reading the records the snapshot does not reflect. It
-// returns how many records it read and how many stale versions it found
-// (and deleted).
+// loadDomains builds the index. With a snapshot, it publishes the
+// snapshot at once and reconciles it with storage in the background
+// (records written since, by this instance before a crash or by another
+// instance); without one, it reads every record. It returns how many
+// records it read and how many stale versions it deleted.
 func (s *Store) loadDomains(ctx context.Context) (int, int, error) {
-	snap := s.loadSnapshot(ctx)
+	if snap := s.loadSnapshot(ctx); len(snap) > 0 {
+		s.prepare(len(snap))
+		for _, e := range sortedEntries(snap) {
+			s.publishLoadedLocked(e)
+		}
+		s.touched = make(map[string]bool)
+		go s.reconcile(context.WithoutCancel(ctx), snap)
+		return 0, 0, nil
+	}
+	defer close(s.reconciled)
+	versions, stale, err := s.listVersions(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	s.prepare(len(versions))
+	for _, id := range sortedIDs(versions) { // oldest first: the older of two records for one name wins
+		d, err := s.loadDomainVersion(ctx, id, versions[id])
+		if err != nil {
+			return 0, 0, err
+		}
+		s.publishLoadedLocked(entryFor(d, versions[id]))
+	}
+	return len(versions), stale, nil
+}
+
+// prepare sizes the maps for n domains.
+func (s *Store) prepare(n int) {
+	s.domains = make(map[string]*Entry, n)
+	s.names = make(map[string]string, n)
+	s.domainIDs = make([]string, 0, n)
+	s.index.Grow(n)
+}
+
+// publishLoadedLocked publishes an entry read at start-up, unless its
+// name is taken: two instances raced on the same name, and the older
+// record (published first) is kept.
+func (s *Store) publishLoadedLocked(e *Entry) bool {
+	if other, dup := s.names[e.Name]; dup && other != e.DomainID {
+		s.log.Warn("duplicate domain records; keeping the older",
+			zap.String("domain", e.Name), zap.String("domain_id", e.DomainID), zap.String("kept_domain_id", other))
+		return false
+	}
+	s.putEntryLocked(e)
+	return true
+}
+
+// listVersions lists the domain records and returns the newest version of
+// each; older versions (left by an interrupted write) are deleted.
+func (s *Store) listVersions(ctx context.Context) (map[string]uint64, int, error) {
 	keys, err := listKeys(ctx, s.Storage(), domainsDir)
 	if err != nil {
-		return 0, 0, fmt.Errorf("listing domains: %w", err)
+		return nil, 0, fmt.Errorf("listing domains: %w", err)
 	}
 	versions := make(map[string]uint64, len(keys))
-	var stale []string
+	stale := 0
 	for _, k := range keys {
 		id, v, ok := parseDomainKey(k)
 		if !ok {
 			continue
 		}
 		if old, seen := versions[id]; seen {
-			// a write was interrupted between storing the new version
-			// and deleting the old one
-			stale = append(stale, domainRecordKey(id, min(old, v)))
+			_ = s.Storage().Delete(ctx, domainRecordKey(id, min(old, v)))
+			stale++
 			v = max(old, v)
 		}
 		versions[id] = v
 	}
-	for _, k := range stale {
-		_ = s.Storage().Delete(ctx, k)
+	return versions, stale, nil
+}
+
+// reconcile brings an index published from a snapshot up to date with
+// storage: it reads the records that are newer than their entries (or
+// missing from the snapshot) and drops entries whose records are gone.
+// Domains written by this instance meanwhile are left alone. Listeners
+// hear about every change, as for a write.
+func (s *Store) reconcile(ctx context.Context, snap map[string]*Entry) {
+	start := time.Now()
+	defer func() {
+		s.mu.Lock()
+		s.touched = nil
+		s.mu.Unlock()
+		close(s.reconciled)
+	}()
+	versions, stale, err := s.listVersions(ctx)
+	if err != nil {
+		s.log.Error("reconciling the index snapshot with storage; serving the snapshot", zap.Error(err))
+		return
 	}
+	read, dropped := 0, 0
+	for _, id := range sortedIDs(versions) {
+		v := versions[id]
+		s.mu.RLock()
+		cur := s.domains[id]
+		s.mu.RUnlock()
+		if cur != nil && cur.Version >= v {
+			continue
+		}
+		d, err := s.loadDomainVersion(ctx, id, v)
+		if err != nil {
+			s.log.Error("reading domain record", zap.String("domain_id", id), zap.Error(err))
+			continue
+		}
+		read++
+		s.mu.Lock()
+		if !s.touched[id] {
+			var old *Domain
+			if cur := s.domains[id]; cur != nil {
+				old = &Domain{ID: id, Domain: cur.Name, CertificateID: cur.CertificateID}
+			}
+			if s.publishLoadedLocked(entryFor(d, v)) {
+				s.notifyDomainLocked(old, d)
+			}
+		}
+		s.mu.Unlock()
+	}
+	s.mu.Lock()
+	for id, e := range snap {
+		if _, ok := versions[id]; ok || s.touched[id] {
+			continue
+		}
+		if cur := s.domains[id]; cur != nil {
+			s.removeEntryLocked(cur)
+			s.notifyDomainLocked(&Domain{ID: id, Domain: e.Name, CertificateID: e.CertificateID}, nil)
+			dropped++
+		}
+	}
+	s.mu.Unlock()
+	if read > 0 || dropped > 0 || stale > 0 {
+		s.markDirty()
+	}
+	s.log.Info("index snapshot reconciled with storage",
+		zap.Int("records_read", read), zap.Int("dropped", dropped), zap.Int("stale_versions", stale),
+		zap.Duration("took", time.Since(start)))
+}
+
+func sortedIDs(versions map[string]uint64) []string {
 	ids := make([]string, 0, len(versions))
 	for id := range versions {
 		ids = append(ids, id)
 	}
-	s.domains = make(map[string]*Entry, len(ids))
-	s.names = make(map[string]string, len(ids))
-	s.domainIDs = make([]string, 0, len(ids))
-	s.index.Grow(len(ids))
-	slices.Sort(ids) // oldest first, so the older of two records for one name wins
-	read := 0
-	for _, id := range ids {
-		v := versions[id]
-		e, ok := snap[id]
-		if !ok || e.Version != v {
-			d, err := s.loadDomainVersion(ctx, id, v)
-			if err != nil {
-				return 0, 0, err
-			}
-			e = entryFor(d, v)
-			read++
-		}
-		if other, dup := s.names[e.Name]; dup {
-			// two instances raced on the same name; keep the older record
-			s.log.Warn("duplicate domain records; keeping the older",
-				zap.String("domain", e.Name), zap.String("domain_id", e.DomainID), zap.String("kept_domain_id", other))
-			continue
-		}
-		s.putEntryLocked(e)
+	slices.Sort(ids)
+	return ids
+}
+
+func sortedEntries(m map[string]*Entry) []*Entry {
+	out := make([]*Entry, 0, len(m))
+	for _, e := range m {
+		out = append(out, e)
 	}
-	return read, len(stale), nil
+	slices.SortFunc(out, func(a, b *Entry) int { return strings.Compare(a.DomainID, b.DomainID) })
+	return out
 }
 
 // Subscribe adds a listener for changes.
@@ -368,6 +479,9 @@ func (s *Store) writeDomainLocked(ctx context.Context, d *Domain) (*Entry, error
 	}
 	e := entryFor(d, v)
 	s.putEntryLocked(e)
+	if s.touched != nil {
+		s.touched[d.ID] = true
+	}
 	s.markDirty()
 	return e, nil
 }
