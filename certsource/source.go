@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -43,10 +44,11 @@ type Source struct {
 	cache *Cache
 	log   *zap.Logger
 
+	managed atomic.Pointer[managedRef] // read on every handshake of a managed domain
+
 	mu       sync.Mutex
 	loading  map[string]*load // certificate ID -> load in flight
-	managed  Managed
-	fallback string // certificate ID served when nothing matches
+	fallback string           // certificate ID served when nothing matches
 }
 
 type load struct {
@@ -69,11 +71,12 @@ func New(store *domainstore.Store, capacity int, log *zap.Logger) *Source {
 // Cache returns the source's certificate cache.
 func (s *Source) Cache() *Cache { return s.cache }
 
+// managedRef boxes a Managed for atomic.Pointer.
+type managedRef struct{ Managed }
+
 // SetManaged sets where certificates of managed domains come from.
 func (s *Source) SetManaged(m Managed) {
-	s.mu.Lock()
-	s.managed = m
-	s.mu.Unlock()
+	s.managed.Store(&managedRef{m})
 }
 
 // SetFallback sets the certificate served when a handshake matches no
@@ -98,10 +101,7 @@ func (s *Source) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo)
 		return s.fallbackOr(ctx, ErrNoDomain)
 	}
 	if e.Managed {
-		s.mu.Lock()
-		m := s.managed
-		s.mu.Unlock()
-		if m != nil {
+		if m := s.managed.Load(); m != nil && m.Managed != nil {
 			if c := m.ManagedCertificate(e, name); c != nil {
 				return c, nil
 			}

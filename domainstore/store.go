@@ -142,8 +142,11 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 	if loaded > 0 || stale > 0 {
 		s.markDirty()
 	}
+	s.mu.RLock()
+	n := len(s.domainIDs) // a reconciliation may be running
+	s.mu.RUnlock()
 	s.log.Info("domain store loaded",
-		zap.Int("domains", len(s.domainIDs)),
+		zap.Int("domains", n),
 		zap.Int("records_read", loaded),
 		zap.Duration("took", time.Since(start)))
 	return s, nil
