@@ -103,6 +103,12 @@ type App struct {
 	// starts. Default: 1/3.
 	RenewalWindowRatio float64 `json:"renewal_window_ratio,omitempty"`
 
+	// How often to pick up the changes that other Caddy instances sharing
+	// this storage made (domains, certificates), reading only the records
+	// that changed. It takes effect when the process first loads the app.
+	// Default: 0, only at start-up.
+	SyncInterval caddy.Duration `json:"sync_interval,omitempty"`
+
 	ctx         caddy.Context
 	key         string
 	inst        *instance
@@ -165,6 +171,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.key, a.inst = key, inst
 	a.inst.source.SetFallback(a.FallbackCertificateID)
+	a.inst.store.SyncEvery(time.Duration(a.SyncInterval))
 	return nil
 }
 

@@ -31,6 +31,7 @@ import (
 //		retry_interval <min> [<max>]
 //		renew_check_interval <duration>
 //		renewal_window_ratio <ratio>
+//		sync_interval <duration>
 //	}
 //
 // issuer and zones/resolvers may repeat; every other option may appear
@@ -79,6 +80,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = parseRetry(d, a)
 		case "renew_check_interval":
 			err = parseDuration(d, &a.RenewCheckInterval)
+		case "sync_interval":
+			err = parseDuration(d, &a.SyncInterval)
 		case "renewal_window_ratio":
 			var s string
 			if err = oneArg(d, &s); err == nil {

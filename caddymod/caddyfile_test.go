@@ -30,7 +30,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			retry_interval 2s 10s
 			renew_check_interval 1m
 			renewal_window_ratio 0.25
-		}`, `{"cache_capacity":7,"fallback_certificate_id":"cert_x","zones":["a.test","b.test","c.test"],"cname_target":"edge.a.test","challenge_zone":"acme.a.test","dns_server":{"listen":"127.0.0.1:5353","ns":"ns1.a.test"},"resolvers":["127.0.0.1:53"],"retry_min_interval":2000000000,"retry_max_interval":10000000000,"renew_check_interval":60000000000,"renewal_window_ratio":0.25}`, ""},
+			sync_interval 30s
+		}`, `{"cache_capacity":7,"fallback_certificate_id":"cert_x","zones":["a.test","b.test","c.test"],"cname_target":"edge.a.test","challenge_zone":"acme.a.test","dns_server":{"listen":"127.0.0.1:5353","ns":"ns1.a.test"},"resolvers":["127.0.0.1:53"],"retry_min_interval":2000000000,"retry_max_interval":10000000000,"renew_check_interval":60000000000,"renewal_window_ratio":0.25,"sync_interval":30000000000}`, ""},
 		{"issuers", "domaincerts {\n issuer local internal\n default_authority local\n}", `{"issuers":{"local":{"module":"internal"}},"default_authority":"local"}`, ""},
 		{"unknown", "domaincerts {\n nope 1\n}", "", "unrecognized domaincerts option 'nope'"},
 		{"duplicate", "domaincerts {\n cname_zone a\n cname_zone b\n}", "", "duplicate domaincerts option 'cname_zone'"},

@@ -65,6 +65,7 @@ func (s *Store) CreateCertificate(ctx context.Context, in CertificateInput) (*Ce
 	}
 	s.mu.Lock()
 	s.certIDs = insertSorted(s.certIDs, c.ID)
+	s.touchLocked("cert:" + c.ID)
 	s.mu.Unlock()
 	for _, l := range s.listenersSnapshot() {
 		l.CertificateStored(c.ID, b)
@@ -180,6 +181,7 @@ func (s *Store) DeleteCertificate(ctx context.Context, id string) error {
 	if i, ok := slices.BinarySearch(s.certIDs, id); ok {
 		s.certIDs = slices.Delete(s.certIDs, i, i+1)
 	}
+	s.touchLocked("cert:" + id)
 	s.mu.Unlock()
 	for _, l := range s.listenersSnapshot() {
 		l.CertificateDeleted(id)
@@ -275,6 +277,7 @@ func (s *Store) AddManagedCertificate(ctx context.Context, domainID, certPEM, ke
 	}
 	s.mu.Lock()
 	s.certIDs = insertSorted(s.certIDs, c.ID)
+	s.touchLocked("cert:" + c.ID)
 	s.mu.Unlock()
 	return c, nil
 }

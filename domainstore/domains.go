@@ -313,9 +313,7 @@ func (s *Store) DeleteDomain(ctx context.Context, id string) error {
 		return fmt.Errorf("deleting domain %s: %w", id, err)
 	}
 	s.removeEntryLocked(e)
-	if s.touched != nil {
-		s.touched[id] = true
-	}
+	s.touchLocked(id)
 	s.markDirty()
 	s.notifyDomainLocked(d, nil)
 	s.log.Info("domain deleted", zap.String("domain_id", id), zap.String("domain", d.Domain))

@@ -237,3 +237,75 @@ func BenchmarkIndexMemory(b *testing.B) {
 		runtime.KeepAlive(s2)
 	}
 }
+
+// TestSyncBetweenInstances runs two stores on one storage, as two Caddy
+// instances would: what one writes, the other sees after Sync, and its
+// listeners hear about it.
+func TestSyncBetweenInstances(t *testing.T) {
+	ctx := context.Background()
+	st := new(memstorage.Storage)
+	a, b := openOn(t, st), openOn(t, st)
+	<-a.Reconciled()
+	<-b.Reconciled()
+	l := &recorder{}
+	b.Subscribe(l)
+	ca := testpki.NewCA(t, "Sync CA")
+
+	leaf := ca.Issue(t, "shop.example.test")
+	c, err := a.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := a.CreateDomain(ctx, DomainInput{Domain: "shop.example.test", CertificateID: c.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Lookup("shop.example.test"); ok {
+		t.Fatal("b sees a's domain before Sync")
+	}
+	if err := b.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := b.Lookup("shop.example.test"); !ok || e.CertificateID != c.ID {
+		t.Fatalf("after Sync b has %+v, %v", e, ok)
+	}
+	if !b.CertificateExists(c.ID) {
+		t.Fatal("b does not know a's certificate after Sync")
+	}
+	// b's own write survives a Sync; a's delete reaches b
+	if _, err := b.CreateDomain(ctx, DomainInput{Domain: "b-only.example.test"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DeleteDomain(ctx, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DeleteCertificate(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Lookup("shop.example.test"); ok {
+		t.Fatal("a's delete did not reach b")
+	}
+	if b.CertificateExists(c.ID) {
+		t.Fatal("a's certificate delete did not reach b")
+	}
+	if _, ok := b.Lookup("b-only.example.test"); !ok {
+		t.Fatal("b lost its own domain in Sync")
+	}
+	var sawAdd, sawDel, sawCertDel bool
+	for _, ev := range l.events {
+		switch ev {
+		case "domain nil->shop.example.test":
+			sawAdd = true
+		case "domain shop.example.test->nil":
+			sawDel = true
+		case "deleted " + c.ID:
+			sawCertDel = true
+		}
+	}
+	if !sawAdd || !sawDel || !sawCertDel {
+		t.Fatalf("b's listener heard %v", l.events)
+	}
+}

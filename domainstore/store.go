@@ -97,6 +97,8 @@ type Store struct {
 	// reconciliation does not undo them.
 	touched    map[string]bool
 	reconciled chan struct{} // closed when the index matches storage
+	syncMu     sync.Mutex    // one Sync at a time
+	syncOnce   sync.Once
 
 	dirty     chan struct{}
 	closing   chan struct{}
@@ -264,22 +266,38 @@ func (s *Store) listVersions(ctx context.Context) (map[string]uint64, int, error
 }
 
 // reconcile brings an index published from a snapshot up to date with
-// storage: it reads the records that are newer than their entries (or
-// missing from the snapshot) and drops entries whose records are gone.
-// Domains written by this instance meanwhile are left alone. Listeners
-// hear about every change, as for a write.
-func (s *Store) reconcile(ctx context.Context, snap map[string]*Entry) {
+// storage, in the background at start-up.
+func (s *Store) reconcile(ctx context.Context, _ map[string]*Entry) {
+	defer close(s.reconciled)
+	if err := s.Sync(ctx); err != nil {
+		s.log.Error("reconciling the index snapshot with storage; serving the snapshot", zap.Error(err))
+	}
+}
+
+// Sync brings the index up to date with storage, for changes this
+// instance did not make: records written by another instance on the same
+// storage (or before a crash) are read, entries whose records are gone are
+// dropped, and the certificate list is refreshed. Writes this instance
+// makes while Sync runs are left alone. Listeners hear about every change,
+// as for a write. It reads only the records whose version changed.
+func (s *Store) Sync(ctx context.Context) error {
+	s.syncMu.Lock()
+	defer s.syncMu.Unlock()
 	start := time.Now()
+	s.mu.Lock()
+	if s.touched == nil {
+		s.touched = make(map[string]bool)
+	}
+	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		s.touched = nil
 		s.mu.Unlock()
-		close(s.reconciled)
 	}()
+
 	versions, stale, err := s.listVersions(ctx)
 	if err != nil {
-		s.log.Error("reconciling the index snapshot with storage; serving the snapshot", zap.Error(err))
-		return
+		return err
 	}
 	read, dropped := 0, 0
 	for _, id := range sortedIDs(versions) {
@@ -297,35 +315,127 @@ func (s *Store) reconcile(ctx context.Context, snap map[string]*Entry) {
 		}
 		read++
 		s.mu.Lock()
-		if !s.touched[id] {
-			var old *Domain
-			if cur := s.domains[id]; cur != nil {
-				old = &Domain{ID: id, Domain: cur.Name, CertificateID: cur.CertificateID}
-			}
+		if cur := s.domains[id]; !s.touched[id] && (cur == nil || cur.Version < v) {
 			if s.publishLoadedLocked(entryFor(d, v)) {
-				s.notifyDomainLocked(old, d)
+				s.notifyDomainLocked(formerDomain(cur), d)
 			}
 		}
 		s.mu.Unlock()
 	}
 	s.mu.Lock()
-	for id, e := range snap {
+	for _, id := range slices.Clone(s.domainIDs) {
 		if _, ok := versions[id]; ok || s.touched[id] {
 			continue
 		}
-		if cur := s.domains[id]; cur != nil {
-			s.removeEntryLocked(cur)
-			s.notifyDomainLocked(&Domain{ID: id, Domain: e.Name, CertificateID: e.CertificateID}, nil)
-			dropped++
-		}
+		cur := s.domains[id]
+		s.removeEntryLocked(cur)
+		s.notifyDomainLocked(formerDomain(cur), nil)
+		dropped++
 	}
 	s.mu.Unlock()
+
+	gone, err := s.syncCertificates(ctx)
+	if err != nil {
+		return err
+	}
 	if read > 0 || dropped > 0 || stale > 0 {
 		s.markDirty()
 	}
-	s.log.Info("index snapshot reconciled with storage",
+	s.log.Info("index synchronized with storage",
 		zap.Int("records_read", read), zap.Int("dropped", dropped), zap.Int("stale_versions", stale),
-		zap.Duration("took", time.Since(start)))
+		zap.Int("certificates_gone", gone), zap.Duration("took", time.Since(start)))
+	return nil
+}
+
+// syncCertificates refreshes the certificate list from storage and tells
+// listeners about certificates that another instance deleted.
+func (s *Store) syncCertificates(ctx context.Context) (int, error) {
+	if err := s.waitCertificates(); err != nil {
+		return 0, err
+	}
+	keys, err := listKeys(ctx, s.Storage(), certificatesDir)
+	if err != nil {
+		return 0, fmt.Errorf("listing certificates: %w", err)
+	}
+	listed := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		if id, ok := idFromKey(k, CertificatePrefix); ok {
+			listed[id] = true
+		}
+	}
+	s.mu.Lock()
+	var gone []string
+	ids := make([]string, 0, len(listed))
+	for _, id := range s.certIDs {
+		switch {
+		case listed[id] || s.touched["cert:"+id]:
+			ids = append(ids, id)
+			delete(listed, id)
+		default:
+			gone = append(gone, id)
+		}
+	}
+	for id := range listed {
+		if !s.touched["cert:"+id] { // else this instance deleted it meanwhile
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	s.certIDs = ids
+	listeners := slices.Clone(s.listeners)
+	s.mu.Unlock()
+	for _, id := range gone {
+		for _, l := range listeners {
+			l.CertificateDeleted(id)
+		}
+	}
+	return len(gone), nil
+}
+
+// SyncEvery runs Sync every interval until the store is closed; zero or
+// less does nothing. It is for several instances sharing one storage.
+func (s *Store) SyncEvery(interval time.Duration) {
+	if interval <= 0 {
+		return
+	}
+	s.syncOnce.Do(func() {
+		go func() {
+			t := time.NewTicker(interval)
+			defer t.Stop()
+			for {
+				select {
+				case <-s.closing:
+					return
+				case <-t.C:
+					if err := s.Sync(context.Background()); err != nil {
+						s.log.Warn("synchronizing with storage", zap.Error(err))
+					}
+				}
+			}
+		}()
+	})
+}
+
+// touchLocked notes a write by this instance while a Sync runs, so that
+// the Sync does not undo it. s.mu must be held.
+func (s *Store) touchLocked(key string) {
+	if s.touched != nil {
+		s.touched[key] = true
+	}
+}
+
+// formerDomain describes, for listeners, a domain known only by its index
+// entry (its record was replaced in storage). A managed domain gets a
+// placeholder policy, so that listeners see its policy change.
+func formerDomain(e *Entry) *Domain {
+	if e == nil {
+		return nil
+	}
+	d := &Domain{ID: e.DomainID, Domain: e.Name, CertificateID: e.CertificateID}
+	if e.Managed {
+		d.Policy = &Policy{}
+	}
+	return d
 }
 
 func sortedIDs(versions map[string]uint64) []string {
@@ -482,9 +592,7 @@ func (s *Store) writeDomainLocked(ctx context.Context, d *Domain) (*Entry, error
 	}
 	e := entryFor(d, v)
 	s.putEntryLocked(e)
-	if s.touched != nil {
-		s.touched[d.ID] = true
-	}
+	s.touchLocked(d.ID)
 	s.markDirty()
 	return e, nil
 }
