@@ -482,13 +482,20 @@ func (a *ACME) addRecord(ctx context.Context, id string, cfg *certmagic.Config, 
 	return rec, nil
 }
 
-// renewsAt is when CertMagic will start renewing cert: the time the CA
-// suggested through ACME Renewal Information when there is one, else the
-// end of the certificate's life less the renewal window.
+// renewsAt is when CertMagic will start renewing cert: at the end of its
+// life less the renewal window, or earlier when the CA's ACME Renewal
+// Information selected an earlier time (CertMagic renews at whichever
+// comes first).
 func (a *ACME) renewsAt(ctx context.Context, cfg *certmagic.Config, name string, cert certmagic.Certificate) time.Time {
 	if cert.Leaf == nil {
 		return time.Time{}
 	}
+	ratio := a.opts.RenewalWindowRatio
+	if ratio <= 0 {
+		ratio = certmagic.DefaultRenewalWindowRatio
+	}
+	life := cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore)
+	at := cert.Leaf.NotAfter.Add(-time.Duration(float64(life) * ratio))
 	if len(cfg.Issuers) > 0 {
 		meta, err := cfg.Storage.Load(ctx, certmagic.StorageKeys.SiteMeta(cfg.Issuers[0].IssuerKey(), name))
 		var res struct {
@@ -497,17 +504,12 @@ func (a *ACME) renewsAt(ctx context.Context, cfg *certmagic.Config, name string,
 			} `json:"issuer_data"`
 		}
 		if err == nil && json.Unmarshal(meta, &res) == nil {
-			if ri := res.IssuerData.RenewalInfo; ri != nil && !ri.SelectedTime.IsZero() {
-				return ri.SelectedTime.UTC().Truncate(time.Second)
+			if ri := res.IssuerData.RenewalInfo; ri != nil && !ri.SelectedTime.IsZero() && ri.SelectedTime.Before(at) {
+				at = ri.SelectedTime
 			}
 		}
 	}
-	ratio := a.opts.RenewalWindowRatio
-	if ratio <= 0 {
-		ratio = certmagic.DefaultRenewalWindowRatio
-	}
-	life := cert.Leaf.NotAfter.Sub(cert.Leaf.NotBefore)
-	return cert.Leaf.NotAfter.Add(-time.Duration(float64(life) * ratio)).UTC().Truncate(time.Second)
+	return at.UTC().Truncate(time.Second)
 }
 
 func (a *ACME) setStatus(ctx context.Context, id string, policy domainstore.Policy, st *domainstore.Status) {
