@@ -170,6 +170,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading domain store: %w", err)
 	}
 	a.key, a.inst = key, inst
+	if id := a.FallbackCertificateID; id != "" {
+		if _, err := inst.store.GetCertificate(ctx, id); err != nil {
+			return fmt.Errorf("fallback_certificate_id %q: %w; upload it first or remove the option", id, err)
+		}
+	}
 	a.inst.source.SetFallback(a.FallbackCertificateID)
 	a.inst.store.SyncEvery(time.Duration(a.SyncInterval))
 	return nil
@@ -210,9 +215,6 @@ func (a *App) Validate() error {
 		if strings.HasPrefix(z, "*") {
 			return fmt.Errorf("zone %q: give the zone name without a wildcard", z)
 		}
-	}
-	if id := a.FallbackCertificateID; id != "" && !a.inst.store.CertificateExists(id) {
-		return fmt.Errorf("fallback_certificate_id %q names no certificate; upload it first or remove the option", id)
 	}
 	return nil
 }

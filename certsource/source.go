@@ -44,7 +44,8 @@ type Source struct {
 	cache *Cache
 	log   *zap.Logger
 
-	managed atomic.Pointer[managedRef] // read on every handshake of a managed domain
+	managed   atomic.Pointer[managedRef] // read on every handshake of a managed domain
+	deletions atomic.Uint64              // certificates deleted so far
 
 	mu       sync.Mutex
 	loading  map[string]*load // certificate ID -> load in flight
@@ -157,8 +158,12 @@ func (s *Source) certificate(ctx context.Context, id string) (*tls.Certificate, 
 	}
 	// the leader loads without the handshake's deadline so that waiters
 	// are not failed by one impatient client
+	deletions := s.deletions.Load()
 	l.cert, l.err = s.store.LoadKeyPair(context.WithoutCancel(ctx), id)
-	if l.err == nil && s.store.CertificateExists(id) { // not deleted while loading
+	// a certificate deleted while it loaded must not enter the cache; ask
+	// the store only in that rare case (the answer may wait for the
+	// certificate listing at start-up)
+	if l.err == nil && (s.deletions.Load() == deletions || s.store.CertificateExists(id)) {
 		s.cache.Put(id, l.cert)
 	}
 	s.mu.Lock()
@@ -176,7 +181,10 @@ func (s *Source) CertificateStored(id string, b *bundle.Bundle) {
 }
 
 // CertificateDeleted drops a deleted certificate from the cache.
-func (s *Source) CertificateDeleted(id string) { s.cache.Remove(id) }
+func (s *Source) CertificateDeleted(id string) {
+	s.deletions.Add(1)
+	s.cache.Remove(id)
+}
 
 // DomainChanged is part of domainstore.Listener; the index already
 // reflects domain changes, so there is nothing to do.

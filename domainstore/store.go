@@ -201,7 +201,7 @@ func (s *Store) loadDomains(ctx context.Context) (int, int, error) {
 			s.publishLoadedLocked(e)
 		}
 		s.touched = make(map[string]bool)
-		go s.reconcile(context.WithoutCancel(ctx), snap)
+		go s.reconcile(context.WithoutCancel(ctx))
 		return 0, 0, nil
 	}
 	defer close(s.reconciled)
@@ -267,7 +267,7 @@ func (s *Store) listVersions(ctx context.Context) (map[string]uint64, int, error
 
 // reconcile brings an index published from a snapshot up to date with
 // storage, in the background at start-up.
-func (s *Store) reconcile(ctx context.Context, _ map[string]*Entry) {
+func (s *Store) reconcile(ctx context.Context) {
 	defer close(s.reconciled)
 	if err := s.Sync(ctx); err != nil {
 		s.log.Error("reconciling the index snapshot with storage; serving the snapshot", zap.Error(err))
@@ -515,8 +515,8 @@ func (s *Store) Len() (domains, certificates int) {
 }
 
 func (s *Store) listenersSnapshot() []Listener {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	return slices.Clone(s.listeners)
 }
 

@@ -43,7 +43,6 @@ const (
 	CertDomainMismatch Code = "CERT_DOMAIN_MISMATCH"
 	DetachManaged      Code = "DETACH_MANAGED"
 	CertInUse          Code = "CERT_IN_USE"
-	CertManaged        Code = "CERT_MANAGED"
 	NotFound           Code = "NOT_FOUND"
 	MethodNotAllowed   Code = "METHOD_NOT_ALLOWED"
 	Internal           Code = "INTERNAL_ERROR"
@@ -55,7 +54,7 @@ func (c Code) Status() int {
 	switch c {
 	case BodyTooLarge:
 		return http.StatusRequestEntityTooLarge
-	case DomainExists, CertInUse, CertManaged:
+	case DomainExists, CertInUse:
 		return http.StatusConflict
 	case NotFound:
 		return http.StatusNotFound
