@@ -141,6 +141,9 @@ func TestSmoke(t *testing.T) {
 				if p.Handshakes == 0 || p.WrongCerts != 0 || p.Errors != 0 {
 					t.Errorf("phase %s: %d handshakes, %d errors, %d wrong certificates (%s)", name, p.Handshakes, p.Errors, p.WrongCerts, p.FirstError)
 				}
+				if len(p.SliceRates) == 0 {
+					t.Errorf("phase %s: no slice rates", name)
+				}
 			}
 		})
 	}
@@ -185,5 +188,28 @@ func TestPercentile(t *testing.T) {
 	}
 	if got := percentileMS(nil, 50); got != 0 {
 		t.Errorf("p50 of nothing = %v", got)
+	}
+}
+
+func TestPairedRatio(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		a, b        []float64
+		med, q1, q3 float64
+		n           int
+	}{
+		{"equal", []float64{100, 200, 300}, []float64{100, 200, 300}, 1, 1, 1, 3},
+		{"one slice disturbed", []float64{100, 100, 50, 100, 100}, []float64{100, 100, 100, 100, 100}, 1, 1, 1, 5},
+		{"odd", []float64{90, 100, 110, 120}, []float64{100, 100, 100, 100}, 1.05, 0.975, 1.125, 4},
+		{"unequal lengths", []float64{50, 50, 50}, []float64{100, 100}, 0.5, 0.5, 0.5, 2},
+		{"zero skipped", []float64{50, 50}, []float64{0, 100}, 0.5, 0.5, 0.5, 1},
+		{"none", nil, nil, 0, 0, 0, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			med, q1, q3, n := pairedRatio(&loadStats{SliceRates: c.a}, &loadStats{SliceRates: c.b})
+			if med != c.med || q1 != c.q1 || q3 != c.q3 || n != c.n {
+				t.Errorf("got median %v quartiles %v–%v n %d; want %v %v–%v %d", med, q1, q3, n, c.med, c.q1, c.q3, c.n)
+			}
+		})
 	}
 }

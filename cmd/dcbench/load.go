@@ -102,6 +102,10 @@ type loadStats struct {
 	// ClientCPU the time dcbench itself used (the load client, mostly).
 	ServerCPU time.Duration `json:"server_cpu_ns"`
 	ClientCPU time.Duration `json:"client_cpu_ns"`
+	// SliceRates are the handshakes per second of each measured slice, in
+	// the order of the rounds, so that two servers' slices of one round
+	// can be compared pairwise.
+	SliceRates []float64 `json:"slice_rates,omitempty"`
 
 	lat []time.Duration
 }
@@ -159,6 +163,33 @@ func (s *loadStats) merge(o *loadStats) {
 		s.Curve = o.Curve
 	}
 	s.lat = append(s.lat, o.lat...)
+}
+
+// pairedRatio compares two servers' slices of the same rounds: it returns
+// the median of the per-round ratios a/b and the quartiles around it, and
+// the number of pairs. A slice of background load then tips one pair, not
+// the median.
+func pairedRatio(a, b *loadStats) (median, q1, q3 float64, n int) {
+	var rs []float64
+	for i := range min(len(a.SliceRates), len(b.SliceRates)) {
+		if b.SliceRates[i] > 0 {
+			rs = append(rs, a.SliceRates[i]/b.SliceRates[i])
+		}
+	}
+	if len(rs) == 0 {
+		return 0, 0, 0, 0
+	}
+	slices.Sort(rs)
+	at := func(q float64) float64 {
+		// linear interpolation between the closest ranks
+		x := q * float64(len(rs)-1)
+		i := int(x)
+		if i+1 >= len(rs) {
+			return rs[len(rs)-1]
+		}
+		return rs[i] + (x-float64(i))*(rs[i+1]-rs[i])
+	}
+	return at(0.5), at(0.25), at(0.75), len(rs)
 }
 
 // percentileMS returns the p-th percentile of ds in milliseconds (nearest
@@ -243,11 +274,20 @@ func measure(ctx context.Context, targets []*target, concurrency int, d time.Dur
 	slice := min(d, maxSlice)
 	for done, round := time.Duration(0), 0; done < d; done, round = done+slice, round+1 {
 		sd := min(slice, d-done)
-		for i, t := range targets {
+		// every other round runs the targets in reverse order (ABBA), so
+		// that going first after a switch, or last before it, is no
+		// target's steady advantage
+		for k := range targets {
+			i := k
+			if round%2 == 1 {
+				i = len(targets) - 1 - k
+			}
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			out[i].merge(runSlice(ctx, t, concurrency, sd, uint64(round*len(targets)+i)))
+			st := runSlice(ctx, targets[i], concurrency, sd, uint64(round*len(targets)+i))
+			out[i].merge(st)
+			out[i].SliceRates = append(out[i].SliceRates, st.rate())
 		}
 	}
 	return out, ctx.Err()

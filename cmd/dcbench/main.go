@@ -653,20 +653,33 @@ func (b *bench) throughput(ctx context.Context, sr *suiteResult, ours, stock *in
 	} else {
 		r.skip("≥ 0.97× stock", "stock not measured (-skip-stock)")
 	}
-	r.Detail = b.phaseDetail(one[:])
+	r.Detail = pairedDetail(one) + b.phaseDetail(one[:])
 	sr.row("hs_one_p50", "latency p50, one SNI", "ms").set(pct(one[0], 50), pct(one[1], 50))
 	sr.row("hs_one_p99", "latency p99, one SNI", "ms").set(pct(one[0], 99), pct(one[1], 99))
 	sr.row("cpu_one", "Caddy CPU time per handshake, one SNI", "µs").set(cpu(one[0]), cpu(one[1]))
 
 	r = sr.row("hs_rand", fmt.Sprintf("full handshakes/s, SNI random over %d", o.n), "hs/s").set(rate(rnd[0]), rate(rnd[1]))
 	r.check("≥ 0.95× ours one-SNI", rnd[0].rate() >= 0.95*one[0].rate(), o.n, true)
-	r.Detail = fmt.Sprintf("ours random/one = %.3f; %s", rnd[0].rate()/one[0].rate(), b.phaseDetail(rnd[:]))
+	r.Detail = fmt.Sprintf("ours random/one = %.3f; %s%s", rnd[0].rate()/one[0].rate(), pairedDetail(rnd), b.phaseDetail(rnd[:]))
 	sr.row("hs_rand_p50", fmt.Sprintf("latency p50, SNI random over %d", o.n), "ms").set(pct(rnd[0], 50), pct(rnd[1], 50))
 	r = sr.row("hs_rand_p99", fmt.Sprintf("latency p99, SNI random over %d", o.n), "ms").set(pct(rnd[0], 99), pct(rnd[1], 99))
 	r.check("≤ 1.2× ours one-SNI p99", rnd[0].percentile(99) <= 1.2*one[0].percentile(99), o.n, true)
 	r.Detail = fmt.Sprintf("ours random p99 / one-SNI p99 = %.3f", rnd[0].percentile(99)/one[0].percentile(99))
 	sr.row("cpu_rand", fmt.Sprintf("Caddy CPU time per handshake, SNI random over %d", o.n), "µs").set(cpu(rnd[0]), cpu(rnd[1]))
 	return nil
+}
+
+// pairedDetail gives the median and quartiles of the per-round ratios
+// ours/stock, or nothing without stock.
+func pairedDetail(st [2]*loadStats) string {
+	if st[1] == nil {
+		return ""
+	}
+	m, q1, q3, n := pairedRatio(st[0], st[1])
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf("ours/stock per round of slices: median %.3f, quartiles %.3f–%.3f, %d rounds; ", m, q1, q3, n)
 }
 
 // phaseDetail describes handshake counts, errors and the key exchange.

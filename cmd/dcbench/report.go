@@ -70,6 +70,9 @@ func (sr *suiteResult) phase(name string, st *loadStats) *loadStats {
 	if sr.Phases == nil {
 		sr.Phases = make(map[string]*loadStats)
 	}
+	if len(st.SliceRates) == 0 {
+		st.SliceRates = []float64{st.rate()} // a phase run in one piece
+	}
 	sr.Phases[name] = st
 	return st
 }
