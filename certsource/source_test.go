@@ -2,6 +2,9 @@ package certsource
 
 import (
 	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -268,6 +271,43 @@ func BenchmarkGetCertificateHit(b *testing.B) {
 	}
 }
 
+// BenchmarkGetCertificateMiss measures the lazy path: the certificate is
+// not cached, so it is read from storage (in memory here, so no disk),
+// decoded and parsed, and put in the cache. A cache of one certificate
+// and two domains in turn make every call a miss.
+func BenchmarkGetCertificateMiss(b *testing.B) {
+	for _, kt := range []string{"ecdsa", "rsa"} {
+		b.Run(kt, func(b *testing.B) {
+			f := newFixtureOn(b, 1, new(memstorage.Storage), "")
+			var hellos []*tls.ClientHelloInfo
+			for _, name := range []string{"a.miss.test", "b.miss.test"} {
+				leaf := f.ca.Issue(b, name)
+				if kt == "rsa" {
+					leaf = f.ca.IssueRSA(b, name)
+				}
+				c, err := f.store.CreateCertificate(context.Background(), domainstore.CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := f.store.CreateDomain(context.Background(), domainstore.DomainInput{Domain: name, CertificateID: c.ID}); err != nil {
+					b.Fatal(err)
+				}
+				hellos = append(hellos, &tls.ClientHelloInfo{ServerName: name})
+			}
+			f.source = New(f.store, 1, nil)
+			ctx := context.Background()
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				if _, err := f.source.GetCertificate(ctx, hellos[i%2]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // benchStore fills a store with n domains sharing one uploaded wildcard
 // certificate (uploading n distinct certificates would measure the
 // upload, not the lookup) and returns their names.
@@ -289,30 +329,49 @@ func benchStore(b *testing.B, f *fixture, n int) (*domainstore.Store, []string) 
 }
 
 // BenchmarkCacheMemory reports the heap bytes one cached certificate takes
-// (an ECDSA P-256 leaf with its intermediate and key, parsed leaf kept).
+// (a leaf with its intermediate and key, parsed leaf kept), for ECDSA P-256
+// and RSA-2048 keys. Every RSA leaf has its key parsed on its own, so the
+// 16 generated RSA keys stand for distinct ones.
 func BenchmarkCacheMemory(b *testing.B) {
 	ca := testpki.NewCA(b, "Memory CA")
-	const n = 2000
-	leaves := make([]*testpki.Leaf, n)
-	for i := range leaves {
-		leaves[i] = ca.Issue(b, fmt.Sprintf("m%d.example.test", i))
-	}
-	for i := 0; i < b.N; i++ {
-		cache := NewCache(n)
-		var before, after runtime.MemStats
-		runtime.GC()
-		runtime.ReadMemStats(&before)
-		for j, l := range leaves {
-			bnd, err := bundle.Parse(l.CertPEM, l.KeyPEM)
-			if err != nil {
-				b.Fatal(err)
-			}
-			tc := bnd.TLSCertificate()
-			cache.Put(fmt.Sprint("cert_", j), &tc)
+	rsaKeys := make([]crypto.Signer, 16)
+	for i := range rsaKeys {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			b.Fatal(err)
 		}
-		runtime.GC()
-		runtime.ReadMemStats(&after)
-		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/cert")
-		runtime.KeepAlive(cache)
+		rsaKeys[i] = k
+	}
+	const n = 2000
+	for _, kt := range []string{"ecdsa", "rsa"} {
+		b.Run(kt, func(b *testing.B) {
+			leaves := make([]*testpki.Leaf, n)
+			for i := range leaves {
+				name := fmt.Sprintf("m%d.example.test", i)
+				if kt == "rsa" {
+					leaves[i] = ca.IssueWithKey(b, rsaKeys[i%len(rsaKeys)], name)
+				} else {
+					leaves[i] = ca.Issue(b, name)
+				}
+			}
+			for b.Loop() {
+				cache := NewCache(n)
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				for j, l := range leaves {
+					bnd, err := bundle.Parse(l.CertPEM, l.KeyPEM)
+					if err != nil {
+						b.Fatal(err)
+					}
+					tc := bnd.TLSCertificate()
+					cache.Put(fmt.Sprint("cert_", j), &tc)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/cert")
+				runtime.KeepAlive(cache)
+			}
+		})
 	}
 }

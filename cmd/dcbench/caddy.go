@@ -39,12 +39,13 @@ type instance struct {
 	httpPort  int
 	admin     *adminClient
 
-	runs int // how many times it was started
-	proc *process
+	runs     int // how many times it was started
+	proc     *process
+	memLimit string // GOMEMLIMIT of the process, if not empty
 }
 
 // newInstance makes the directories and picks free ports.
-func newInstance(name, bin, parent string) (*instance, error) {
+func newInstance(name, bin, parent, memLimit string) (*instance, error) {
 	dir := filepath.Join(parent, name)
 	for _, d := range []string{"home", "data", "config", "storage"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
@@ -56,7 +57,7 @@ func newInstance(name, bin, parent string) (*instance, error) {
 		return nil, err
 	}
 	in := &instance{
-		name: name, bin: bin, dir: dir,
+		name: name, bin: bin, dir: dir, memLimit: memLimit,
 		adminAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
 		httpsPort: ports[1], httpPort: ports[2],
 	}
@@ -174,7 +175,7 @@ func (in *instance) start(reg *procs) (*process, error) {
 	defer logFile.Close() // the child has its own descriptor
 	cmd := exec.Command(in.bin, "run", "--config", in.configPath())
 	cmd.Dir = in.dir
-	cmd.Env = caddyEnv(in.dir)
+	cmd.Env = caddyEnv(in.dir, in.memLimit)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Own process group: a Ctrl-C in the terminal reaches dcbench only,
 	// which stops Caddy itself. Pdeathsig kills Caddy if dcbench dies
@@ -197,21 +198,26 @@ func (in *instance) start(reg *procs) (*process, error) {
 }
 
 // caddyEnv is the environment of a Caddy process: ours, with HOME and the
-// XDG directories inside dir.
-func caddyEnv(dir string) []string {
+// XDG directories inside dir, and GOMEMLIMIT set to memLimit if that is
+// not empty.
+func caddyEnv(dir, memLimit string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if k == "HOME" || strings.HasPrefix(k, "XDG_") {
+		if k == "HOME" || strings.HasPrefix(k, "XDG_") || (memLimit != "" && k == "GOMEMLIMIT") {
 			continue
 		}
 		env = append(env, kv)
 	}
-	return append(env,
+	env = append(env,
 		"HOME="+filepath.Join(dir, "home"),
 		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
 	)
+	if memLimit != "" {
+		env = append(env, "GOMEMLIMIT="+memLimit)
+	}
+	return env
 }
 
 // waitReady waits until the admin endpoint answers.

@@ -167,6 +167,7 @@ func TestFlags(t *testing.T) {
 		{"-duration", "1ms"},
 		{"-concurrency", "0"},
 		{"-cache", "-1"},
+		{"-gomemlimit", "1GB"},
 		{"extra"},
 	} {
 		var out bytes.Buffer
