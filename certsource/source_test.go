@@ -242,6 +242,37 @@ func TestCacheEviction(t *testing.T) {
 	}
 }
 
+// TestCacheKeepsHotSetDuringBulkUpload checks what an operator relies on
+// when importing many new certificates into a running edge: the new,
+// never-served certificates evict each other, not the ones traffic keeps
+// using, as long as that traffic touches them between two passes of the
+// clock hand.
+func TestCacheKeepsHotSetDuringBulkUpload(t *testing.T) {
+	const capacity, hot, uploads = 100, 50, 5000
+	c := NewCache(capacity)
+	for i := range capacity {
+		c.Put(fmt.Sprint("hot", i), &tls.Certificate{})
+	}
+	touch := func() {
+		for i := range hot {
+			if c.Get(fmt.Sprint("hot", i)) == nil {
+				t.Fatalf("hot%d was evicted", i)
+			}
+		}
+	}
+	touch()
+	for i := range uploads {
+		c.Put(fmt.Sprint("new", i), &tls.Certificate{})
+		if i%10 == 0 { // traffic between uploads
+			touch()
+		}
+	}
+	touch()
+	if st := c.Stats(); st.Entries != capacity || st.Evictions != uploads {
+		t.Fatalf("stats = %+v, want %d entries and %d evictions", st, capacity, uploads)
+	}
+}
+
 // BenchmarkGetCertificateHit measures the handshake hit path among
 // 100,000 domains: index lookup and cache hit.
 func BenchmarkGetCertificateHit(b *testing.B) {
