@@ -39,13 +39,13 @@ type instance struct {
 	httpPort  int
 	admin     *adminClient
 
-	runs     int // how many times it was started
-	proc     *process
-	memLimit string // GOMEMLIMIT of the process, if not empty
+	runs int // how many times it was started
+	proc *process
+	env  []string // extra KEY=VALUE pairs for the process environment
 }
 
 // newInstance makes the directories and picks free ports.
-func newInstance(name, bin, parent, memLimit string) (*instance, error) {
+func newInstance(name, bin, parent string, env []string) (*instance, error) {
 	dir := filepath.Join(parent, name)
 	for _, d := range []string{"home", "data", "config", "storage"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
@@ -57,7 +57,7 @@ func newInstance(name, bin, parent, memLimit string) (*instance, error) {
 		return nil, err
 	}
 	in := &instance{
-		name: name, bin: bin, dir: dir, memLimit: memLimit,
+		name: name, bin: bin, dir: dir, env: env,
 		adminAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
 		httpsPort: ports[1], httpPort: ports[2],
 	}
@@ -175,7 +175,7 @@ func (in *instance) start(reg *procs) (*process, error) {
 	defer logFile.Close() // the child has its own descriptor
 	cmd := exec.Command(in.bin, "run", "--config", in.configPath())
 	cmd.Dir = in.dir
-	cmd.Env = caddyEnv(in.dir, in.memLimit)
+	cmd.Env = caddyEnv(in.dir, in.env)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Own process group: a Ctrl-C in the terminal reaches dcbench only,
 	// which stops Caddy itself. Pdeathsig kills Caddy if dcbench dies
@@ -198,13 +198,18 @@ func (in *instance) start(reg *procs) (*process, error) {
 }
 
 // caddyEnv is the environment of a Caddy process: ours, with HOME and the
-// XDG directories inside dir, and GOMEMLIMIT set to memLimit if that is
-// not empty.
-func caddyEnv(dir, memLimit string) []string {
+// XDG directories inside dir, and the KEY=VALUE pairs of extra replacing
+// any of ours with the same key.
+func caddyEnv(dir string, extra []string) []string {
+	override := map[string]bool{"HOME": true}
+	for _, kv := range extra {
+		k, _, _ := strings.Cut(kv, "=")
+		override[k] = true
+	}
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if k == "HOME" || strings.HasPrefix(k, "XDG_") || (memLimit != "" && k == "GOMEMLIMIT") {
+		if override[k] || strings.HasPrefix(k, "XDG_") {
 			continue
 		}
 		env = append(env, kv)
@@ -214,10 +219,7 @@ func caddyEnv(dir, memLimit string) []string {
 		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
 	)
-	if memLimit != "" {
-		env = append(env, "GOMEMLIMIT="+memLimit)
-	}
-	return env
+	return append(env, extra...)
 }
 
 // waitReady waits until the admin endpoint answers.

@@ -167,7 +167,10 @@ func TestFlags(t *testing.T) {
 		{"-duration", "1ms"},
 		{"-concurrency", "0"},
 		{"-cache", "-1"},
-		{"-gomemlimit", "1GB"},
+		{"-env", "GOGC"},
+		{"-env", "HOME=/"},
+		{"-env", "XDG_DATA_HOME=/tmp"},
+		{"-env", "gogc=50"},
 		{"extra"},
 	} {
 		var out bytes.Buffer
@@ -212,5 +215,26 @@ func TestPairedRatio(t *testing.T) {
 				t.Errorf("got median %v quartiles %v–%v n %d; want %v %v–%v %d", med, q1, q3, n, c.med, c.q1, c.q3, c.n)
 			}
 		})
+	}
+}
+
+func TestCaddyEnv(t *testing.T) {
+	t.Setenv("GOGC", "100")
+	t.Setenv("XDG_DATA_HOME", "/elsewhere")
+	env := caddyEnv("/d", []string{"GOGC=50", "GOMEMLIMIT=900MiB"})
+	got := map[string][]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		got[k] = append(got[k], v)
+	}
+	for k, want := range map[string]string{
+		"GOGC":          "50",
+		"GOMEMLIMIT":    "900MiB",
+		"HOME":          "/d/home",
+		"XDG_DATA_HOME": "/d/data",
+	} {
+		if len(got[k]) != 1 || got[k][0] != want {
+			t.Errorf("%s = %q, want exactly %q", k, got[k], want)
+		}
 	}
 }

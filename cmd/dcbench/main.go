@@ -67,8 +67,22 @@ func main() {
 	}
 }
 
-// memLimitPattern is what the Go runtime accepts in GOMEMLIMIT.
-var memLimitPattern = regexp.MustCompile(`^([0-9]+(B|KiB|MiB|GiB|TiB)?|off)$`)
+// envPattern is a KEY=VALUE pair for -env; HOME and XDG_* are dcbench's.
+var envPattern = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*=.*$`)
+
+// envFlag collects repeated -env flags.
+type envFlag []string
+
+func (e *envFlag) String() string { return strings.Join(*e, " ") }
+
+func (e *envFlag) Set(kv string) error {
+	k, _, _ := strings.Cut(kv, "=")
+	if !envPattern.MatchString(kv) || k == "HOME" || strings.HasPrefix(k, "XDG_") {
+		return fmt.Errorf("%q: use KEY=VALUE with an upper-case key other than HOME and XDG_*", kv)
+	}
+	*e = append(*e, kv)
+	return nil
+}
 
 // options are the command-line flags.
 type options struct {
@@ -85,7 +99,7 @@ type options struct {
 	sealed      bool
 	profileDir  string
 	timeout     time.Duration
-	memLimit    string
+	env         envFlag
 	flags       map[string]string
 }
 
@@ -107,7 +121,7 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 	fs.BoolVar(&o.sealed, "sealed", true, "also measure ours on sealed storage ("+sealedModule+"), if the binary has it")
 	fs.StringVar(&o.profileDir, "profile", "", "write profiles of the Caddy processes to this `directory`: CPU during the API load, extra handshake phases and the first phase after restart; heap after loading")
 	fs.DurationVar(&o.timeout, "timeout", 45*time.Minute, "give up after this long")
-	fs.StringVar(&o.memLimit, "gomemlimit", "", "GOMEMLIMIT of every Caddy it starts, e.g. 900MiB (Go's soft memory limit); default: none, unless set in dcbench's own environment")
+	fs.Var(&o.env, "env", "`KEY=VALUE` for the environment of every Caddy it starts, e.g. GOGC=50 or GOMEMLIMIT=900MiB; repeatable")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: dcbench [flags]\n\nMeasures Caddy with the domaincerts plugin against stock Caddy. See docs/benchmarks.md.\n\n")
 		fs.PrintDefaults()
@@ -141,8 +155,6 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 		return nil, fmt.Errorf("-cache %d: use 0 (automatic) or a positive capacity", o.cache)
 	case o.timeout <= 0:
 		return nil, fmt.Errorf("-timeout %v: must be positive", o.timeout)
-	case o.memLimit != "" && !memLimitPattern.MatchString(o.memLimit):
-		return nil, fmt.Errorf("-gomemlimit %q: use a byte count with an optional unit B, KiB, MiB, GiB or TiB (e.g. 900MiB), or off", o.memLimit)
 	}
 	o.flags = make(map[string]string)
 	fs.VisitAll(func(f *flag.Flag) { o.flags[f.Name] = f.Value.String() })
@@ -242,8 +254,8 @@ func (b *bench) notes() {
 	add("the load client runs in this process on the same %d CPUs as the Caddy under test (GOMAXPROCS %d): its own TLS work takes a large share of the CPU, so absolute rates are lower than with a separate client machine; ours and stock pay the same share, so ratios compare", runtime.NumCPU(), runtime.GOMAXPROCS(0))
 	add("every handshake is a new TCP connection and a full TLS 1.3 handshake (no session cache; a resumed session would count as an error); the served leaf is checked on every handshake (serial number and name) and a wrong one counts as an error")
 	add("throughput phases (ours and stock, one SNI and random SNI) are preceded by a warm-up and run round-robin in slices of at most %v, %d handshakes in flight, %v each", maxSlice, o.concurrency, o.duration)
-	if o.memLimit != "" {
-		add("every Caddy runs with GOMEMLIMIT=%s", o.memLimit)
+	if len(o.env) > 0 {
+		add("every Caddy runs with %s in its environment", strings.Join(o.env, " "))
 	}
 	if slices.Contains(o.keys, keyRSA) {
 		add("RSA: the RSA-2048 certificates share a pool of %d keys (RSA key generation is slow); each certificate is still uploaded, stored and parsed on its own", rsaPoolSize)
@@ -392,7 +404,7 @@ func (b *bench) suite(ctx context.Context, kind keyKind) (*suiteResult, error) {
 	sr.Notes = append(sr.Notes, fmt.Sprintf("ours: cache_capacity %d; stock: tls cache capacity %d (stock's default, 10,000, would evict and then fail handshakes beyond it)", cacheCap, stockCap))
 
 	// ours: start and load through the admin API
-	ours, err := newInstance("ours-"+string(kind), b.ours, b.tmp, o.memLimit)
+	ours, err := newInstance("ours-"+string(kind), b.ours, b.tmp, o.env)
 	if err != nil {
 		return sr, err
 	}
@@ -436,7 +448,7 @@ func (b *bench) suite(ctx context.Context, kind keyKind) (*suiteResult, error) {
 		if err := writeStockFiles(ctx, certDir, append(sites[:len(sites):len(sites)], extra...)); err != nil {
 			return sr, err
 		}
-		if stock, err = newInstance("stock-"+string(kind), b.stock, b.tmp, o.memLimit); err != nil {
+		if stock, err = newInstance("stock-"+string(kind), b.stock, b.tmp, o.env); err != nil {
 			return sr, err
 		}
 		if err := stock.writeConfig(stock.stockConfig(nil, certDir, stockCap)); err != nil {
@@ -825,7 +837,7 @@ func (b *bench) sealedSuite(ctx context.Context, sr *suiteResult, kind keyKind, 
 		cold.skip("< 2 s at N=100k", b.sealed)
 		return nil
 	}
-	in, err := newInstance("ours-sealed-"+string(kind), b.ours, b.tmp, o.memLimit)
+	in, err := newInstance("ours-sealed-"+string(kind), b.ours, b.tmp, o.env)
 	if err != nil {
 		return err
 	}
