@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
 // Timing of the ACME tests: every wait is a bounded poll.
@@ -270,7 +272,7 @@ func (m *managed) expectServesManaged(t *testing.T, sni string, cert map[string]
 		return nil
 	}
 	leaf := state.PeerCertificates[0]
-	if got := serialHex(leaf.SerialNumber); got != cert["serial_number"] {
+	if got := testpki.SerialHex(leaf.SerialNumber); got != cert["serial_number"] {
 		t.Errorf("handshake for %q served serial %s %v, want %v", sni, got, leaf.DNSNames, cert["serial_number"])
 	}
 	verifyChain(t, state, m.p.IssuerRoots, sni)
@@ -298,13 +300,13 @@ func (m *managed) waitServes(t *testing.T, sni, serial string, within time.Durat
 	var last string
 	for {
 		state, err := handshakeState(m.HTTPSAddr(), sni)
-		if err == nil && serialHex(state.PeerCertificates[0].SerialNumber) == serial {
+		if err == nil && testpki.SerialHex(state.PeerCertificates[0].SerialNumber) == serial {
 			return state.PeerCertificates[0]
 		}
 		if err != nil {
 			last = err.Error()
 		} else {
-			last = "serial " + serialHex(state.PeerCertificates[0].SerialNumber)
+			last = "serial " + testpki.SerialHex(state.PeerCertificates[0].SerialNumber)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("handshake for %q: want serial %s within %s, last got %s", sni, serial, within, last)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
 var adminClient = &http.Client{Timeout: 30 * time.Second}
@@ -140,7 +142,7 @@ func (c *caddyProc) uploadCert(t testing.TB, certPEM, keyPEM string) (string, ma
 }
 
 // uploadLeaf uploads a test leaf's chain and key.
-func (c *caddyProc) uploadLeaf(t testing.TB, l *leaf) string {
+func (c *caddyProc) uploadLeaf(t testing.TB, l *testpki.ChainLeaf) string {
 	t.Helper()
 	id, _ := c.uploadCert(t, l.ChainPEM, l.KeyPEM)
 	return id

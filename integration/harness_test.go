@@ -14,13 +14,15 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
 // TestHarnessPlainCaddy checks the harness itself against a Caddy without
 // the plugin's config: a certificate loaded by Caddy's own load_pem is
 // served, the tools work, Restart and Stop work, the home is isolated.
 func TestHarnessPlainCaddy(t *testing.T) {
-	ca := newTestCA(t, "Harness")
+	ca := testpki.NewChain(t, "Harness")
 	l := ca.Leaf(t, "plain.example.test")
 	c := startCaddy(t, caddyOpts{
 		NoApp: true,

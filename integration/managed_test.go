@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
 // TestManagedIssued: a domain inside the operator's zones created without
@@ -74,7 +76,7 @@ func TestManagedIssued(t *testing.T) {
 			t.Errorf("served key %T, want ECDSA P-256", state.PeerCertificates[0].PublicKey)
 		}
 	}
-	expectServes(t, m.caddyProc, "SHOP.operator.test", &leaf{Serial: cert["serial_number"].(string)}, nil)
+	expectServes(t, m.caddyProc, "SHOP.operator.test", &testpki.ChainLeaf{Serial: cert["serial_number"].(string)}, nil)
 	expectFails(t, m.caddyProc, "other.operator.test")
 
 	// The certificate is listed, and cannot be deleted while in use.
@@ -315,7 +317,7 @@ func TestUploadReplacesManaged(t *testing.T) {
 	m.expectServesPebble(t, detachName)
 	m.expectServesPebble(t, goneName)
 
-	ca := newTestCA(t, "Replace")
+	ca := testpki.NewChain(t, "Replace")
 	l := ca.Leaf(t, upName)
 	uploadID := m.uploadLeaf(t, l)
 	d := m.patchDomain(t, upID, map[string]any{"certificate_id": uploadID})
@@ -446,7 +448,7 @@ func TestManagedRenewal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("handshake after renewal: %v", err)
 	}
-	served := serialHex(state.PeerCertificates[0].SerialNumber)
+	served := testpki.SerialHex(state.PeerCertificates[0].SerialNumber)
 	if served == first["serial_number"] {
 		t.Errorf("handshake after the renewal was recorded still serves the first serial %s (domain points to %s, serial %s)",
 			served, second["id"], second["serial_number"])

@@ -3,6 +3,8 @@ package integration
 import (
 	"testing"
 	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
 // TestTwoInstancesShareStorage runs two Caddy instances on one storage
@@ -14,7 +16,7 @@ func TestTwoInstancesShareStorage(t *testing.T) {
 	a := startCaddy(t, caddyOpts{App: app})
 	b := startCaddy(t, caddyOpts{App: app, Storage: map[string]any{"module": "file_system", "root": a.StorageDir}})
 
-	ca := newTestCA(t, "Shared CA")
+	ca := testpki.NewChain(t, "Shared CA")
 	l := ca.Leaf(t, "shared.example.test")
 	certID := a.uploadLeaf(t, l)
 	domainID, _ := a.createDomain(t, "shared.example.test", certID)
@@ -22,7 +24,7 @@ func TestTwoInstancesShareStorage(t *testing.T) {
 
 	waitFor(t, 15*time.Second, "instance b to serve a's certificate", func() bool {
 		got, err := handshake(t, b.HTTPSAddr(), "shared.example.test")
-		return err == nil && serialHex(got.SerialNumber) == l.Serial
+		return err == nil && testpki.SerialHex(got.SerialNumber) == l.Serial
 	})
 	if d := b.getDomain(t, domainID); d["domain"] != "shared.example.test" {
 		t.Fatalf("b's API does not show a's domain: %v", d)

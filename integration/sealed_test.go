@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
 // sealedMagic starts every sealed value (see docs/sealed-storage.md).
@@ -54,7 +56,7 @@ func TestSealedStorage(t *testing.T) {
 		},
 	})
 
-	ca := newTestCA(t, "Sealed Test CA")
+	ca := testpki.NewChain(t, "Sealed Test CA")
 	up := ca.Leaf(t, "upload.example.test")
 	certID := c.uploadLeaf(t, up)
 	c.createDomain(t, "upload.example.test", certID)
@@ -133,13 +135,13 @@ func servedSerial(t *testing.T, c *caddyProc, sni string) string {
 	if err != nil {
 		t.Fatalf("handshake %s: %v", sni, err)
 	}
-	return serialHex(cert.SerialNumber)
+	return testpki.SerialHex(cert.SerialNumber)
 }
 
 // checkNoClearKeys scans the storage directory: no file holds a PEM
 // private key or the DER of the uploaded key, and every private-key file
 // (the upload's, CertMagic's, the internal CA's) is a sealed envelope.
-func checkNoClearKeys(t *testing.T, dir string, up *leaf) {
+func checkNoClearKeys(t *testing.T, dir string, up *testpki.ChainLeaf) {
 	t.Helper()
 	uploadDER, err := x509.MarshalPKCS8PrivateKey(up.Key)
 	if err != nil {

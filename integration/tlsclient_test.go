@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
 // handshakeTimeout bounds every TLS dial of the tests.
@@ -73,7 +75,7 @@ func verifyChain(t testing.TB, state *tls.ConnectionState, roots *x509.CertPool,
 // expectServes requires a handshake for sni to succeed with the leaf whose
 // serial is want (lowercase hex) and a chain that verifies to roots (if not
 // nil).
-func expectServes(t testing.TB, c *caddyProc, sni string, want *leaf, roots *x509.CertPool) {
+func expectServes(t testing.TB, c *caddyProc, sni string, want *testpki.ChainLeaf, roots *x509.CertPool) {
 	t.Helper()
 	state, err := handshakeState(c.HTTPSAddr(), sni)
 	if err != nil {
@@ -81,7 +83,7 @@ func expectServes(t testing.TB, c *caddyProc, sni string, want *leaf, roots *x50
 		return
 	}
 	got := state.PeerCertificates[0]
-	if s := serialHex(got.SerialNumber); s != want.Serial {
+	if s := testpki.SerialHex(got.SerialNumber); s != want.Serial {
 		t.Errorf("handshake for %q served serial %s (%v), want %s (%v)", sni, s, got.DNSNames, want.Serial, want.Cert.DNSNames)
 		return
 	}
@@ -97,7 +99,7 @@ func expectFails(t testing.TB, c *caddyProc, sni string) {
 	cert, err := handshake(t, c.HTTPSAddr(), sni)
 	elapsed := time.Since(start)
 	if err == nil {
-		t.Errorf("handshake for %q succeeded with serial %s %v, want a failure", sni, serialHex(cert.SerialNumber), cert.DNSNames)
+		t.Errorf("handshake for %q succeeded with serial %s %v, want a failure", sni, testpki.SerialHex(cert.SerialNumber), cert.DNSNames)
 		return
 	}
 	if elapsed > failFast {

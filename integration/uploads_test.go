@@ -16,12 +16,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
 // TestUploadAttachServes: upload + attach, and the next handshake gets the
 // leaf, with no reload; the objects carry the contract's fields.
 func TestUploadAttachServes(t *testing.T) {
-	ca := newTestCA(t, "Upload")
+	ca := testpki.NewChain(t, "Upload")
 	c := startCaddy(t, caddyOpts{})
 
 	const name = "shop.example.test"
@@ -62,7 +64,7 @@ func TestUploadAttachServes(t *testing.T) {
 	}
 
 	// An RSA upload is served too and reports its key type.
-	lr := ca.LeafWith(t, leafOpts{RSA: true}, "rsa.example.test")
+	lr := ca.LeafWith(t, testpki.LeafOptions{RSA: true}, "rsa.example.test")
 	rid, robj := c.uploadCert(t, lr.ChainPEM, lr.KeyPEM)
 	checkCertObject(t, robj, lr, ca, "rsa")
 	c.createDomain(t, "rsa.example.test", rid)
@@ -75,7 +77,7 @@ func TestUploadAttachServes(t *testing.T) {
 
 // TestSwapCertificate: PATCH certificate_id switches the served leaf at once.
 func TestSwapCertificate(t *testing.T) {
-	ca := newTestCA(t, "Swap")
+	ca := testpki.NewChain(t, "Swap")
 	c := startCaddy(t, caddyOpts{})
 	const name = "swap.example.test"
 	a, b := ca.Leaf(t, name), ca.Leaf(t, name)
@@ -110,7 +112,7 @@ func TestSwapCertificate(t *testing.T) {
 // TestDetachCertificate: after DELETE .../certificate the name is not served
 // and nothing is obtained from a CA instead.
 func TestDetachCertificate(t *testing.T) {
-	ca := newTestCA(t, "Detach")
+	ca := testpki.NewChain(t, "Detach")
 	c := startCaddy(t, caddyOpts{})
 	const name = "detach.example.test"
 	l := ca.Leaf(t, name)
@@ -139,7 +141,7 @@ func TestDetachCertificate(t *testing.T) {
 // TestDeleteDomainAndCertificate: DELETE of a domain stops serving; a
 // certificate in use cannot be deleted; deleted records are 404.
 func TestDeleteDomainAndCertificate(t *testing.T) {
-	ca := newTestCA(t, "Delete")
+	ca := testpki.NewChain(t, "Delete")
 	c := startCaddy(t, caddyOpts{})
 	const name = "delete.example.test"
 	l := ca.Leaf(t, name)
@@ -181,11 +183,11 @@ func TestDeleteDomainAndCertificate(t *testing.T) {
 // TestRestartKeepsRecords: after a restart on the same storage the same
 // leaves are served and the API returns the same records.
 func TestRestartKeepsRecords(t *testing.T) {
-	ca := newTestCA(t, "Restart")
+	ca := testpki.NewChain(t, "Restart")
 	c := startCaddy(t, caddyOpts{})
-	leaves := map[string]*leaf{
+	leaves := map[string]*testpki.ChainLeaf{
 		"one.example.test":    ca.Leaf(t, "one.example.test"),
-		"two.example.test":    ca.LeafWith(t, leafOpts{RSA: true}, "two.example.test"),
+		"two.example.test":    ca.LeafWith(t, testpki.LeafOptions{RSA: true}, "two.example.test"),
 		"*.wild.example.test": ca.Leaf(t, "*.wild.example.test"),
 	}
 	domainIDs := map[string]string{}
@@ -243,7 +245,7 @@ func TestRestartKeepsRecords(t *testing.T) {
 // TestWildcardVersusExact: the exact name wins over the wildcard one label
 // up; the wildcard covers exactly one label.
 func TestWildcardVersusExact(t *testing.T) {
-	ca := newTestCA(t, "Wildcard")
+	ca := testpki.NewChain(t, "Wildcard")
 	c := startCaddy(t, caddyOpts{})
 	a := ca.Leaf(t, "*.example.test")
 	b := ca.Leaf(t, "a.example.test")
@@ -262,7 +264,7 @@ func TestWildcardVersusExact(t *testing.T) {
 // TestUnknownAndMissingSNI: no matching Domain, or no SNI at all, fails at
 // once and starts no issuance.
 func TestUnknownAndMissingSNI(t *testing.T) {
-	ca := newTestCA(t, "Unknown")
+	ca := testpki.NewChain(t, "Unknown")
 	c := startCaddy(t, caddyOpts{})
 	l := ca.Leaf(t, "known.example.test")
 	c.createDomain(t, "known.example.test", c.uploadLeaf(t, l))
@@ -280,7 +282,7 @@ func TestUnknownAndMissingSNI(t *testing.T) {
 // TestAPIErrors: representative error codes end to end, each leaving the
 // state unchanged.
 func TestAPIErrors(t *testing.T) {
-	ca := newTestCA(t, "Errors")
+	ca := testpki.NewChain(t, "Errors")
 	c := startCaddy(t, caddyOpts{})
 	l := ca.Leaf(t, "err.example.test", "err2.example.test")
 	other := ca.Leaf(t, "other.example.test")
@@ -372,7 +374,7 @@ func TestAPIErrors(t *testing.T) {
 // TestPagination: seven certificates, limit=3, next_page_uri until null:
 // newest first, each seen once.
 func TestPagination(t *testing.T) {
-	ca := newTestCA(t, "Pages")
+	ca := testpki.NewChain(t, "Pages")
 	c := startCaddy(t, caddyOpts{})
 	var ids []string
 	for i := range 7 {
@@ -430,10 +432,10 @@ func TestPagination(t *testing.T) {
 // domains while readers handshake existing ones; nothing is lost or mixed.
 func TestConcurrentUploadsAndHandshakes(t *testing.T) {
 	const writers, perWriter, readers, existing = 8, 10, 4, 4
-	ca := newTestCA(t, "Concurrent")
+	ca := testpki.NewChain(t, "Concurrent")
 	c := startCaddy(t, caddyOpts{})
 
-	leaves := map[string]*leaf{}
+	leaves := map[string]*testpki.ChainLeaf{}
 	var stable []string
 	for i := range existing {
 		name := fmt.Sprintf("stable%d.example.test", i)
@@ -465,7 +467,7 @@ func TestConcurrentUploadsAndHandshakes(t *testing.T) {
 					errs <- fmt.Errorf("reader handshake %s: %v", name, err)
 					return
 				}
-				if got := serialHex(state.PeerCertificates[0].SerialNumber); got != leaves[name].Serial {
+				if got := testpki.SerialHex(state.PeerCertificates[0].SerialNumber); got != leaves[name].Serial {
 					errs <- fmt.Errorf("reader handshake %s: serial %s, want %s", name, got, leaves[name].Serial)
 					return
 				}
@@ -499,7 +501,7 @@ func TestConcurrentUploadsAndHandshakes(t *testing.T) {
 					errs <- fmt.Errorf("handshake %s right after create: %v", name, err)
 					return
 				}
-				if got := serialHex(state.PeerCertificates[0].SerialNumber); got != l.Serial {
+				if got := testpki.SerialHex(state.PeerCertificates[0].SerialNumber); got != l.Serial {
 					errs <- fmt.Errorf("handshake %s right after create: serial %s, want %s", name, got, l.Serial)
 					return
 				}
@@ -546,7 +548,7 @@ func TestConcurrentUploadsAndHandshakes(t *testing.T) {
 func TestOpenSSLAndCurl(t *testing.T) {
 	requireTool(t, "/usr/bin/openssl")
 	requireTool(t, "/usr/bin/curl")
-	ca := newTestCA(t, "Tools")
+	ca := testpki.NewChain(t, "Tools")
 	c := startCaddy(t, caddyOpts{})
 	const name = "tools.example.test"
 	l := ca.Leaf(t, name)
@@ -564,7 +566,7 @@ func TestOpenSSLAndCurl(t *testing.T) {
 
 // checkCertObject checks a TLS certificate object against the leaf it was
 // uploaded from and returns its ID.
-func checkCertObject(t *testing.T, obj map[string]any, l *leaf, ca *testCA, keyType string) string {
+func checkCertObject(t *testing.T, obj map[string]any, l *testpki.ChainLeaf, ca *testpki.Chain, keyType string) string {
 	t.Helper()
 	id := checkID(t, "certificate id", obj["id"], "cert_")
 	if obj["uri"] != "/domaincerts/tls_certificates/"+id {
@@ -662,14 +664,14 @@ func certRef(d map[string]any) string {
 }
 
 // pemHasLeaf reports whether the first CERTIFICATE block of s is l's leaf.
-func pemHasLeaf(s string, l *leaf) bool {
+func pemHasLeaf(s string, l *testpki.ChainLeaf) bool {
 	b, _ := pem.Decode([]byte(s))
 	return b != nil && b.Type == "CERTIFICATE" && string(b.Bytes) == string(l.Cert.Raw)
 }
 
 // assertNoKeyInLog fails if Caddy's log holds a private key or a piece of
 // one of the leaves' keys.
-func assertNoKeyInLog(t *testing.T, c *caddyProc, leaves ...*leaf) {
+func assertNoKeyInLog(t *testing.T, c *caddyProc, leaves ...*testpki.ChainLeaf) {
 	t.Helper()
 	log := c.Log()
 	if strings.Contains(log, "PRIVATE KEY") {

@@ -1,5 +1,9 @@
 // Package testpki makes certificate authorities and leaf certificates for
 // tests. It is not for production use.
+//
+// CA is a single self-signed CA whose leaves carry the CA in their chain,
+// enough for unit tests. Chain is a root and an intermediate, as real CAs
+// work: leaves come with the intermediate, and only clients know the root.
 package testpki
 
 import (
@@ -12,6 +16,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"strings"
 	"testing"
 	"time"
 )
@@ -34,25 +39,10 @@ type Leaf struct {
 // NewCA returns a self-signed ECDSA P-256 CA.
 func NewCA(tb testing.TB, name string) *CA {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(tb),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &CA{Cert: cert, Key: key, PEM: encode("CERTIFICATE", der)}
+	key := newECKey(tb)
+	tmpl := caTemplate(tb, name, 24*time.Hour)
+	cert := mustCreate(tb, tmpl, tmpl, key.Public(), key)
+	return &CA{Cert: cert, Key: key, PEM: certPEM(cert)}
 }
 
 // Pool returns a cert pool holding the CA.
@@ -65,60 +55,128 @@ func (ca *CA) Pool() *x509.CertPool {
 // Issue returns an ECDSA P-256 leaf for names.
 func (ca *CA) Issue(tb testing.TB, names ...string) *Leaf {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return ca.IssueWithKey(tb, key, names...)
+	return ca.IssueWithKey(tb, newECKey(tb), names...)
 }
 
 // IssueRSA returns an RSA-2048 leaf for names.
 func (ca *CA) IssueRSA(tb testing.TB, names ...string) *Leaf {
 	tb.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return ca.IssueWithKey(tb, key, names...)
+	return ca.IssueWithKey(tb, newRSAKey(tb), names...)
 }
 
 // IssueWithKey returns a leaf for names with the given key.
 func (ca *CA) IssueWithKey(tb testing.TB, key crypto.Signer, names ...string) *Leaf {
 	tb.Helper()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(tb),
-		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pk, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	tmpl := leafTemplate(tb, names, LeafOptions{NotAfter: time.Now().Add(24 * time.Hour)}, key)
+	cert := mustCreate(tb, tmpl, ca.Cert, key.Public(), ca.Key)
 	return &Leaf{
 		Cert:    cert,
-		CertPEM: encode("CERTIFICATE", der) + ca.PEM,
-		KeyPEM:  encode("PRIVATE KEY", pk),
-		Serial:  cert.SerialNumber.Text(16),
+		CertPEM: certPEM(cert) + ca.PEM,
+		KeyPEM:  keyPEM(tb, key),
+		Serial:  SerialHex(cert.SerialNumber),
 	}
 }
 
-func serial(tb testing.TB) *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+// SerialHex prints a serial number as the admin API does: lowercase hex,
+// no colons. The serials made here have no padding byte in DER and no
+// leading zero nibble, so this is unambiguous.
+func SerialHex(n *big.Int) string { return strings.ToLower(n.Text(16)) }
+
+// caTemplate is a CA certificate template valid from an hour ago for life.
+func caTemplate(tb testing.TB, name string, life time.Duration) *x509.Certificate {
+	now := time.Now()
+	return &x509.Certificate{
+		SerialNumber:          newSerial(tb),
+		Subject:               pkix.Name{CommonName: name, Organization: []string{"domaincerts tests"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(life),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+}
+
+// leafTemplate is a server certificate template for names (the first is
+// also the subject common name).
+func leafTemplate(tb testing.TB, names []string, o LeafOptions, key crypto.Signer) *x509.Certificate {
+	now := time.Now()
+	notAfter := o.NotAfter
+	if notAfter.IsZero() {
+		notAfter = now.Add(30 * 24 * time.Hour)
+	}
+	cn := ""
+	if len(names) > 0 {
+		cn = names[0]
+	}
+	ku := x509.KeyUsageDigitalSignature
+	if _, ok := key.(*rsa.PrivateKey); ok {
+		ku |= x509.KeyUsageKeyEncipherment
+	}
+	return &x509.Certificate{
+		SerialNumber: newSerial(tb),
+		Subject:      pkix.Name{CommonName: cn},
+		DNSNames:     names,
+		IPAddresses:  o.IPs,
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     notAfter,
+		KeyUsage:     ku,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+}
+
+// newSerial returns a random 127-bit serial in [2^124, 2^127): 32 hex digits
+// without a leading zero, 16 DER bytes without a sign-padding byte.
+func newSerial(tb testing.TB) *big.Int {
+	tb.Helper()
+	span := new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 127), new(big.Int).Lsh(big.NewInt(1), 124))
+	n, err := rand.Int(rand.Reader, span)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return n.Add(n, big.NewInt(1))
+	return n.Add(n, new(big.Int).Lsh(big.NewInt(1), 124))
 }
 
-func encode(typ string, der []byte) string {
-	return string(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}))
+func newECKey(tb testing.TB) *ecdsa.PrivateKey {
+	tb.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return k
+}
+
+func newRSAKey(tb testing.TB) *rsa.PrivateKey {
+	tb.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return k
+}
+
+func mustCreate(tb testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
+	tb.Helper()
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cert
+}
+
+func certPEM(c *x509.Certificate) string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+}
+
+// keyPEM encodes key as PKCS#8 "PRIVATE KEY".
+func keyPEM(tb testing.TB, key crypto.Signer) string {
+	tb.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
 }
