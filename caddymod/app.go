@@ -177,6 +177,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.inst.source.SetFallback(a.FallbackCertificateID)
 	a.inst.store.SyncEvery(time.Duration(a.SyncInterval))
+	if err := registerMetrics(ctx.GetMetricsRegistry(), inst); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
 	return nil
 }
 

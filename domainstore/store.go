@@ -506,6 +506,15 @@ func (s *Store) Lookup(serverName string) (*Entry, bool) {
 	return s.index.Lookup(serverName)
 }
 
+// DomainCount returns the number of domains. Unlike Len it never waits
+// for the background listing of certificates, so metrics can call it at
+// any time.
+func (s *Store) DomainCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.domainIDs)
+}
+
 // Len returns the number of domains and certificates.
 func (s *Store) Len() (domains, certificates int) {
 	_ = s.waitCertificates()

@@ -1,0 +1,71 @@
+package caddymod
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The plugin's metrics, served with Caddy's own on the admin endpoint's
+// /metrics. The cache figures are what an operator needs to set
+// cache_capacity: misses that keep growing under steady traffic mean the
+// hot set does not fit.
+var (
+	metricDomains = prometheus.NewDesc("domaincerts_domains",
+		"Domains in the SNI index.", nil, nil)
+	metricCacheEntries = prometheus.NewDesc("domaincerts_cache_entries",
+		"Parsed certificates held in the certificate cache.", nil, nil)
+	metricCacheCapacity = prometheus.NewDesc("domaincerts_cache_capacity",
+		"The bound of the certificate cache (cache_capacity).", nil, nil)
+	metricCacheHits = prometheus.NewDesc("domaincerts_cache_hits_total",
+		"Certificate lookups answered from the cache.", nil, nil)
+	metricCacheMisses = prometheus.NewDesc("domaincerts_cache_misses_total",
+		"Certificate lookups that missed the cache and read storage.", nil, nil)
+	metricCacheEvictions = prometheus.NewDesc("domaincerts_cache_evictions_total",
+		"Certificates evicted from the cache to stay within its capacity.", nil, nil)
+)
+
+// collector reads the metrics from the instance when Caddy's registry is
+// scraped, so the hot path pays nothing for them.
+type collector struct{ inst *instance }
+
+// Describe is part of prometheus.Collector.
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{metricDomains, metricCacheEntries, metricCacheCapacity,
+		metricCacheHits, metricCacheMisses, metricCacheEvictions} {
+		ch <- d
+	}
+}
+
+// Collect is part of prometheus.Collector.
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.inst.source.Cache().Stats()
+	gauge := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	}
+	counter := func(d *prometheus.Desc, v uint64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
+	}
+	gauge(metricDomains, float64(c.inst.store.DomainCount()))
+	gauge(metricCacheEntries, float64(st.Entries))
+	gauge(metricCacheCapacity, float64(st.Capacity))
+	counter(metricCacheHits, st.Hits)
+	counter(metricCacheMisses, st.Misses)
+	counter(metricCacheEvictions, st.Evictions)
+}
+
+// registerMetrics adds the collector to reg, the registry of the config
+// being loaded (each config load has its own).
+func registerMetrics(reg *prometheus.Registry, inst *instance) error {
+	if reg == nil {
+		return nil
+	}
+	err := reg.Register(collector{inst: inst})
+	if are := (prometheus.AlreadyRegisteredError{}); errors.As(err, &are) {
+		return nil
+	}
+	return err
+}
+
+// Interface guards
+var _ prometheus.Collector = collector{}

@@ -1,0 +1,81 @@
+package caddymod
+
+import (
+	"context"
+	"crypto/tls"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/domaincerts/caddy-domaincerts/certsource"
+	"github.com/domaincerts/caddy-domaincerts/domainstore"
+	"github.com/domaincerts/caddy-domaincerts/internal/memstorage"
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
+)
+
+func TestMetrics(t *testing.T) {
+	ctx := context.Background()
+	store, err := domainstore.Open(ctx, new(memstorage.Storage), domainstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	// a cache of one, so that the second certificate evicts the first
+	inst := &instance{store: store, source: certsource.New(store, 1, nil)}
+	reg := prometheus.NewPedanticRegistry()
+	if err := registerMetrics(reg, inst); err != nil {
+		t.Fatal(err)
+	}
+	if err := registerMetrics(reg, inst); err != nil {
+		t.Fatalf("registering again (a second app on the same config): %v", err)
+	}
+	if err := registerMetrics(nil, inst); err != nil {
+		t.Fatalf("no registry: %v", err)
+	}
+
+	ca := testpki.NewCA(t, "Metrics CA")
+	for _, name := range []string{"a.metrics.test", "b.metrics.test"} {
+		l := ca.Issue(t, name)
+		c, err := store.CreateCertificate(ctx, domainstore.CertificateInput{CertificatePEM: l.CertPEM, PrivateKeyPEM: l.KeyPEM})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.CreateDomain(ctx, domainstore.DomainInput{Domain: name, CertificateID: c.ID}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// b was cached last (uploads go to the cache), so a misses, evicts b,
+	// and then hits
+	for _, name := range []string{"a.metrics.test", "a.metrics.test", "a.metrics.test"} {
+		if _, err := inst.source.GetCertificate(ctx, &tls.ClientHelloInfo{ServerName: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		m := f.GetMetric()[0]
+		switch {
+		case m.GetGauge() != nil:
+			got[f.GetName()] = m.GetGauge().GetValue()
+		case m.GetCounter() != nil:
+			got[f.GetName()] = m.GetCounter().GetValue()
+		}
+	}
+	for name, want := range map[string]float64{
+		"domaincerts_domains":               2,
+		"domaincerts_cache_entries":         1,
+		"domaincerts_cache_capacity":        1,
+		"domaincerts_cache_hits_total":      2,
+		"domaincerts_cache_misses_total":    1,
+		"domaincerts_cache_evictions_total": 2,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+}

@@ -1,0 +1,64 @@
+package integration
+
+import (
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
+)
+
+// TestMetricsEndpoint checks that Caddy's /metrics on the admin endpoint
+// reports the plugin's figures after an upload, an attach and handshakes.
+func TestMetricsEndpoint(t *testing.T) {
+	ca := testpki.NewChain(t, "Metrics")
+	c := startCaddy(t, caddyOpts{})
+	l := ca.Leaf(t, "metrics.example.test")
+	certID := c.uploadLeaf(t, l)
+	c.createDomain(t, "metrics.example.test", certID)
+	for range 3 {
+		expectServes(t, c, "metrics.example.test", l, ca.Roots())
+	}
+
+	resp, err := adminClient.Get("http://" + c.AdminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s\n%s", resp.Status, body)
+	}
+	values := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		name, value, ok := strings.Cut(line, " ")
+		if !ok || !strings.HasPrefix(name, "domaincerts_") {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		values[name] = v
+	}
+	for name, ok := range map[string]func(float64) bool{
+		"domaincerts_domains":               func(v float64) bool { return v == 1 },
+		"domaincerts_cache_entries":         func(v float64) bool { return v == 1 },
+		"domaincerts_cache_capacity":        func(v float64) bool { return v == 10000 },
+		"domaincerts_cache_hits_total":      func(v float64) bool { return v >= 3 },
+		"domaincerts_cache_misses_total":    func(v float64) bool { return v == 0 },
+		"domaincerts_cache_evictions_total": func(v float64) bool { return v == 0 },
+	} {
+		if v, present := values[name]; !present || !ok(v) {
+			t.Errorf("%s = %v (present %v)", name, v, present)
+		}
+	}
+	if t.Failed() {
+		t.Logf("domaincerts metrics: %v", values)
+	}
+}
