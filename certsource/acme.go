@@ -264,28 +264,32 @@ func (a *ACME) CertificateStored(string, *bundle.Bundle) {}
 // CertificateDeleted is part of domainstore.Listener.
 func (a *ACME) CertificateDeleted(string) {}
 
-// DomainChanged starts or stops management when a domain's policy comes or
-// goes. It runs under the store's lock, so it only starts goroutines.
+// DomainChanged starts or stops management when a domain's policy comes,
+// goes or changes. It compares the new policy with the running job's, not
+// with old's: a record another instance rewrote (Sync) comes without its
+// former policy, and a status update must not restart the job. It runs
+// under the store's lock, so it only starts goroutines.
 func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
-	oldPolicy := policyOf(old)
-	newPolicy := policyOf(new)
-	if oldPolicy != nil && (newPolicy == nil || *oldPolicy != *newPolicy) {
-		a.stopJob(old.ID)
-		a.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: old.Domain}})
-		a.log.Info("stopped managing domain", zap.String("domain_id", old.ID), zap.String("domain", old.Domain))
+	if new == nil || new.Policy == nil {
+		if old != nil && a.stopJob(old.ID) {
+			a.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: old.Domain}})
+			a.log.Info("stopped managing domain", zap.String("domain_id", old.ID), zap.String("domain", old.Domain))
+		}
+		return
 	}
-	if newPolicy != nil && (oldPolicy == nil || *oldPolicy != *newPolicy) {
-		a.startJob(new)
+	a.mu.Lock()
+	j, running := a.jobs[new.ID]
+	changed := running && j.policy != *new.Policy
+	a.mu.Unlock()
+	if changed {
+		// the certificate obtained under the former policy must not be served
+		a.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: new.Domain}})
 	}
+	a.startJob(new)
 }
 
-func policyOf(d *domainstore.Domain) *domainstore.Policy {
-	if d == nil {
-		return nil
-	}
-	return d.Policy
-}
-
+// startJob starts managing d, unless a job with the same policy runs; a
+// job with another policy is replaced.
 func (a *ACME) startJob(d *domainstore.Domain) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -307,13 +311,16 @@ func (a *ACME) startJob(d *domainstore.Domain) {
 	}()
 }
 
-func (a *ACME) stopJob(id string) {
+// stopJob stops managing the domain id and reports whether it was managed.
+func (a *ACME) stopJob(id string) bool {
 	a.mu.Lock()
-	if j, ok := a.jobs[id]; ok {
+	defer a.mu.Unlock()
+	j, ok := a.jobs[id]
+	if ok {
 		j.cancel()
 		delete(a.jobs, id)
 	}
-	a.mu.Unlock()
+	return ok
 }
 
 // jobError is a failed attempt: the status code to report and the cause.
@@ -575,9 +582,23 @@ func (a *ACME) afterRenewal(id string, policy domainstore.Policy, name string) {
 // configForCert returns the config that manages cert, for the cache's
 // maintenance (renewals).
 func (a *ACME) configForCert(c certmagic.Certificate) (*certmagic.Config, error) {
+	// CertMagic calls this for every managed certificate on each maintenance
+	// pass, holding its cache's lock: the running job's policy is in memory;
+	// the record is read only while jobs resume (a reload)
 	for _, n := range c.Names {
-		if d, ok := a.store.DomainByName(context.Background(), n); ok && d.Policy != nil {
-			return a.config(*d.Policy, strings.HasPrefix(d.Domain, "*."))
+		id, ok := a.store.DomainID(n)
+		if !ok {
+			continue
+		}
+		wildcard := strings.HasPrefix(n, "*.")
+		a.mu.Lock()
+		j, running := a.jobs[id]
+		a.mu.Unlock()
+		if running {
+			return a.config(j.policy, wildcard)
+		}
+		if d, err := a.store.GetDomain(context.Background(), id); err == nil && d.Policy != nil {
+			return a.config(*d.Policy, wildcard)
 		}
 	}
 	return nil, fmt.Errorf("no managed domain for certificate %v", c.Names)

@@ -48,17 +48,26 @@ func (c *Cache) SetCapacity(capacity int) {
 
 // Get returns the certificate cached for id, or nil.
 func (c *Cache) Get(id string) *tls.Certificate {
+	cert := c.peek(id)
+	if cert == nil {
+		c.misses.Add(1)
+		return nil
+	}
+	c.hits.Add(1)
+	return cert
+}
+
+// peek is Get without counting a hit or a miss.
+func (c *Cache) peek(id string) *tls.Certificate {
 	c.mu.RLock()
 	e := c.entries[id]
 	c.mu.RUnlock()
 	if e == nil {
-		c.misses.Add(1)
 		return nil
 	}
 	if !e.referenced.Load() {
 		e.referenced.Store(true)
 	}
-	c.hits.Add(1)
 	return e.cert
 }
 

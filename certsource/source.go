@@ -144,6 +144,12 @@ func (s *Source) certificate(ctx context.Context, id string) (*tls.Certificate, 
 	s.mu.Lock()
 	l, inFlight := s.loading[id]
 	if !inFlight {
+		// a load may have finished between the Get above and the lock: it
+		// puts the certificate in the cache before it leaves s.loading
+		if c := s.cache.peek(id); c != nil {
+			s.mu.Unlock()
+			return c, nil
+		}
 		l = &load{done: make(chan struct{})}
 		s.loading[id] = l
 	}

@@ -126,14 +126,21 @@ func (s *Store) GetDomain(ctx context.Context, id string) (*Domain, error) {
 // DomainByName reads the record of the domain registered for exactly this
 // name (a wildcard name matches only itself).
 func (s *Store) DomainByName(ctx context.Context, name string) (*Domain, bool) {
-	s.mu.RLock()
-	id, ok := s.names[sniNormalize(name)]
-	s.mu.RUnlock()
+	id, ok := s.DomainID(name)
 	if !ok {
 		return nil, false
 	}
 	d, err := s.GetDomain(ctx, id)
 	return d, err == nil
+}
+
+// DomainID returns the ID of the domain with exactly this name (not a
+// wildcard covering it). It reads memory only.
+func (s *Store) DomainID(name string) (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	id, ok := s.names[sniNormalize(name)]
+	return id, ok
 }
 
 // ListDomains returns up to limit domains created before beforeID (or the

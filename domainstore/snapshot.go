@@ -134,6 +134,7 @@ func encodeSnapshot(entries []*Entry) []byte {
 
 // markDirty schedules a snapshot write.
 func (s *Store) markDirty() {
+	s.unsaved.Store(true)
 	select {
 	case s.dirty <- struct{}{}:
 	default:
@@ -163,6 +164,8 @@ func (s *Store) snapshotLoop() {
 
 // writeSnapshot writes the current index to storage.
 func (s *Store) writeSnapshot(ctx context.Context) error {
+	// cleared before reading, so a change made meanwhile marks it again
+	s.unsaved.Store(false)
 	s.mu.RLock()
 	entries := make([]*Entry, 0, len(s.domainIDs))
 	for _, id := range s.domainIDs {
@@ -170,17 +173,22 @@ func (s *Store) writeSnapshot(ctx context.Context) error {
 	}
 	s.mu.RUnlock()
 	if err := s.Storage().Store(ctx, snapshotKey, encodeSnapshot(entries)); err != nil {
+		s.unsaved.Store(true)
 		return fmt.Errorf("writing index snapshot: %w", err)
 	}
 	return nil
 }
 
-// Close writes a final snapshot and stops the background writer. The
-// store must not be used afterwards.
+// Close stops the background writer and writes a final snapshot if the
+// index changed since the last one. The store must not be used
+// afterwards.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		<-s.loopDone
 	})
+	if !s.unsaved.Load() {
+		return nil
+	}
 	return s.writeSnapshot(context.Background())
 }

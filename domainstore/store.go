@@ -101,6 +101,7 @@ type Store struct {
 	syncOnce   sync.Once
 
 	dirty     chan struct{}
+	unsaved   atomic.Bool // the index changed since the last snapshot
 	closing   chan struct{}
 	loopDone  chan struct{}
 	closeOnce sync.Once
@@ -425,17 +426,13 @@ func (s *Store) touchLocked(key string) {
 }
 
 // formerDomain describes, for listeners, a domain known only by its index
-// entry (its record was replaced in storage). A managed domain gets a
-// placeholder policy, so that listeners see its policy change.
+// entry (its record was replaced in storage): its ID, name and certificate,
+// but not its former policy.
 func formerDomain(e *Entry) *Domain {
 	if e == nil {
 		return nil
 	}
-	d := &Domain{ID: e.DomainID, Domain: e.Name, CertificateID: e.CertificateID}
-	if e.Managed {
-		d.Policy = &Policy{}
-	}
-	return d
+	return &Domain{ID: e.DomainID, Domain: e.Name, CertificateID: e.CertificateID}
 }
 
 func sortedIDs(versions map[string]uint64) []string {

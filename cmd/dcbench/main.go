@@ -19,8 +19,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -37,6 +35,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/seal"
 )
 
 // Module paths of the two binaries.
@@ -843,11 +843,11 @@ func (b *bench) sealedSuite(ctx context.Context, sr *suiteResult, kind keyKind, 
 	if err != nil {
 		return err
 	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
+	key, err := seal.GenerateKey()
+	if err != nil {
 		return err
 	}
-	if err := in.writeConfig(in.oursConfig(cacheCap, base64.StdEncoding.EncodeToString(key))); err != nil {
+	if err := in.writeConfig(in.oursConfig(cacheCap, seal.EncodeKey(key))); err != nil {
 		return err
 	}
 	if _, err := in.start(b.reg); err != nil {
@@ -892,10 +892,11 @@ func (b *bench) sealedSuite(ctx context.Context, sr *suiteResult, kind keyKind, 
 	return nil
 }
 
-// checkSealed reports an error if a private key in the storage under dir
-// is stored as plain PEM, i.e. the sealing did not happen.
+// checkSealed reports an error unless the first private key file found in
+// the storage under dir is a sealed envelope (one is enough: either the
+// storage seals or it does not).
 func checkSealed(dir string) error {
-	var plain string
+	var found string
 	errFound := errors.New("found")
 	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".key") {
@@ -905,17 +906,19 @@ func checkSealed(dir string) error {
 		if err != nil {
 			return err
 		}
-		if strings.Contains(string(b), "PRIVATE KEY-----") {
-			plain = path
-			return errFound
+		if !seal.IsSealed(b) {
+			return fmt.Errorf("private key stored unsealed: %s", path)
 		}
-		return errFound // one key file is enough
+		found = path
+		return errFound
 	})
-	if plain != "" {
-		return fmt.Errorf("private key stored unsealed: %s", plain)
-	}
-	if err != nil && !errors.Is(err, errFound) {
+	switch {
+	case errors.Is(err, errFound):
+		return nil
+	case err != nil:
 		return err
+	case found == "":
+		return fmt.Errorf("no private key file in %s", dir)
 	}
 	return nil
 }

@@ -1,7 +1,6 @@
 package bundle
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -18,9 +17,9 @@ func ParseStored(certPEM, keyPEM []byte) (tls.Certificate, error) {
 		return tls.Certificate{}, fmt.Errorf("decoding stored bundle: %w", err)
 	}
 	if n := len(tc.Certificate); n > 1 {
-		// the chain was verified at upload: a last certificate that names
-		// itself as issuer is the root
-		if last, err := x509.ParseCertificate(tc.Certificate[n-1]); err == nil && bytes.Equal(last.RawSubject, last.RawIssuer) {
+		// the same test as TLSCertificate's, so that a stored bundle is
+		// served with the chain it was served with after its upload
+		if last, err := x509.ParseCertificate(tc.Certificate[n-1]); err == nil && selfSigned(last) {
 			tc.Certificate = tc.Certificate[:n-1]
 		}
 	}

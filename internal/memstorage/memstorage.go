@@ -80,7 +80,10 @@ func (s *Storage) Exists(_ context.Context, key string) bool {
 func (s *Storage) List(_ context.Context, path string, recursive bool) ([]string, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	prefix := strings.TrimSuffix(path, "/") + "/"
+	prefix := "" // the root lists everything
+	if path != "" {
+		prefix = strings.TrimSuffix(path, "/") + "/"
+	}
 	seen := make(map[string]bool)
 	var out []string
 	for k := range s.values {
