@@ -20,6 +20,7 @@ import (
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
+	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
 // Authority is an issuer that a management policy can name.
@@ -345,7 +346,7 @@ func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Poli
 		}
 		err := a.provision(ctx, id, name, policy, started)
 		<-a.attempts
-		if err == nil || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil || errors.Is(err, errDomainGone) {
 			return
 		}
 		var je *jobError
@@ -417,11 +418,18 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 }
 
 // checkDNS verifies the CNAMEs a domain needs before an order starts.
+// errDomainGone ends a job whose domain was deleted before the job started
+// (deleting a domain otherwise stops its job).
+var errDomainGone = errors.New("domain deleted")
+
 func (a *ACME) checkDNS(ctx context.Context, id string) error {
 	if a.opts.Checker == nil {
 		return nil
 	}
 	d, err := a.store.GetDomain(ctx, id)
+	if dcerr.CodeOf(err) == dcerr.NotFound {
+		return errDomainGone
+	}
 	if err != nil {
 		return err
 	}

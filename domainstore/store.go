@@ -87,10 +87,12 @@ type Store struct {
 	certUse   map[string]int    // certificate ID -> domains that use it
 	listeners []Listener
 
-	// certsReady is closed when the certificate IDs are listed; start-up
-	// does not wait for it (the handshake path needs only the index).
+	// certsReady is closed when the certificate IDs are listed, or when
+	// the first attempt failed; start-up does not wait for it (the
+	// handshake path needs only the index). certsErr holds the error while
+	// the listing is being retried.
 	certsReady chan struct{}
-	certsErr   error
+	certsErr   atomic.Pointer[error]
 
 	// touched records the domains written while a snapshot is being
 	// reconciled in the background (nil otherwise), so that the
@@ -156,15 +158,52 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 }
 
 // listCertificates lists the certificate IDs in the background and closes
-// certsReady. Operations on certificates wait for it.
+// certsReady. Operations on certificates wait for it. A failed listing is
+// retried, with growing pauses, until it succeeds or the store is closed;
+// meanwhile those operations fail with its error.
 func (s *Store) listCertificates(ctx context.Context) {
-	defer close(s.certsReady)
-	start := time.Now()
+	ready := false
+	defer func() {
+		if !ready {
+			close(s.certsReady)
+		}
+	}()
+	delay := certListRetry
+	for {
+		start := time.Now()
+		ids, err := s.certificateIDs(ctx)
+		if err == nil {
+			s.mu.Lock()
+			s.certIDs = ids
+			s.mu.Unlock()
+			s.certsErr.Store(nil)
+			s.log.Info("certificates listed", zap.Int("certificates", len(ids)), zap.Duration("took", time.Since(start)))
+			return
+		}
+		err = fmt.Errorf("listing certificates: %w", err)
+		s.certsErr.Store(&err)
+		if !ready {
+			ready = true
+			close(s.certsReady)
+		}
+		s.log.Error("listing certificates; will retry", zap.Error(err), zap.Duration("retry_in", delay))
+		select {
+		case <-s.closing:
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, time.Minute)
+	}
+}
+
+// certListRetry is the first pause before listing the certificates again.
+var certListRetry = time.Second
+
+// certificateIDs lists the certificate IDs in storage, sorted.
+func (s *Store) certificateIDs(ctx context.Context) ([]string, error) {
 	keys, err := listKeys(ctx, s.Storage(), certificatesDir)
 	if err != nil {
-		s.certsErr = fmt.Errorf("listing certificates: %w", err)
-		s.log.Error("listing certificates", zap.Error(err))
-		return
+		return nil, err
 	}
 	var ids []string
 	for _, k := range keys {
@@ -173,10 +212,7 @@ func (s *Store) listCertificates(ctx context.Context) {
 		}
 	}
 	slices.Sort(ids)
-	s.mu.Lock()
-	s.certIDs = ids
-	s.mu.Unlock()
-	s.log.Info("certificates listed", zap.Int("certificates", len(ids)), zap.Duration("took", time.Since(start)))
+	return ids, nil
 }
 
 // Reconciled is closed once the index reflects storage: at once when the
@@ -187,7 +223,10 @@ func (s *Store) Reconciled() <-chan struct{} { return s.reconciled }
 // waitCertificates waits until the certificate IDs are listed.
 func (s *Store) waitCertificates() error {
 	<-s.certsReady
-	return s.certsErr
+	if err := s.certsErr.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // loadDomains builds the index. With a snapshot, it publishes the
@@ -354,15 +393,13 @@ func (s *Store) syncCertificates(ctx context.Context) (int, error) {
 	if err := s.waitCertificates(); err != nil {
 		return 0, err
 	}
-	keys, err := listKeys(ctx, s.Storage(), certificatesDir)
+	inStorage, err := s.certificateIDs(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("listing certificates: %w", err)
 	}
-	listed := make(map[string]bool, len(keys))
-	for _, k := range keys {
-		if id, ok := idFromKey(k, CertificatePrefix); ok {
-			listed[id] = true
-		}
+	listed := make(map[string]bool, len(inStorage))
+	for _, id := range inStorage {
+		listed[id] = true
 	}
 	s.mu.Lock()
 	var gone []string
