@@ -97,7 +97,7 @@ func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer) certsource.Authority 
 			if err != nil {
 				return nil, err
 			}
-			return quietACME{certmagic.NewACMEIssuer(cfg, certmagic.ACMEIssuer{
+			iss := certmagic.NewACMEIssuer(cfg, certmagic.ACMEIssuer{
 				CA:                tmpl.CA,
 				TestCA:            tmpl.TestCA,
 				Email:             tmpl.Email,
@@ -109,7 +109,13 @@ func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer) certsource.Authority 
 				TrustedRoots:      roots,
 				DNS01Solver:       dns01,
 				Logger:            cfg.Logger,
-			})}, nil
+			})
+			if tmpl.Email != "" {
+				// nothing to prompt for; unwrapped, CertMagic can link a
+				// renewal to the certificate it replaces (ARI)
+				return iss, nil
+			}
+			return quietACME{iss}, nil
 		},
 	}
 }
