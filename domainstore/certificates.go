@@ -208,9 +208,24 @@ func (s *Store) usersLocked(id string) []string {
 // returns them ready to serve. The handshake path calls it once per
 // certificate, on first use, and caches the result.
 func (s *Store) LoadKeyPair(ctx context.Context, id string) (*tls.Certificate, error) {
-	c, err := s.GetCertificate(ctx, id)
+	if !validID(CertificatePrefix, id) {
+		return nil, notFound("certificate", id)
+	}
+	b, err := s.Storage().Load(ctx, certRecordKey(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, notFound("certificate", id)
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("loading certificate %s: %w", id, err)
+	}
+	// only the two fields serving needs: decoding the whole record (names,
+	// dates, metadata) would cost a fifth of a cache miss
+	var c struct {
+		CertificatePEM string `json:"certificate_pem"`
+		KeyStorageKey  string `json:"key_storage_key"`
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("decoding certificate %s: %w", id, err)
 	}
 	keyKey := CertificateKeyKey(id)
 	if c.KeyStorageKey != "" {
