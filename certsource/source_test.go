@@ -417,6 +417,7 @@ func BenchmarkCacheMemory(b *testing.B) {
 				runtime.GC()
 				runtime.ReadMemStats(&after)
 				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/cert")
+				b.ReportMetric(float64(after.HeapObjects-before.HeapObjects)/n, "objects/cert")
 				runtime.KeepAlive(cache)
 			}
 		})

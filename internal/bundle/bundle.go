@@ -77,8 +77,8 @@ func Parse(certPEM, keyPEM string) (*Bundle, error) {
 
 // TLSCertificate returns the bundle for crypto/tls: the DER chain as
 // uploaded less a self-signed root at its end (clients have it already),
-// the private key, and the parsed leaf. The slices are shared with b; do
-// not modify them.
+// the private key, and a trimmed copy of the parsed leaf (see trimLeaf).
+// The slices are shared with b; do not modify them.
 func (b *Bundle) TLSCertificate() tls.Certificate {
 	chain := b.Chain
 	if n := len(chain); n > 1 && selfSigned(chain[n-1]) {
@@ -90,7 +90,7 @@ func (b *Bundle) TLSCertificate() tls.Certificate {
 	}
 	tc := tls.Certificate{Certificate: der, PrivateKey: b.Key}
 	if len(b.Chain) > 0 {
-		tc.Leaf = b.Chain[0]
+		tc.Leaf = trimLeaf(b.Chain[0], b.Key)
 	}
 	return tc
 }

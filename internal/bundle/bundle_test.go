@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"unicode"
@@ -254,8 +255,8 @@ func checkBundle(t *testing.T, b *Bundle, keyType string, chainLen int) {
 		t.Errorf("canonical PEM parses to a different bundle")
 	}
 	tc := b.TLSCertificate()
-	if len(tc.Certificate) != servedLen(b) || tc.Leaf != b.Chain[0] || !bytes.Equal(tc.Certificate[0], b.Chain[0].Raw) {
-		t.Errorf("TLSCertificate() = %d certs, leaf set %v", len(tc.Certificate), tc.Leaf == b.Chain[0])
+	if len(tc.Certificate) != servedLen(b) || tc.Leaf == nil || !tc.Leaf.Equal(b.Chain[0]) || !bytes.Equal(tc.Certificate[0], b.Chain[0].Raw) {
+		t.Errorf("TLSCertificate() = %d certs, leaf set %v", len(tc.Certificate), tc.Leaf != nil)
 	}
 	if k, ok := tc.PrivateKey.(interface{ Equal(crypto.PrivateKey) bool }); !ok || !k.Equal(b.Key) {
 		t.Errorf("TLSCertificate().PrivateKey is not the bundle's key")
@@ -414,5 +415,53 @@ func TestParseStored(t *testing.T) {
 	}
 	if _, err := ParseStored([]byte(p.ecLeaf.pem), []byte(p.rsaLeaf.keyPEM)); err == nil {
 		t.Fatal("ParseStored accepted a key of another certificate")
+	}
+}
+
+// TestTrimmedLeaf checks that the leaf handed to CertMagic for serving
+// keeps every field serving and certificate selection read, for every key
+// type, whichever way the certificate was loaded.
+func TestTrimmedLeaf(t *testing.T) {
+	p := pki(t)
+	for _, tt := range []struct {
+		name string
+		leaf *testCert
+	}{{"p256", p.ecLeaf}, {"p384", p.p384Leaf}, {"rsa", p.rsaLeaf}, {"ed25519", p.edLeaf}} {
+		leaf := tt.leaf
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := Parse(join(leaf.pem, p.inter.pem), leaf.keyPEM)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored, err := ParseStored(b.CertPEM, b.KeyPEM)
+			if err != nil {
+				t.Fatal(err)
+			}
+			uploaded := b.TLSCertificate()
+			for name, tc := range map[string]tls.Certificate{"uploaded": uploaded, "stored": stored} {
+				got, want := tc.Leaf, leaf.cert
+				switch {
+				case got == want:
+					t.Errorf("%s: leaf is the parsed certificate itself, not a trimmed copy", name)
+				case !got.Equal(want) || got.SerialNumber.Cmp(want.SerialNumber) != 0:
+					t.Errorf("%s: leaf is another certificate", name)
+				case !slices.Equal(got.DNSNames, want.DNSNames) || !got.NotBefore.Equal(want.NotBefore) || !got.NotAfter.Equal(want.NotAfter):
+					t.Errorf("%s: names or dates lost: %v %v %v", name, got.DNSNames, got.NotBefore, got.NotAfter)
+				case got.Subject.CommonName != want.Subject.CommonName || !slices.Equal(got.Subject.Organization, want.Subject.Organization) || got.Issuer.CommonName != want.Issuer.CommonName:
+					t.Errorf("%s: subject or issuer lost: %v / %v", name, got.Subject, got.Issuer)
+				case got.PublicKeyAlgorithm != want.PublicKeyAlgorithm || got.KeyUsage != want.KeyUsage || !slices.Equal(got.ExtKeyUsage, want.ExtKeyUsage):
+					t.Errorf("%s: key algorithm or usages lost", name)
+				case got.Extensions != nil || got.Subject.Names != nil:
+					t.Errorf("%s: leaf not trimmed: %d extensions, %d subject attributes", name, len(got.Extensions), len(got.Subject.Names))
+				}
+				pub, ok := got.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+				if !ok || !pub.Equal(want.PublicKey) {
+					t.Errorf("%s: public key %T does not match the certificate's", name, got.PublicKey)
+				}
+			}
+			if len(b.Chain[0].Extensions) == 0 {
+				t.Error("trimming changed the bundle's own parsed leaf")
+			}
+		})
 	}
 }

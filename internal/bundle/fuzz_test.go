@@ -147,7 +147,7 @@ func FuzzParse(f *testing.F) {
 		if again.KeyType != b.KeyType || len(again.Chain) != len(b.Chain) {
 			t.Fatalf("round trip changed the bundle: %s/%d to %s/%d", b.KeyType, len(b.Chain), again.KeyType, len(again.Chain))
 		}
-		if tc := b.TLSCertificate(); len(tc.Certificate) != servedLen(b) || tc.Leaf != b.Chain[0] {
+		if tc := b.TLSCertificate(); len(tc.Certificate) != servedLen(b) || !tc.Leaf.Equal(b.Chain[0]) {
 			t.Fatal("TLSCertificate does not carry the chain")
 		}
 	})
