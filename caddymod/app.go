@@ -35,6 +35,15 @@ type App struct {
 	// bound. Default: 10000.
 	CacheCapacity int `json:"cache_capacity,omitempty"`
 
+	// The most memory, in bytes, that cached uploaded certificates may
+	// take, as estimated from each one's key type and size and its leaf's
+	// size: an RSA-2048 certificate takes about 7 KB, an ECDSA P-256 one
+	// about 3 KB, intermediates shared between them not counted. Past it,
+	// certificates are evicted as past cache_capacity; whichever bound is
+	// reached first applies. Use it to size the cache by memory when the
+	// fleet mixes key types. Default: 0, no bound but cache_capacity.
+	CacheMemory int64 `json:"cache_memory,omitempty"`
+
 	// The ID of an uploaded certificate (cert_...) to serve to handshakes
 	// that match no domain, or whose domain has no usable certificate.
 	// Default: none; such handshakes fail.
@@ -170,6 +179,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading domain store: %w", err)
 	}
 	a.key, a.inst = key, inst
+	inst.source.Cache().SetMaxBytes(a.CacheMemory)
 	if id := a.FallbackCertificateID; id != "" {
 		if _, err := inst.store.GetCertificate(ctx, id); err != nil {
 			return fmt.Errorf("fallback_certificate_id %q: %w; upload it first or remove the option", id, err)
@@ -204,6 +214,9 @@ func (a *App) authorityNames() []string {
 func (a *App) Validate() error {
 	if a.CacheCapacity < 0 {
 		return fmt.Errorf("cache_capacity must be positive, got %d", a.CacheCapacity)
+	}
+	if a.CacheMemory < 0 {
+		return fmt.Errorf("cache_memory must be positive, got %d", a.CacheMemory)
 	}
 	if _, ok := a.issuers()[a.DefaultAuthority]; !ok {
 		return fmt.Errorf("default_authority %q names no issuer; configure it under issuers (have %v)", a.DefaultAuthority, a.authorityNames())

@@ -2,7 +2,10 @@ package caddymod
 
 import (
 	"encoding/json"
+	"math"
 	"strconv"
+
+	"github.com/dustin/go-humanize"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -14,6 +17,7 @@ import (
 //
 //	domaincerts {
 //		cache_capacity <n>
+//		cache_memory <size>
 //		fallback_certificate <cert_id>
 //		default_authority <name>
 //		issuer <name> <module> [<module args...>] {
@@ -56,6 +60,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch opt {
 		case "cache_capacity":
 			err = parseInt(d, &a.CacheCapacity)
+		case "cache_memory":
+			err = parseSize(d, &a.CacheMemory)
 		case "fallback_certificate":
 			err = oneArg(d, &a.FallbackCertificateID)
 		case "default_authority":
@@ -202,6 +208,20 @@ func parseInt(d *caddyfile.Dispenser, dst *int) error {
 		return d.Errf("not a whole number: %s", s)
 	}
 	*dst = n
+	return nil
+}
+
+// parseSize reads one size in bytes, plain or with a unit (512MiB, 1GB).
+func parseSize(d *caddyfile.Dispenser, dst *int64) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n > math.MaxInt64 {
+		return d.Errf("not a size in bytes (e.g. 536870912, 512MiB or 1GB): %s", s)
+	}
+	*dst = int64(n)
 	return nil
 }
 

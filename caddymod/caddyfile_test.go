@@ -18,6 +18,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"empty block", "domaincerts {\n}", `{}`, ""},
 		{"options", `domaincerts {
 			cache_capacity 7
+			cache_memory 512MiB
 			fallback_certificate cert_x
 			zones a.test b.test
 			zones c.test
@@ -31,11 +32,14 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			renew_check_interval 1m
 			renewal_window_ratio 0.25
 			sync_interval 30s
-		}`, `{"cache_capacity":7,"fallback_certificate_id":"cert_x","zones":["a.test","b.test","c.test"],"cname_target":"edge.a.test","challenge_zone":"acme.a.test","dns_server":{"listen":"127.0.0.1:5353","ns":"ns1.a.test"},"resolvers":["127.0.0.1:53"],"retry_min_interval":2000000000,"retry_max_interval":10000000000,"renew_check_interval":60000000000,"renewal_window_ratio":0.25,"sync_interval":30000000000}`, ""},
+		}`, `{"cache_capacity":7,"cache_memory":536870912,"fallback_certificate_id":"cert_x","zones":["a.test","b.test","c.test"],"cname_target":"edge.a.test","challenge_zone":"acme.a.test","dns_server":{"listen":"127.0.0.1:5353","ns":"ns1.a.test"},"resolvers":["127.0.0.1:53"],"retry_min_interval":2000000000,"retry_max_interval":10000000000,"renew_check_interval":60000000000,"renewal_window_ratio":0.25,"sync_interval":30000000000}`, ""},
 		{"issuers", "domaincerts {\n issuer local internal\n default_authority local\n}", `{"issuers":{"local":{"module":"internal"}},"default_authority":"local"}`, ""},
 		{"unknown", "domaincerts {\n nope 1\n}", "", "unrecognized domaincerts option 'nope'"},
 		{"duplicate", "domaincerts {\n cname_zone a\n cname_zone b\n}", "", "duplicate domaincerts option 'cname_zone'"},
 		{"issuer without module", "domaincerts {\n issuer local\n}", "", "missing module name"},
+		{"cache_memory plain bytes", "domaincerts {\n cache_memory 1000\n}", `{"cache_memory":1000}`, ""},
+		{"cache_memory not a size", "domaincerts {\n cache_memory lots\n}", "", "not a size in bytes"},
+		{"cache_memory negative", "domaincerts {\n cache_memory -1\n}", "", "not a size in bytes"},
 		{"ratio not a number", "domaincerts {\n renewal_window_ratio half\n}", "", "renewal_window_ratio"},
 		{"retry three args", "domaincerts {\n retry_interval 1s 2s 3s\n}", "", "wrong argument count"},
 		{"dns_server dup ns", "domaincerts {\n dns_server {\n ns a\n ns b\n }\n}", "", "duplicate dns_server option 'ns'"},

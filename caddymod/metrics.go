@@ -8,7 +8,7 @@ import (
 
 // The plugin's metrics, served with Caddy's own on the admin endpoint's
 // /metrics. The cache figures are what an operator needs to set
-// cache_capacity: misses that keep growing under steady traffic mean the
+// cache_capacity and cache_memory: misses that keep growing under steady traffic mean the
 // hot set does not fit. They cover uploaded certificates; managed ones
 // live in CertMagic's cache.
 var (
@@ -18,12 +18,16 @@ var (
 		"Parsed certificates held in the certificate cache.", nil, nil)
 	metricCacheCapacity = prometheus.NewDesc("domaincerts_cache_capacity",
 		"The bound of the certificate cache (cache_capacity).", nil, nil)
+	metricCacheBytes = prometheus.NewDesc("domaincerts_cache_bytes",
+		"Estimated memory of the certificates in the cache, in bytes.", nil, nil)
+	metricCacheMaxBytes = prometheus.NewDesc("domaincerts_cache_max_bytes",
+		"The memory bound of the certificate cache in bytes (cache_memory); 0 if none.", nil, nil)
 	metricCacheHits = prometheus.NewDesc("domaincerts_cache_hits_total",
 		"Certificate lookups answered from the cache.", nil, nil)
 	metricCacheMisses = prometheus.NewDesc("domaincerts_cache_misses_total",
 		"Certificate lookups that missed the cache and read storage.", nil, nil)
 	metricCacheEvictions = prometheus.NewDesc("domaincerts_cache_evictions_total",
-		"Certificates evicted from the cache to stay within its capacity.", nil, nil)
+		"Certificates evicted from the cache to stay within its bounds.", nil, nil)
 )
 
 // collector reads the metrics from the instance when Caddy's registry is
@@ -33,7 +37,7 @@ type collector struct{ inst *instance }
 // Describe is part of prometheus.Collector.
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{metricDomains, metricCacheEntries, metricCacheCapacity,
-		metricCacheHits, metricCacheMisses, metricCacheEvictions} {
+		metricCacheBytes, metricCacheMaxBytes, metricCacheHits, metricCacheMisses, metricCacheEvictions} {
 		ch <- d
 	}
 }
@@ -50,6 +54,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(metricDomains, float64(c.inst.store.DomainCount()))
 	gauge(metricCacheEntries, float64(st.Entries))
 	gauge(metricCacheCapacity, float64(st.Capacity))
+	gauge(metricCacheBytes, float64(st.Bytes))
+	gauge(metricCacheMaxBytes, float64(st.MaxBytes))
 	counter(metricCacheHits, st.Hits)
 	counter(metricCacheMisses, st.Misses)
 	counter(metricCacheEvictions, st.Evictions)

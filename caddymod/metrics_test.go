@@ -73,9 +73,13 @@ func TestMetrics(t *testing.T) {
 		"domaincerts_cache_hits_total":      2,
 		"domaincerts_cache_misses_total":    1,
 		"domaincerts_cache_evictions_total": 2,
+		"domaincerts_cache_max_bytes":       0,
 	} {
 		if v, ok := got[name]; !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
 		}
+	}
+	if want := inst.source.Cache().Stats().Bytes; want <= 0 || got["domaincerts_cache_bytes"] != float64(want) {
+		t.Errorf("domaincerts_cache_bytes = %v, want the cache's estimate %d", got["domaincerts_cache_bytes"], want)
 	}
 }

@@ -11,11 +11,14 @@ import (
 const DefaultCacheCapacity = 10_000
 
 // Cache keeps parsed, ready-to-serve certificates by certificate ID, up to
-// a capacity. Eviction is CLOCK (second chance): a hit only sets a flag, so
-// hits never take the write lock. It is safe for concurrent use.
+// a number of certificates and, optionally, an estimate of the memory they
+// take (see CertMemory). Eviction is CLOCK (second chance): a hit only sets
+// a flag, so hits never take the write lock. It is safe for concurrent use.
 type Cache struct {
 	mu       sync.RWMutex
 	capacity int
+	maxBytes int64 // 0: no bound
+	bytes    int64 // CertMemory of the entries
 	entries  map[string]*cacheEntry
 	ring     []string // IDs in insertion order, for the clock hand
 	hand     int
@@ -25,6 +28,7 @@ type Cache struct {
 
 type cacheEntry struct {
 	cert       *tls.Certificate
+	size       int64 // CertMemory(cert)
 	referenced atomic.Bool
 }
 
@@ -43,6 +47,15 @@ func (c *Cache) SetCapacity(capacity int) {
 	}
 	c.mu.Lock()
 	c.capacity = capacity
+	c.mu.Unlock()
+}
+
+// SetMaxBytes bounds the estimated memory of the cached certificates, in
+// bytes (0: no bound besides the capacity); a smaller bound evicts at the
+// next Put.
+func (c *Cache) SetMaxBytes(n int64) {
+	c.mu.Lock()
+	c.maxBytes = max(n, 0)
 	c.mu.Unlock()
 }
 
@@ -71,23 +84,30 @@ func (c *Cache) peek(id string) *tls.Certificate {
 	return e.cert
 }
 
-// Put caches cert under id, evicting others if the cache is full. The
-// chain's intermediates are shared with other cached certificates that
-// carry the same ones (most certificates come from a few CAs).
+// Put caches cert under id, evicting others while the cache is over a
+// bound. A certificate larger than the memory bound on its own is still
+// cached, alone. The chain's intermediates are shared with other cached
+// certificates that carry the same ones (most certificates come from a few
+// CAs).
 func (c *Cache) Put(id string, cert *tls.Certificate) {
 	for i := 1; i < len(cert.Certificate); i++ {
 		cert.Certificate[i] = intern(cert.Certificate[i])
 	}
+	size := CertMemory(cert)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.entries[id]; ok {
-		e.cert = cert
+		c.bytes += size - e.size
+		e.cert, e.size = cert, size
 		return
 	}
-	for len(c.entries) >= c.capacity {
-		c.evictLocked()
+	for len(c.entries) > 0 && (len(c.entries) >= c.capacity || c.maxBytes > 0 && c.bytes+size > c.maxBytes) {
+		if !c.evictLocked() {
+			break
+		}
 	}
-	c.entries[id] = &cacheEntry{cert: cert}
+	c.entries[id] = &cacheEntry{cert: cert, size: size}
+	c.bytes += size
 	c.ring = append(c.ring, id)
 }
 
@@ -95,7 +115,10 @@ func (c *Cache) Put(id string, cert *tls.Certificate) {
 func (c *Cache) Remove(id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.entries, id)
+	if e, ok := c.entries[id]; ok {
+		c.bytes -= e.size
+		delete(c.entries, id)
+	}
 	// the ring keeps the stale ID until the hand passes it, or until
 	// stale slots outnumber live ones
 	if len(c.ring) > 2*len(c.entries)+64 {
@@ -104,14 +127,15 @@ func (c *Cache) Remove(id string) {
 	}
 }
 
-// evictLocked advances the clock hand until it evicts one entry.
-func (c *Cache) evictLocked() {
+// evictLocked advances the clock hand until it evicts one entry, and
+// reports whether it did.
+func (c *Cache) evictLocked() bool {
 	for len(c.ring) > 0 {
 		if c.hand >= len(c.ring) {
 			c.hand = 0
 			c.compactLocked()
 			if len(c.ring) == 0 {
-				return
+				return false
 			}
 		}
 		id := c.ring[c.hand]
@@ -127,11 +151,13 @@ func (c *Cache) evictLocked() {
 			continue
 		}
 		delete(c.entries, id)
+		c.bytes -= e.size
 		c.ring[c.hand] = c.ring[len(c.ring)-1]
 		c.ring = c.ring[:len(c.ring)-1]
 		c.evictions.Add(1)
-		return
+		return true
 	}
+	return false
 }
 
 // compactLocked drops ring slots of removed entries.
@@ -147,8 +173,12 @@ func (c *Cache) compactLocked() {
 
 // CacheStats are counters of a Cache.
 type CacheStats struct {
-	Entries   int    `json:"entries"`
-	Capacity  int    `json:"capacity"`
+	Entries  int `json:"entries"`
+	Capacity int `json:"capacity"`
+	// Bytes is the estimated memory of the cached certificates (see
+	// CertMemory); MaxBytes its bound, 0 if none.
+	Bytes     int64  `json:"bytes"`
+	MaxBytes  int64  `json:"max_bytes"`
 	Hits      uint64 `json:"hits"`
 	Misses    uint64 `json:"misses"`
 	Evictions uint64 `json:"evictions"`
@@ -159,7 +189,7 @@ func (c *Cache) Stats() CacheStats {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return CacheStats{
-		Entries: len(c.entries), Capacity: c.capacity,
+		Entries: len(c.entries), Capacity: c.capacity, Bytes: c.bytes, MaxBytes: c.maxBytes,
 		Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load(),
 	}
 }

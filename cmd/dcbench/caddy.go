@@ -99,9 +99,15 @@ func (in *instance) baseConfig(storage, tls map[string]any, extraApps map[string
 	}
 }
 
+// cacheBounds are the cache options of ours.
+type cacheBounds struct {
+	capacity int   // cache_capacity
+	memory   int64 // cache_memory in bytes; 0: none
+}
+
 // oursConfig is the config of Caddy with the plugin: storage is
 // file_system, or sealed around it when sealKey is set.
-func (in *instance) oursConfig(cacheCapacity int, sealKey string) map[string]any {
+func (in *instance) oursConfig(cache cacheBounds, sealKey string) map[string]any {
 	storage := map[string]any{"module": "file_system", "root": in.storageDir()}
 	if sealKey != "" {
 		storage = map[string]any{"module": "sealed", "key": sealKey, "inner": storage}
@@ -109,7 +115,11 @@ func (in *instance) oursConfig(cacheCapacity int, sealKey string) map[string]any
 	tls := map[string]any{"automation": map[string]any{"policies": []any{
 		map[string]any{"get_certificate": []any{map[string]any{"via": "domaincerts"}}},
 	}}}
-	return in.baseConfig(storage, tls, map[string]any{"domaincerts": map[string]any{"cache_capacity": cacheCapacity}})
+	app := map[string]any{"cache_capacity": cache.capacity}
+	if cache.memory > 0 {
+		app["cache_memory"] = cache.memory
+	}
+	return in.baseConfig(storage, tls, map[string]any{"domaincerts": app})
 }
 
 // stockConfig is the config of stock Caddy with load_files for sites,

@@ -24,6 +24,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,6 +36,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dustin/go-humanize"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/seal"
 )
@@ -93,6 +96,7 @@ type options struct {
 	samples     int
 	skipStock   bool
 	cache       int
+	cacheMemory int64
 	keep        bool
 	ours, stock string
 	jsonPath    string
@@ -114,6 +118,7 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 	fs.IntVar(&o.samples, "samples", 50, "samples of the time until a new certificate is served, per server")
 	fs.BoolVar(&o.skipStock, "skip-stock", false, "measure ours only")
 	fs.IntVar(&o.cache, "cache", 0, "cache_capacity of ours; 0 means N+samples, at least 10000, so that every certificate stays cached as in stock")
+	cacheMemory := fs.String("cache-memory", "", "cache_memory of ours, e.g. 400MiB; default none")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs, storage, logs, binaries)")
 	fs.StringVar(&o.ours, "ours", "", "Caddy binary with the plugin; default: build "+oursPackage)
 	fs.StringVar(&o.stock, "stock", "", "stock Caddy binary; default: build "+stockPackage)
@@ -141,6 +146,13 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 		o.keys = []keyKind{keyECDSA, keyRSA}
 	default:
 		return nil, fmt.Errorf("-key %q: use ecdsa, rsa or both", *key)
+	}
+	if *cacheMemory != "" {
+		n, err := humanize.ParseBytes(*cacheMemory)
+		if err != nil || n == 0 || n > math.MaxInt64 {
+			return nil, fmt.Errorf("-cache-memory %q: use a positive size such as 400MiB", *cacheMemory)
+		}
+		o.cacheMemory = int64(n)
 	}
 	switch {
 	case o.n < 1 || o.n > 10_000_000:
@@ -401,14 +413,19 @@ func (b *bench) suite(ctx context.Context, kind keyKind) (*suiteResult, error) {
 		cacheCap = max(10_000, o.n+o.samples)
 	}
 	stockCap := max(10_000, o.n+o.samples+16)
-	sr.Notes = append(sr.Notes, fmt.Sprintf("ours: cache_capacity %d; stock: tls cache capacity %d (stock's default, 10,000, would evict and then fail handshakes beyond it)", cacheCap, stockCap))
+	cache := cacheBounds{capacity: cacheCap, memory: o.cacheMemory}
+	memNote := ""
+	if o.cacheMemory > 0 {
+		memNote = fmt.Sprintf(", cache_memory %s", humanize.IBytes(uint64(o.cacheMemory)))
+	}
+	sr.Notes = append(sr.Notes, fmt.Sprintf("ours: cache_capacity %d%s; stock: tls cache capacity %d (stock's default, 10,000, would evict and then fail handshakes beyond it)", cacheCap, memNote, stockCap))
 
 	// ours: start and load through the admin API
 	ours, err := newInstance("ours-"+string(kind), b.ours, b.tmp, o.env)
 	if err != nil {
 		return sr, err
 	}
-	if err := ours.writeConfig(ours.oursConfig(cacheCap, "")); err != nil {
+	if err := ours.writeConfig(ours.oursConfig(cache, "")); err != nil {
 		return sr, err
 	}
 	if _, err := ours.start(b.reg); err != nil {
@@ -573,7 +590,7 @@ func (b *bench) suite(ctx context.Context, kind keyKind) (*suiteResult, error) {
 	ours.stop()
 
 	// sealed storage
-	if err := b.sealedSuite(ctx, sr, kind, sites, cacheCap); err != nil {
+	if err := b.sealedSuite(ctx, sr, kind, sites, cache); err != nil {
 		return sr, err
 	}
 	return sr, nil
@@ -829,7 +846,7 @@ func (b *bench) coldStart(ctx context.Context, in *instance, s *site) (time.Dura
 
 // sealedSuite loads the sites into ours on sealed storage and measures
 // the load and a cold start.
-func (b *bench) sealedSuite(ctx context.Context, sr *suiteResult, kind keyKind, sites []*site, cacheCap int) error {
+func (b *bench) sealedSuite(ctx context.Context, sr *suiteResult, kind keyKind, sites []*site, cache cacheBounds) error {
 	o := b.o
 	load := sr.row("load_sealed", fmt.Sprintf("load via API, %d clients, sealed storage", apiClients), "domains/s")
 	cold := sr.row("cold_sealed", fmt.Sprintf("cold start with %d sealed records", o.n), "s")
@@ -847,7 +864,7 @@ func (b *bench) sealedSuite(ctx context.Context, sr *suiteResult, kind keyKind, 
 	if err != nil {
 		return err
 	}
-	if err := in.writeConfig(in.oursConfig(cacheCap, seal.EncodeKey(key))); err != nil {
+	if err := in.writeConfig(in.oursConfig(cache, seal.EncodeKey(key))); err != nil {
 		return err
 	}
 	if _, err := in.start(b.reg); err != nil {
