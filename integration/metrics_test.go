@@ -11,10 +11,12 @@ import (
 )
 
 // TestMetricsEndpoint checks that Caddy's /metrics on the admin endpoint
-// reports the plugin's figures after an upload, an attach and handshakes.
+// reports the plugin's figures after an upload, an attach and handshakes,
+// with a cache_memory bound set in the config.
 func TestMetricsEndpoint(t *testing.T) {
 	ca := testpki.NewChain(t, "Metrics")
-	c := startCaddy(t, caddyOpts{})
+	const cacheMemory = 1 << 20
+	c := startCaddy(t, caddyOpts{App: map[string]any{"cache_memory": cacheMemory}})
 	l := ca.Leaf(t, "metrics.example.test")
 	certID := c.uploadLeaf(t, l)
 	c.createDomain(t, "metrics.example.test", certID)
@@ -53,6 +55,9 @@ func TestMetricsEndpoint(t *testing.T) {
 		"domaincerts_cache_hits_total":      func(v float64) bool { return v >= 3 },
 		"domaincerts_cache_misses_total":    func(v float64) bool { return v == 0 },
 		"domaincerts_cache_evictions_total": func(v float64) bool { return v == 0 },
+		"domaincerts_cache_max_bytes":       func(v float64) bool { return v == cacheMemory },
+		// one ECDSA certificate: about 3 KB
+		"domaincerts_cache_bytes": func(v float64) bool { return v > 2000 && v < 5000 },
 	} {
 		if v, present := values[name]; !present || !ok(v) {
 			t.Errorf("%s = %v (present %v)", name, v, present)

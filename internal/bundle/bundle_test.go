@@ -413,8 +413,37 @@ func TestParseStored(t *testing.T) {
 			}
 		})
 	}
-	if _, err := ParseStored([]byte(p.ecLeaf.pem), []byte(p.rsaLeaf.keyPEM)); err == nil {
-		t.Fatal("ParseStored accepted a key of another certificate")
+	// the key forms CertMagic writes for the certificates it issues
+	ecParams, err := asn1.Marshal(asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := join(p.ecLeaf.pem, p.inter.pem)
+	for _, k := range []struct{ name, cert, key string }{
+		{"sec1", chain, keyPEMAs(t, p.ecLeaf.key, "sec1")},
+		{"sec1 after ec parameters", chain, pemOf("EC PARAMETERS", nil, ecParams) + keyPEMAs(t, p.ecLeaf.key, "sec1")},
+		{"pkcs1", join(p.rsaLeaf.pem, p.inter.pem), keyPEMAs(t, p.rsaLeaf.key, "pkcs1")},
+		{"ed25519 pkcs8", join(p.edLeaf.pem, p.inter.pem), p.edLeaf.keyPEM},
+	} {
+		tc, err := ParseStored([]byte(k.cert), []byte(k.key))
+		if err != nil {
+			t.Errorf("%s: %v", k.name, err)
+			continue
+		}
+		if len(tc.Certificate) != 2 || tc.Leaf == nil || tc.PrivateKey == nil {
+			t.Errorf("%s: %d certificates, leaf %v, key %v", k.name, len(tc.Certificate), tc.Leaf != nil, tc.PrivateKey != nil)
+		}
+	}
+	for _, bad := range []struct{ name, cert, key, want string }{
+		{"key of another certificate", p.ecLeaf.pem, p.rsaLeaf.keyPEM, "does not match"},
+		{"key of the intermediate", chain, keyPEMAs(t, p.inter.key, "pkcs8"), "does not match"},
+		{"no key", chain, pemOf("EC PARAMETERS", nil, ecParams), "no private key"},
+		{"no certificate", p.ecLeaf.keyPEM, p.ecLeaf.keyPEM, "no certificate"},
+		{"corrupt key", chain, pemOf("PRIVATE KEY", nil, []byte{0x30, 0x03, 0x02, 0x01, 0x00}), "parsing the stored private key"},
+	} {
+		if _, err := ParseStored([]byte(bad.cert), []byte(bad.key)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: err = %v, want one containing %q", bad.name, err, bad.want)
+		}
 	}
 }
 

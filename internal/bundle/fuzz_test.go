@@ -1,6 +1,8 @@
 package bundle
 
 import (
+	"crypto"
+	"crypto/x509"
 	"errors"
 	"strings"
 	"testing"
@@ -149,6 +151,36 @@ func FuzzParse(f *testing.F) {
 		}
 		if tc := b.TLSCertificate(); len(tc.Certificate) != servedLen(b) || !tc.Leaf.Equal(b.Chain[0]) {
 			t.Fatal("TLSCertificate does not carry the chain")
+		}
+	})
+}
+
+// FuzzParseStored feeds arbitrary stored bundles to the parser of the
+// handshake's miss path: it must return an error or a certificate whose
+// key matches its leaf, never panic.
+func FuzzParseStored(f *testing.F) {
+	certs, keys := certSeeds(f), keySeeds(f)
+	for i := range max(len(certs), len(keys)) {
+		f.Add(certs[i%len(certs)], keys[i%len(keys)])
+	}
+	p := pki(f)
+	f.Add(p.ecLeaf.pem+p.inter.pem, p.ecLeaf.keyPEM)
+	f.Add(p.rsaLeaf.pem+p.inter.pem+p.root.pem, keyPEMAs(f, p.rsaLeaf.key, "pkcs1"))
+	f.Fuzz(func(t *testing.T, certPEM, keyPEM string) {
+		tc, err := ParseStored([]byte(certPEM), []byte(keyPEM))
+		if err != nil {
+			return
+		}
+		if len(tc.Certificate) == 0 || tc.Leaf == nil || tc.PrivateKey == nil {
+			t.Fatalf("accepted an incomplete certificate: %d blocks, leaf %v, key %v", len(tc.Certificate), tc.Leaf != nil, tc.PrivateKey != nil)
+		}
+		leaf, err := x509.ParseCertificate(tc.Certificate[0])
+		if err != nil {
+			t.Fatalf("served leaf does not parse: %v", err)
+		}
+		pub := tc.PrivateKey.(crypto.Signer).Public().(interface{ Equal(crypto.PublicKey) bool })
+		if !pub.Equal(leaf.PublicKey) {
+			t.Fatal("accepted a key that does not match the leaf")
 		}
 	})
 }

@@ -4,28 +4,86 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 )
 
 // ParseStored decodes a bundle that passed Parse when it was stored (the
-// canonical CertPEM and KeyPEM): it checks that the key matches the leaf,
-// but not the chain's signatures again, which makes loading a stored
-// certificate about twice as fast. Like TLSCertificate, it leaves out a
-// self-signed root at the end of the chain, and sets Leaf to a trimmed
-// copy of the parsed leaf (see trimLeaf).
+// canonical CertPEM and KeyPEM), or a certificate CertMagic issued with its
+// key file: it checks that the key matches the leaf, but not the chain's
+// signatures again, which makes loading a stored certificate about twice
+// as fast. Like TLSCertificate, it leaves out a self-signed root at the end
+// of the chain, and sets Leaf to a trimmed copy of the parsed leaf (see
+// trimLeaf).
 func ParseStored(certPEM, keyPEM []byte) (tls.Certificate, error) {
-	tc, err := tls.X509KeyPair(certPEM, keyPEM)
+	var tc tls.Certificate
+	for rest := certPEM; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type == "CERTIFICATE" {
+			tc.Certificate = append(tc.Certificate, b.Bytes)
+		}
+	}
+	if len(tc.Certificate) == 0 {
+		return tls.Certificate{}, errors.New("decoding stored bundle: no certificate")
+	}
+	leaf, err := x509.ParseCertificate(tc.Certificate[0])
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("decoding stored bundle: %w", err)
 	}
-	tc.Leaf = trimLeaf(tc.Leaf, tc.PrivateKey)
+	key, err := parseStoredKey(keyPEM)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("decoding stored bundle: %w", err)
+	}
+	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(leaf.PublicKey) {
+		return tls.Certificate{}, errors.New("decoding stored bundle: the private key does not match the leaf certificate")
+	}
+	tc.PrivateKey = key
+	tc.Leaf = trimLeaf(leaf, key)
 	if n := len(tc.Certificate); n > 1 && rootAtEnd(tc.Certificate[n-1]) {
 		// the same test as TLSCertificate's, so that a stored bundle is
 		// served with the chain it was served with after its upload
 		tc.Certificate = tc.Certificate[:n-1]
 	}
 	return tc, nil
+}
+
+// parseStoredKey decodes the first private key block of a stored key: PKCS#8
+// as uploads are stored, or PKCS#1 and SEC 1 as CertMagic writes RSA and
+// ECDSA keys. It parses the form the block names, where crypto/tls tries
+// one form after another (a failed PKCS#1 attempt before every PKCS#8 key).
+func parseStoredKey(keyPEM []byte) (crypto.Signer, error) {
+	for rest := keyPEM; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			return nil, errors.New("no private key in the stored key")
+		}
+		var k any
+		var err error
+		switch b.Type {
+		case "PRIVATE KEY":
+			k, err = x509.ParsePKCS8PrivateKey(b.Bytes)
+		case "RSA PRIVATE KEY":
+			k, err = x509.ParsePKCS1PrivateKey(b.Bytes)
+		case "EC PRIVATE KEY":
+			k, err = x509.ParseECPrivateKey(b.Bytes)
+		default:
+			continue // e.g. EC PARAMETERS
+		}
+		if err != nil {
+			return nil, fmt.Errorf("parsing the stored %s: %w", strings.ToLower(b.Type), err)
+		}
+		s, ok := k.(crypto.Signer)
+		if !ok {
+			return nil, fmt.Errorf("stored key of type %T cannot sign", k)
+		}
+		return s, nil
+	}
 }
 
 // maxRootMemo bounds rootMemo. Chains end in a few shared intermediates or
