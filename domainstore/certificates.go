@@ -255,7 +255,13 @@ func (s *Store) CertificateExists(id string) bool {
 	return ok
 }
 
+// insertSorted inserts id into the sorted ids, unless it is there. New IDs
+// sort last (they start with their creation time), and start-up publishes
+// in ID order, so appending is checked first.
 func insertSorted(ids []string, id string) []string {
+	if n := len(ids); n == 0 || ids[n-1] < id {
+		return append(ids, id)
+	}
 	i, found := slices.BinarySearch(ids, id)
 	if found {
 		return ids

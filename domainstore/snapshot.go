@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -57,51 +58,85 @@ func parseDomainKey(key string) (string, uint64, bool) {
 }
 
 // loadSnapshot reads the snapshot; a missing or unreadable one is empty.
-func (s *Store) loadSnapshot(ctx context.Context) map[string]*Entry {
+func (s *Store) loadSnapshot(ctx context.Context) []*Entry {
 	b, err := s.Storage().Load(ctx, snapshotKey)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			s.log.Warn("reading index snapshot; reading every record instead", zap.Error(err))
 		}
-		return map[string]*Entry{}
+		return nil
 	}
 	out, err := decodeSnapshot(b)
 	if err != nil {
 		s.log.Warn("decoding index snapshot; reading every record instead", zap.Error(err))
-		return map[string]*Entry{}
+		return nil
 	}
 	return out
 }
 
-// decodeSnapshot parses a snapshot. Lines it cannot parse make the whole
-// snapshot invalid, so that a damaged one is never half trusted.
-func decodeSnapshot(b []byte) (map[string]*Entry, error) {
+// decodeSnapshot parses a snapshot into entries sorted by domain ID, as
+// start-up publishes them. Lines it cannot parse, or two lines for one
+// domain, make the whole snapshot invalid, so that a damaged one is never
+// half trusted. writeSnapshot writes the lines sorted already; sorting a
+// million entries again would take seconds of a start-up, so it is only
+// done when they are not.
+func decodeSnapshot(b []byte) ([]*Entry, error) {
 	text := string(b)
 	header, rest, _ := strings.Cut(text, "\n")
 	if header != snapshotHeader {
 		return nil, fmt.Errorf("unknown snapshot format %q", header)
 	}
-	out := make(map[string]*Entry, strings.Count(rest, "\n"))
+	out := make([]*Entry, 0, strings.Count(rest, "\n"))
+	sorted := true
 	for line := range strings.Lines(rest) {
 		line = strings.TrimSuffix(line, "\n")
-		f := strings.Split(line, " ")
-		if len(f) != 5 || !validID(DomainPrefix, f[0]) || (f[4] != "m" && f[4] != "u") {
+		e, ok := parseSnapshotLine(line)
+		if !ok {
 			return nil, fmt.Errorf("malformed snapshot line %q", line)
 		}
-		v, err := strconv.ParseUint(f[1], 16, 64)
-		if err != nil {
-			return nil, fmt.Errorf("malformed snapshot line %q", line)
+		if n := len(out); n > 0 && out[n-1].DomainID >= e.DomainID {
+			sorted = false
 		}
-		e := &Entry{DomainID: f[0], Version: v, Name: f[2], Managed: f[4] == "m"}
-		if f[3] != "-" {
-			if !validID(CertificatePrefix, f[3]) {
-				return nil, fmt.Errorf("malformed snapshot line %q", line)
+		out = append(out, e)
+	}
+	if !sorted {
+		slices.SortStableFunc(out, func(a, b *Entry) int { return strings.Compare(a.DomainID, b.DomainID) })
+		for i := 1; i < len(out); i++ {
+			if out[i-1].DomainID == out[i].DomainID {
+				return nil, fmt.Errorf("domain %s appears twice in the snapshot", out[i].DomainID)
 			}
-			e.CertificateID = f[3]
 		}
-		out[e.DomainID] = e
 	}
 	return out, nil
+}
+
+// parseSnapshotLine parses one line of a snapshot: "<domain id> <record
+// version, hex> <name> <certificate id or -> <m|u>".
+func parseSnapshotLine(line string) (*Entry, bool) {
+	var f [5]string
+	rest := line
+	for i := range 4 {
+		var ok bool
+		if f[i], rest, ok = strings.Cut(rest, " "); !ok {
+			return nil, false
+		}
+	}
+	f[4] = rest
+	if !validID(DomainPrefix, f[0]) || (f[4] != "m" && f[4] != "u") {
+		return nil, false
+	}
+	v, err := strconv.ParseUint(f[1], 16, 64)
+	if err != nil {
+		return nil, false
+	}
+	e := &Entry{DomainID: f[0], Version: v, Name: f[2], Managed: f[4] == "m"}
+	if f[3] != "-" {
+		if !validID(CertificatePrefix, f[3]) {
+			return nil, false
+		}
+		e.CertificateID = f[3]
+	}
+	return e, true
 }
 
 // encodeSnapshot writes entries in the snapshot format.

@@ -237,7 +237,7 @@ func (s *Store) waitCertificates() error {
 func (s *Store) loadDomains(ctx context.Context) (int, int, error) {
 	if snap := s.loadSnapshot(ctx); len(snap) > 0 {
 		s.prepare(len(snap))
-		for _, e := range sortedEntries(snap) {
+		for _, e := range snap { // sorted by ID: the older of two entries for one name wins
 			s.publishLoadedLocked(e)
 		}
 		s.touched = make(map[string]bool)
@@ -479,15 +479,6 @@ func sortedIDs(versions map[string]uint64) []string {
 	}
 	slices.Sort(ids)
 	return ids
-}
-
-func sortedEntries(m map[string]*Entry) []*Entry {
-	out := make([]*Entry, 0, len(m))
-	for _, e := range m {
-		out = append(out, e)
-	}
-	slices.SortFunc(out, func(a, b *Entry) int { return strings.Compare(a.DomainID, b.DomainID) })
-	return out
 }
 
 // Subscribe adds a listener for changes.
