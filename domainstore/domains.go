@@ -93,7 +93,7 @@ func (s *Store) CreateDomain(ctx context.Context, in DomainInput) (*Domain, erro
 	if s.opts.Decorate != nil {
 		s.opts.Decorate(d)
 	}
-	if _, err := s.writeDomainLocked(ctx, d); err != nil {
+	if err := s.writeDomainLocked(ctx, d); err != nil {
 		return nil, err
 	}
 	s.notifyDomainLocked(nil, d)
@@ -246,7 +246,7 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 		}
 	}
 	d.UpdatedAt = now()
-	if _, err := s.writeDomainLocked(ctx, d); err != nil {
+	if err := s.writeDomainLocked(ctx, d); err != nil {
 		return nil, err
 	}
 	s.notifyDomainLocked(cur, d)
@@ -342,7 +342,7 @@ func (s *Store) mutateDomain(ctx context.Context, id string, fn func(*Domain) (b
 		return err
 	}
 	d.UpdatedAt = now()
-	if _, err := s.writeDomainLocked(ctx, d); err != nil {
+	if err := s.writeDomainLocked(ctx, d); err != nil {
 		return err
 	}
 	s.notifyDomainLocked(cur, d)

@@ -121,14 +121,14 @@ func (d *Domain) clone() *Domain {
 // Entry is what the SNI index holds for a domain: everything the handshake
 // path needs, immutable once published.
 type Entry struct {
-	DomainID string `json:"id"`
-	Name     string `json:"n"`
+	DomainID string
+	Name     string
 	// CertificateID is the certificate to serve; empty if there is none.
-	CertificateID string `json:"c,omitempty"`
+	CertificateID string
 	// Managed is true when the domain has a management policy.
-	Managed bool `json:"m,omitempty"`
+	Managed bool
 	// Version is the version of the stored record the entry reflects.
-	Version uint64 `json:"v"`
+	Version uint64
 }
 
 func entryFor(d *Domain, version uint64) *Entry {

@@ -609,14 +609,14 @@ func (s *Store) loadDomainVersion(ctx context.Context, id string, v uint64) (*Do
 
 // writeDomainLocked stores d as the next version of its record, deletes
 // the previous version, and publishes the new entry. s.mu must be held.
-func (s *Store) writeDomainLocked(ctx context.Context, d *Domain) (*Entry, error) {
+func (s *Store) writeDomainLocked(ctx context.Context, d *Domain) error {
 	var v uint64 = 1
 	old := s.domains[d.ID]
 	if old != nil {
 		v = old.Version + 1
 	}
 	if err := s.writeJSON(ctx, domainRecordKey(d.ID, v), d); err != nil {
-		return nil, err
+		return err
 	}
 	if old != nil {
 		if err := s.Storage().Delete(ctx, domainRecordKey(d.ID, old.Version)); err != nil {
@@ -624,11 +624,10 @@ func (s *Store) writeDomainLocked(ctx context.Context, d *Domain) (*Entry, error
 			s.log.Warn("deleting previous domain record version", zap.String("domain_id", d.ID), zap.Error(err))
 		}
 	}
-	e := entryFor(d, v)
-	s.putEntryLocked(e)
+	s.putEntryLocked(entryFor(d, v))
 	s.touchLocked(d.ID)
 	s.markDirty()
-	return e, nil
+	return nil
 }
 
 func (s *Store) writeJSON(ctx context.Context, key string, v any) error {
