@@ -210,13 +210,21 @@ func (a *App) authorityNames() []string {
 	return names
 }
 
+// minCacheMemory is the smallest cache_memory accepted: about 300 ECDSA
+// certificates. Smaller values are most likely a unit mistake (512 meant
+// as MiB) and would make every handshake load its certificate.
+const minCacheMemory = 1 << 20
+
 // Validate checks the configuration.
 func (a *App) Validate() error {
 	if a.CacheCapacity < 0 {
-		return fmt.Errorf("cache_capacity must be positive, got %d", a.CacheCapacity)
+		return fmt.Errorf("cache_capacity must not be negative, got %d", a.CacheCapacity)
 	}
 	if a.CacheMemory < 0 {
-		return fmt.Errorf("cache_memory must be positive, got %d", a.CacheMemory)
+		return fmt.Errorf("cache_memory must not be negative, got %d", a.CacheMemory)
+	}
+	if a.CacheMemory > 0 && a.CacheMemory < minCacheMemory {
+		return fmt.Errorf("cache_memory %d bytes would hold only a few certificates; it is in bytes, e.g. 536870912 or, in a Caddyfile, 512MiB (at least 1MiB)", a.CacheMemory)
 	}
 	if _, ok := a.issuers()[a.DefaultAuthority]; !ok {
 		return fmt.Errorf("default_authority %q names no issuer; configure it under issuers (have %v)", a.DefaultAuthority, a.authorityNames())

@@ -8,9 +8,9 @@ import (
 
 // The plugin's metrics, served with Caddy's own on the admin endpoint's
 // /metrics. The cache figures are what an operator needs to set
-// cache_capacity and cache_memory: misses that keep growing under steady traffic mean the
-// hot set does not fit. They cover uploaded certificates; managed ones
-// live in CertMagic's cache.
+// cache_capacity and cache_memory: misses that keep growing under steady
+// traffic mean the hot set does not fit. They cover uploaded certificates;
+// managed ones live in CertMagic's cache.
 var (
 	metricDomains = prometheus.NewDesc("domaincerts_domains",
 		"Domains in the SNI index.", nil, nil)

@@ -84,8 +84,8 @@ func (c *Cache) peek(id string) *tls.Certificate {
 	return e.cert
 }
 
-// Put caches cert under id, evicting others while the cache is over a
-// bound. A certificate larger than the memory bound on its own is still
+// Put caches cert under id, replacing what was cached under it, and evicts
+// others while the cache is over a bound. A certificate larger than the memory bound on its own is still
 // cached, alone. The chain's intermediates are shared with other cached
 // certificates that carry the same ones (most certificates come from a few
 // CAs).
@@ -97,9 +97,10 @@ func (c *Cache) Put(id string, cert *tls.Certificate) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.entries[id]; ok {
-		c.bytes += size - e.size
-		e.cert, e.size = cert, size
-		return
+		// replaced by a new entry, so that a hit that holds the old one
+		// never sees it change; its ring slot turns stale
+		c.bytes -= e.size
+		delete(c.entries, id)
 	}
 	for len(c.entries) > 0 && (len(c.entries) >= c.capacity || c.maxBytes > 0 && c.bytes+size > c.maxBytes) {
 		if !c.evictLocked() {

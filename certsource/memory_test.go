@@ -117,12 +117,54 @@ func TestCacheMemoryBound(t *testing.T) {
 	if st := c.Stats(); st.Entries != 1 || st.Bytes != CertMemory(cert(2000)) {
 		t.Fatalf("after replacing: %+v, want %d bytes", st, CertMemory(cert(2000)))
 	}
+	c.Put("y", cert(1000))
+	c.Put("y", cert(int(4*unit))) // a replacement over the bound evicts too
+	if st := c.Stats(); st.Entries != 1 || st.Bytes != CertMemory(cert(int(4*unit))) || c.Get("y") == nil {
+		t.Fatalf("after a replacement over the bound: %+v", st)
+	}
+	c.Remove("y")
 
 	c.SetMaxBytes(0) // only the capacity bounds
 	for i := range 50 {
 		c.Put(fmt.Sprint("n", i), cert(1000))
 	}
-	if st := c.Stats(); st.Entries != 51 || st.Evictions != 5 {
-		t.Fatalf("without a memory bound: %+v, want 51 entries", st)
+	if st := c.Stats(); st.Entries != 50 || st.Evictions != 6 {
+		t.Fatalf("without a memory bound: %+v, want 50 entries", st)
+	}
+}
+
+// TestCacheReplaceWhileServing replaces a cached certificate while
+// handshakes read it; run with -race, it fails if a hit can observe the
+// entry change.
+func TestCacheReplaceWhileServing(t *testing.T) {
+	c := NewCache(10)
+	c.SetMaxBytes(1 << 20)
+	a, b := &tls.Certificate{Certificate: [][]byte{{1}}}, &tls.Certificate{Certificate: [][]byte{{2}}}
+	c.Put("r", a)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 2000 {
+			if i%2 == 0 {
+				c.Put("r", b)
+			} else {
+				c.Put("r", a)
+			}
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			if st := c.Stats(); st.Entries != 1 || st.Bytes != CertMemory(a) {
+				t.Fatalf("stats = %+v", st)
+			}
+			return
+		default:
+		}
+		if got := c.Get("r"); got != nil && got != a && got != b {
+			t.Fatal("a hit returned a certificate never cached")
+		} else if got != nil {
+			_ = got.Certificate[0][0]
+		}
 	}
 }

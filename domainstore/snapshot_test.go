@@ -168,8 +168,15 @@ func storageWithDomains(b *testing.B, n int) *memstorage.Storage {
 func BenchmarkOpen(b *testing.B) {
 	ctx := context.Background()
 	for _, n := range benchDomains {
-		st := storageWithDomains(b, n)
+		var st *memstorage.Storage // built by the first sub-benchmark that runs
+		storage := func(b *testing.B) *memstorage.Storage {
+			if st == nil {
+				st = storageWithDomains(b, n)
+			}
+			return st
+		}
 		b.Run(fmt.Sprintf("domains=%d/snapshot", n), func(b *testing.B) {
+			st := storage(b)
 			for b.Loop() {
 				s, err := Open(ctx, st, Options{})
 				if err != nil {
@@ -184,6 +191,7 @@ func BenchmarkOpen(b *testing.B) {
 			}
 		})
 		b.Run(fmt.Sprintf("domains=%d/no-snapshot", n), func(b *testing.B) {
+			st := storage(b)
 			snap, _ := st.Load(ctx, snapshotKey)
 			_ = st.Delete(ctx, snapshotKey)
 			defer func() { _ = st.Store(ctx, snapshotKey, snap) }()
@@ -235,8 +243,8 @@ func FuzzDecodeSnapshot(f *testing.F) {
 func BenchmarkIndexMemory(b *testing.B) {
 	ctx := context.Background()
 	for _, n := range benchDomains {
-		st := storageWithDomains(b, n)
 		b.Run(fmt.Sprintf("domains=%d", n), func(b *testing.B) {
+			st := storageWithDomains(b, n) // b.Loop starts the timer afresh
 			for b.Loop() {
 				var before, after runtime.MemStats
 				runtime.GC()

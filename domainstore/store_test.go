@@ -2,7 +2,9 @@ package domainstore
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,11 +13,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/certmagic"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
+	"github.com/domaincerts/caddy-domaincerts/internal/memstorage"
 	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
@@ -534,3 +538,47 @@ func (r *recorder) DomainChanged(old, new *Domain) {
 }
 
 func mustJSON(v any) string { b, _ := json.Marshal(v); return string(b) }
+
+// TestLoadKeyPairManaged loads a certificate that CertMagic issued: the
+// record holds the chain and where CertMagic wrote the key, in
+// CertMagic's own PEM form (SEC 1 for ECDSA, PKCS#1 for RSA).
+func TestLoadKeyPairManaged(t *testing.T) {
+	ctx := context.Background()
+	st := new(memstorage.Storage)
+	s := openOn(t, st)
+	ca := testpki.NewCA(t, "Managed CA")
+	for _, leaf := range []*testpki.Leaf{ca.Issue(t, "ec.managed.test"), ca.IssueRSA(t, "rsa.managed.test")} {
+		name := leaf.Cert.DNSNames[0]
+		block, _ := pem.Decode([]byte(leaf.KeyPEM))
+		key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyPEM, err := certmagic.PEMEncodePrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyKey := "certificates/acme.test-directory/" + name + "/" + name + ".key"
+		if err := st.Store(ctx, keyKey, keyPEM); err != nil {
+			t.Fatal(err)
+		}
+		c, err := s.AddManagedCertificate(ctx, "rd_01m8djch0z1t3s0se2ynhqbc0m", leaf.CertPEM, keyKey, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc, err := s.LoadKeyPair(ctx, c.ID)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if tc.Leaf == nil || !tc.Leaf.Equal(leaf.Cert) || tc.PrivateKey == nil {
+			t.Fatalf("%s: loaded leaf %v, key %v", name, tc.Leaf != nil, tc.PrivateKey != nil)
+		}
+		rec, err := st.Load(ctx, certRecordKey(c.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(rec), "PRIVATE KEY") {
+			t.Fatalf("%s: the certificate record holds the private key", name)
+		}
+	}
+}

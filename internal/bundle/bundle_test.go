@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/ecdh"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/asn1"
@@ -15,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"unicode"
+
+	"github.com/caddyserver/certmagic"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
@@ -398,6 +401,7 @@ func TestParseStored(t *testing.T) {
 				t.Fatal(err)
 			}
 			// twice: the second time the root test is remembered
+			last := b.Chain[len(b.Chain)-1].Raw
 			for i := range 2 {
 				tc, err := ParseStored(b.CertPEM, b.KeyPEM)
 				if err != nil {
@@ -410,6 +414,12 @@ func TestParseStored(t *testing.T) {
 				if len(want.Certificate) != len(tc.Certificate) {
 					t.Fatalf("ParseStored #%d serves %d certificates, TLSCertificate %d", i+1, len(tc.Certificate), len(want.Certificate))
 				}
+				rootMemoMu.RLock()
+				self, remembered := rootMemo[sha256.Sum256(last)]
+				rootMemoMu.RUnlock()
+				if !remembered || self != (tt.want < len(b.Chain)) {
+					t.Fatalf("ParseStored #%d: root test of the last certificate remembered %v as %v", i+1, remembered, self)
+				}
 			}
 		})
 	}
@@ -418,12 +428,22 @@ func TestParseStored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	certmagicPEM := func(k crypto.PrivateKey) string {
+		b, err := certmagic.PEMEncodePrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
 	chain := join(p.ecLeaf.pem, p.inter.pem)
 	for _, k := range []struct{ name, cert, key string }{
 		{"sec1", chain, keyPEMAs(t, p.ecLeaf.key, "sec1")},
 		{"sec1 after ec parameters", chain, pemOf("EC PARAMETERS", nil, ecParams) + keyPEMAs(t, p.ecLeaf.key, "sec1")},
 		{"pkcs1", join(p.rsaLeaf.pem, p.inter.pem), keyPEMAs(t, p.rsaLeaf.key, "pkcs1")},
 		{"ed25519 pkcs8", join(p.edLeaf.pem, p.inter.pem), p.edLeaf.keyPEM},
+		{"certmagic ecdsa", chain, certmagicPEM(p.ecLeaf.key)},
+		{"certmagic rsa", join(p.rsaLeaf.pem, p.inter.pem), certmagicPEM(p.rsaLeaf.key)},
+		{"certmagic ed25519", join(p.edLeaf.pem, p.inter.pem), certmagicPEM(p.edLeaf.key)},
 	} {
 		tc, err := ParseStored([]byte(k.cert), []byte(k.key))
 		if err != nil {
@@ -439,7 +459,8 @@ func TestParseStored(t *testing.T) {
 		{"key of the intermediate", chain, keyPEMAs(t, p.inter.key, "pkcs8"), "does not match"},
 		{"no key", chain, pemOf("EC PARAMETERS", nil, ecParams), "no private key"},
 		{"no certificate", p.ecLeaf.keyPEM, p.ecLeaf.keyPEM, "no certificate"},
-		{"corrupt key", chain, pemOf("PRIVATE KEY", nil, []byte{0x30, 0x03, 0x02, 0x01, 0x00}), "parsing the stored private key"},
+		{"corrupt key", chain, pemOf("PRIVATE KEY", nil, []byte{0x30, 0x03, 0x02, 0x01, 0x00}), "parsing the private key"},
+		{"unknown key type", chain, pemOf("OPENSSH PRIVATE KEY", nil, []byte{1}), `unsupported type "OPENSSH PRIVATE KEY"`},
 	} {
 		if _, err := ParseStored([]byte(bad.cert), []byte(bad.key)); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%s: err = %v, want one containing %q", bad.name, err, bad.want)
@@ -470,7 +491,7 @@ func TestTrimmedLeaf(t *testing.T) {
 			for name, tc := range map[string]tls.Certificate{"uploaded": uploaded, "stored": stored} {
 				got, want := tc.Leaf, leaf.cert
 				switch {
-				case got == want:
+				case got == b.Chain[0]:
 					t.Errorf("%s: leaf is the parsed certificate itself, not a trimmed copy", name)
 				case !got.Equal(want) || got.SerialNumber.Cmp(want.SerialNumber) != 0:
 					t.Errorf("%s: leaf is another certificate", name)

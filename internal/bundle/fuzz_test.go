@@ -2,6 +2,7 @@ package bundle
 
 import (
 	"crypto"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"strings"
@@ -181,6 +182,11 @@ func FuzzParseStored(f *testing.F) {
 		pub := tc.PrivateKey.(crypto.Signer).Public().(interface{ Equal(crypto.PublicKey) bool })
 		if !pub.Equal(leaf.PublicKey) {
 			t.Fatal("accepted a key that does not match the leaf")
+		}
+		// it is no more lenient than crypto/tls, which served these
+		// bundles before
+		if _, err := tls.X509KeyPair([]byte(certPEM), []byte(keyPEM)); err != nil {
+			t.Fatalf("accepted a bundle that tls.X509KeyPair rejects: %v", err)
 		}
 	})
 }

@@ -2,6 +2,7 @@ package bundle
 
 import (
 	"crypto"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -30,18 +31,18 @@ func ParseStored(certPEM, keyPEM []byte) (tls.Certificate, error) {
 		}
 	}
 	if len(tc.Certificate) == 0 {
-		return tls.Certificate{}, errors.New("decoding stored bundle: no certificate")
+		return tls.Certificate{}, errors.New("no certificate")
 	}
 	leaf, err := x509.ParseCertificate(tc.Certificate[0])
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("decoding stored bundle: %w", err)
+		return tls.Certificate{}, fmt.Errorf("parsing the leaf: %w", err)
 	}
 	key, err := parseStoredKey(keyPEM)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("decoding stored bundle: %w", err)
+		return tls.Certificate{}, err
 	}
 	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(leaf.PublicKey) {
-		return tls.Certificate{}, errors.New("decoding stored bundle: the private key does not match the leaf certificate")
+		return tls.Certificate{}, errors.New("the private key does not match the leaf certificate")
 	}
 	tc.PrivateKey = key
 	tc.Leaf = trimLeaf(leaf, key)
@@ -53,48 +54,53 @@ func ParseStored(certPEM, keyPEM []byte) (tls.Certificate, error) {
 	return tc, nil
 }
 
-// parseStoredKey decodes the first private key block of a stored key: PKCS#8
-// as uploads are stored, or PKCS#1 and SEC 1 as CertMagic writes RSA and
-// ECDSA keys. It parses the form the block names, where crypto/tls tries
-// one form after another (a failed PKCS#1 attempt before every PKCS#8 key).
+// parseStoredKey decodes the first private key block of a stored key in the
+// form its type names: PKCS#8 as uploads are stored, and PKCS#1, SEC 1 and
+// PKCS#8 under "RSA", "EC" and "ED25519 PRIVATE KEY" as CertMagic writes
+// keys (certmagic.PEMEncodePrivateKey). crypto/tls's X509KeyPair instead
+// tries one form after another, a failed PKCS#1 attempt before every
+// PKCS#8 key. Blocks that hold no key, such as EC PARAMETERS, are skipped.
 func parseStoredKey(keyPEM []byte) (crypto.Signer, error) {
 	for rest := keyPEM; ; {
 		var b *pem.Block
 		if b, rest = pem.Decode(rest); b == nil {
-			return nil, errors.New("no private key in the stored key")
+			return nil, errors.New("no private key block")
 		}
 		var k any
 		var err error
 		switch b.Type {
-		case "PRIVATE KEY":
+		case "PRIVATE KEY", "ED25519 PRIVATE KEY":
 			k, err = x509.ParsePKCS8PrivateKey(b.Bytes)
 		case "RSA PRIVATE KEY":
 			k, err = x509.ParsePKCS1PrivateKey(b.Bytes)
 		case "EC PRIVATE KEY":
 			k, err = x509.ParseECPrivateKey(b.Bytes)
 		default:
-			continue // e.g. EC PARAMETERS
+			if strings.HasSuffix(b.Type, "PRIVATE KEY") {
+				return nil, fmt.Errorf("private key block of unsupported type %q", b.Type)
+			}
+			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("parsing the stored %s: %w", strings.ToLower(b.Type), err)
+			return nil, fmt.Errorf("parsing the %s: %w", strings.ToLower(b.Type), err)
 		}
 		s, ok := k.(crypto.Signer)
 		if !ok {
-			return nil, fmt.Errorf("stored key of type %T cannot sign", k)
+			return nil, fmt.Errorf("private key of type %T cannot sign", k)
 		}
 		return s, nil
 	}
 }
 
 // maxRootMemo bounds rootMemo. Chains end in a few shared intermediates or
-// roots, so a fleet of any size needs only a handful of entries; a fleet
-// whose every chain ends differently stops being remembered at the bound
-// and is checked each time instead.
+// roots, so a fleet of any size needs only a handful of entries; when a
+// fleet whose chains end in many different certificates fills it, it
+// starts over.
 const maxRootMemo = 1024
 
 var (
 	rootMemoMu sync.RWMutex
-	rootMemo   = make(map[string]bool)
+	rootMemo   = make(map[[sha256.Size]byte]bool)
 )
 
 // rootAtEnd reports whether der, the last certificate of a stored chain,
@@ -102,8 +108,9 @@ var (
 // (about 100 µs with ECDSA), which would double the cost of loading a
 // certificate on a cache miss, so the answer is remembered per certificate.
 func rootAtEnd(der []byte) bool {
+	sum := sha256.Sum256(der)
 	rootMemoMu.RLock()
-	self, ok := rootMemo[string(der)]
+	self, ok := rootMemo[sum]
 	rootMemoMu.RUnlock()
 	if ok {
 		return self
@@ -111,9 +118,10 @@ func rootAtEnd(der []byte) bool {
 	c, err := x509.ParseCertificate(der)
 	self = err == nil && selfSigned(c)
 	rootMemoMu.Lock()
-	if len(rootMemo) < maxRootMemo {
-		rootMemo[string(der)] = self
+	if len(rootMemo) >= maxRootMemo {
+		clear(rootMemo)
 	}
+	rootMemo[sum] = self
 	rootMemoMu.Unlock()
 	return self
 }
@@ -123,11 +131,12 @@ func rootAtEnd(der []byte) bool {
 // the raw extension list (its parsed fields stay), the attribute lists of
 // subject and issuer (their parsed fields such as CommonName and
 // Organization stay) and the policy OIDs. Its PublicKey is key's, which
-// X509KeyPair or Parse has checked to match, instead of a second parsed
+// ParseStored or Parse has checked to match, instead of a second parsed
 // copy. CertMagic reads the names, dates and serial number of the leaf on
-// every handshake, crypto/tls on the server side only the private key, and
-// Caddy's certificate selection the subject, serial number and public key
-// algorithm. This drops about 1.1 KB and 19 of the 32 heap objects of a
+// every handshake; crypto/tls on the server side signs with the private key
+// and reads the leaf's names and issuer only to choose among several
+// certificates (SupportsCertificate); Caddy's certificate selection reads
+// the subject, serial number and public key algorithm. This drops about 1.1 KB and 19 of the 32 heap objects of a
 // parsed leaf, which is a third of the memory of a cached ECDSA
 // certificate and much of what the garbage collector scans at 100,000.
 func trimLeaf(leaf *x509.Certificate, key crypto.PrivateKey) *x509.Certificate {

@@ -1,0 +1,41 @@
+package caddymod
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		app     App
+		wantErr string
+	}{
+		{"defaults", App{DefaultAuthority: "letsencrypt"}, ""},
+		{"cache bounds", App{DefaultAuthority: "letsencrypt", CacheCapacity: 100, CacheMemory: 512 << 20}, ""},
+		{"smallest cache_memory", App{DefaultAuthority: "letsencrypt", CacheMemory: 1 << 20}, ""},
+		{"negative cache_capacity", App{DefaultAuthority: "letsencrypt", CacheCapacity: -1}, "cache_capacity must not be negative"},
+		{"negative cache_memory", App{DefaultAuthority: "letsencrypt", CacheMemory: -1}, "cache_memory must not be negative"},
+		{"cache_memory in the wrong unit", App{DefaultAuthority: "letsencrypt", CacheMemory: 512}, "it is in bytes"},
+		{"unknown authority", App{DefaultAuthority: "nope"}, `default_authority "nope" names no issuer`},
+		{"issuer named", App{DefaultAuthority: "local", Issuers: map[string]json.RawMessage{"local": json.RawMessage(`{"module":"internal"}`)}}, ""},
+		{"renewal ratio", App{DefaultAuthority: "letsencrypt", RenewalWindowRatio: 1}, "renewal_window_ratio"},
+		{"dns_server without zone", App{DefaultAuthority: "letsencrypt", DNSServer: &DNSServerConfig{}}, "dns_server needs challenge_zone"},
+		{"wildcard zone", App{DefaultAuthority: "letsencrypt", Zones: []string{"*.example.net"}}, "without a wildcard"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.app.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Validate = %v; want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
