@@ -169,6 +169,8 @@ func TestFlags(t *testing.T) {
 		{"-duration", "1ms"},
 		{"-concurrency", "0"},
 		{"-cache", "-1"},
+		{"-cache-memory", "lots"},
+		{"-cache-memory", "0"},
 		{"-env", "GOGC"},
 		{"-env", "HOME=/"},
 		{"-env", "XDG_DATA_HOME=/tmp"},
@@ -179,6 +181,24 @@ func TestFlags(t *testing.T) {
 		if err := run(context.Background(), args, &out); err == nil {
 			t.Errorf("run %v: no error", args)
 		}
+	}
+}
+
+func TestCacheMemoryFlag(t *testing.T) {
+	var out bytes.Buffer
+	o, err := parseFlags([]string{"-cache-memory", "400MiB"}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cacheMemory != 400<<20 {
+		t.Fatalf("cacheMemory = %d, want %d", o.cacheMemory, 400<<20)
+	}
+	in := &instance{}
+	app := in.oursConfig(cacheBounds{capacity: 5, memory: o.cacheMemory}, "")
+	apps := app["apps"].(map[string]any)
+	dc := apps["domaincerts"].(map[string]any)
+	if dc["cache_capacity"] != 5 || dc["cache_memory"] != int64(400<<20) {
+		t.Fatalf("domaincerts app = %v", dc)
 	}
 }
 
