@@ -179,6 +179,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading domain store: %w", err)
 	}
 	a.key, a.inst = key, inst
+	// the bounds of this config, also when the instance outlives a reload
+	inst.source.Cache().SetCapacity(a.CacheCapacity)
 	inst.source.Cache().SetMaxBytes(a.CacheMemory)
 	if id := a.FallbackCertificateID; id != "" {
 		if _, err := inst.store.GetCertificate(ctx, id); err != nil {

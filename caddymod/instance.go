@@ -56,7 +56,6 @@ func acquireInstance(ctx caddy.Context, st certmagic.Storage, opts domainstore.O
 	inst := val.(*instance)
 	if loaded {
 		inst.store.SetStorage(st)
-		inst.source.Cache().SetCapacity(capacity)
 	}
 	return key, inst, nil
 }
