@@ -112,11 +112,18 @@ type App struct {
 	// starts. Default: 1/3.
 	RenewalWindowRatio float64 `json:"renewal_window_ratio,omitempty"`
 
-	// How often to pick up the changes that other Caddy instances sharing
-	// this storage made (domains, certificates), reading only the records
-	// that changed. It takes effect when the process first loads the app.
-	// Default: 0, only at start-up.
+	// How often to look for changes that other Caddy instances on the
+	// same storage made. Each look reads one or two small keys of the
+	// change journal, whatever the number of domains, and the changes
+	// found. With the default, a change made through any instance is
+	// served by every instance within 2 seconds. Default: 1s.
 	SyncInterval caddy.Duration `json:"sync_interval,omitempty"`
+
+	// How long an API write waits for the storage (the journal lock that
+	// instances share, and the writes) before it fails with 503
+	// STORAGE_UNAVAILABLE, changing nothing; also the bound of each
+	// storage read. Default: 15s.
+	StorageTimeout caddy.Duration `json:"storage_timeout,omitempty"`
 
 	ctx         caddy.Context
 	key         string
@@ -173,6 +180,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		Logger:           a.log.Named("store"),
 		DefaultAuthority: a.DefaultAuthority,
 		Authorities:      a.authorityNames(),
+		SyncInterval:     time.Duration(a.SyncInterval),
+		Timeout:          time.Duration(a.StorageTimeout),
 	}
 	key, inst, err := acquireInstance(ctx, st, opts, a.CacheCapacity, a.log.Named("source"))
 	if err != nil {
@@ -188,7 +197,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 	a.inst.source.SetFallback(a.FallbackCertificateID)
-	a.inst.store.SyncEvery(time.Duration(a.SyncInterval))
+	// this config's timings, also when the store outlives a reload
+	inst.store.SetSyncInterval(time.Duration(a.SyncInterval))
+	inst.store.SetTimeout(time.Duration(a.StorageTimeout))
 	if err := registerMetrics(ctx.GetMetricsRegistry(), inst); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -233,6 +244,12 @@ func (a *App) Validate() error {
 	}
 	if a.RenewalWindowRatio < 0 || a.RenewalWindowRatio >= 1 {
 		return fmt.Errorf("renewal_window_ratio must be between 0 and 1, got %v", a.RenewalWindowRatio)
+	}
+	if a.SyncInterval < 0 || (a.SyncInterval > 0 && time.Duration(a.SyncInterval) < 50*time.Millisecond) {
+		return fmt.Errorf("sync_interval must be at least 50ms, got %s", time.Duration(a.SyncInterval))
+	}
+	if a.StorageTimeout < 0 {
+		return fmt.Errorf("storage_timeout must not be negative, got %s", time.Duration(a.StorageTimeout))
 	}
 	if a.DNSServer != nil && a.ChallengeZone == "" {
 		return errors.New("dns_server needs challenge_zone, the zone it answers for")

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -286,7 +287,40 @@ func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
 		// the certificate obtained under the former policy must not be served
 		a.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: new.Domain}})
 	}
+	if running && !changed && new.CertificateID != "" && (old == nil || old.CertificateID != new.CertificateID) {
+		// a new certificate (renewed, perhaps by another instance): serve it
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.refresh(new.Domain, *new.Policy)
+		}()
+	}
 	a.startJob(new)
+}
+
+// refresh loads the stored certificate of a managed name into the cache
+// and drops the older ones cached for it.
+func (a *ACME) refresh(name string, policy domainstore.Policy) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg, err := a.config(policy, strings.HasPrefix(name, "*."))
+	if err != nil {
+		return
+	}
+	cert, err := cfg.CacheManagedCertificate(ctx, name)
+	if err != nil || cert.Leaf == nil {
+		return
+	}
+	var stale []string
+	for _, c := range a.cache.AllMatchingCertificates(name) {
+		if c.Leaf != nil && slices.Contains(c.Names, name) && c.Leaf.SerialNumber.Cmp(cert.Leaf.SerialNumber) != 0 &&
+			c.Leaf.NotAfter.Before(cert.Leaf.NotAfter) {
+			stale = append(stale, c.Hash())
+		}
+	}
+	if len(stale) > 0 {
+		a.cache.Remove(stale)
+	}
 }
 
 // startJob starts managing d, unless a job with the same policy runs; a
@@ -339,6 +373,15 @@ func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Poli
 	started := time.Now().UTC().Truncate(time.Second)
 	delay := a.opts.RetryMin
 	for attempt := 0; ; attempt++ {
+		// instances on one storage keep one schedule: the last attempt,
+		// whoever made it, set retries_at
+		if wait := a.sharedRetryWait(ctx, id); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
 		select {
 		case a.attempts <- struct{}{}:
 		case <-ctx.Done():
@@ -348,6 +391,17 @@ func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Poli
 		<-a.attempts
 		if err == nil || ctx.Err() != nil || errors.Is(err, errDomainGone) {
 			return
+		}
+		if errors.Is(err, errJobBusy) {
+			// another instance is at it: its result (a certificate in
+			// storage, or a status with retries_at) decides what next
+			attempt--
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(jobBusyPoll + time.Duration(rand.Int64N(int64(jobBusyPoll)))):
+			}
+			continue
 		}
 		var je *jobError
 		if !errors.As(err, &je) {
@@ -387,12 +441,22 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 		return a.loaded(ctx, id, policy, cfg, name, cert)
 	case err == nil:
 		// stored but due for renewal: renew now, then serve the new one
+		unlock, err := a.lockJob(ctx, id)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 		if err := cfg.RenewCertSync(ctx, name, false); err != nil {
 			return classify(fmt.Errorf("renewing the certificate for %s from %s: %w", name, policy.Authority, err))
 		}
 	case !errors.Is(err, fs.ErrNotExist):
 		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading stored certificate: %w", err)}
 	default:
+		unlock, err := a.lockJob(ctx, id)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 		if auth.ValidatesNames {
 			if strings.HasPrefix(name, "*.") && a.inZones(name) && !a.opts.DNS01InZones {
 				return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf(
@@ -415,6 +479,38 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading obtained certificate: %w", err)}
 	}
 	return a.loaded(ctx, id, policy, cfg, name, cert)
+}
+
+// errJobBusy means another instance holds the domain's provisioning lock.
+var errJobBusy = errors.New("another instance is provisioning this domain")
+
+// jobBusyPoll is how long a job waits, plus up to as much again, before it
+// looks again at a domain that another instance is provisioning.
+var jobBusyPoll = time.Second
+
+// lockJob takes the domain's provisioning lock in the shared storage, so
+// that of the instances running its job one at a time checks DNS and
+// orders (CertMagic's own lock already keeps orders to one per name).
+func (a *ACME) lockJob(ctx context.Context, id string) (func(), error) {
+	name := "domaincerts_job_" + id
+	ok, err := a.store.TryLock(ctx, name)
+	if err != nil {
+		return nil, &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("taking the provisioning lock: %w", err)}
+	}
+	if !ok {
+		return nil, errJobBusy
+	}
+	return func() { a.store.Unlock(name) }, nil
+}
+
+// sharedRetryWait returns how long until the retries_at that the domain's
+// status names, if it lies ahead.
+func (a *ACME) sharedRetryWait(ctx context.Context, id string) time.Duration {
+	d, err := a.store.GetDomain(ctx, id)
+	if err != nil || d.Status == nil || d.Status.ProvisioningJob == nil || d.Status.ProvisioningJob.RetriesAt == nil {
+		return 0
+	}
+	return time.Until(*d.Status.ProvisioningJob.RetriesAt)
 }
 
 // checkDNS verifies the CNAMEs a domain needs before an order starts.
@@ -448,53 +544,31 @@ func (a *ACME) checkDNS(ctx context.Context, id string) error {
 }
 
 // loaded records a certificate that is now in the cache: a certificate
-// record if the domain has none for it, and the status.
+// record if the domain has none for it (the store checks, so instances
+// that each load it record it once), and the status.
 func (a *ACME) loaded(ctx context.Context, id string, policy domainstore.Policy, cfg *certmagic.Config, name string, cert certmagic.Certificate) error {
-	d, err := a.store.GetDomain(ctx, id)
-	if err != nil {
-		return nil // deleted meanwhile
-	}
-	certID := d.CertificateID
-	if !a.recordMatches(ctx, certID, cert) {
-		rec, err := a.addRecord(ctx, id, cfg, name, cert)
-		if err != nil {
-			return &jobError{code: "INTERNAL_ERROR", err: err}
-		}
-		certID = rec.ID
-	}
-	renews := a.renewsAt(ctx, cfg, name, cert)
-	return a.store.SetManagedState(ctx, id, policy, &domainstore.Status{RenewsAt: &renews}, certID)
-}
-
-// recordMatches reports whether certificate record id holds cert's leaf.
-func (a *ACME) recordMatches(ctx context.Context, id string, cert certmagic.Certificate) bool {
-	if id == "" || cert.Leaf == nil {
-		return false
-	}
-	rec, err := a.store.GetCertificate(ctx, id)
-	return err == nil && rec.SerialNumber == cert.Leaf.SerialNumber.Text(16)
-}
-
-func (a *ACME) addRecord(ctx context.Context, id string, cfg *certmagic.Config, name string, cert certmagic.Certificate) (*domainstore.Certificate, error) {
 	issuerKey := ""
 	if len(cfg.Issuers) > 0 {
 		issuerKey = cfg.Issuers[0].IssuerKey()
 	}
 	certPEM, err := cfg.Storage.Load(ctx, certmagic.StorageKeys.SiteCert(issuerKey, name))
 	if err != nil {
-		return nil, fmt.Errorf("loading issued certificate: %w", err)
+		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading issued certificate: %w", err)}
 	}
 	issued := time.Now()
 	if cert.Leaf != nil {
 		issued = cert.Leaf.NotBefore
 	}
-	rec, err := a.store.AddManagedCertificate(ctx, id, string(certPEM), certmagic.StorageKeys.SitePrivateKey(issuerKey, name), issued)
+	renews := a.renewsAt(ctx, cfg, name, cert)
+	err = a.store.SetManagedState(ctx, id, policy, &domainstore.Status{RenewsAt: &renews}, &domainstore.IssuedCertificate{
+		CertificatePEM: string(certPEM),
+		KeyStorageKey:  certmagic.StorageKeys.SitePrivateKey(issuerKey, name),
+		IssuedAt:       issued,
+	})
 	if err != nil {
-		return nil, err
+		return &jobError{code: "INTERNAL_ERROR", err: err}
 	}
-	a.log.Info("managed certificate recorded", zap.String("domain_id", id), zap.String("domain", name),
-		zap.String("cert_id", rec.ID), zap.Time("not_after", rec.NotAfter))
-	return rec, nil
+	return nil
 }
 
 // renewsAt is when CertMagic will start renewing cert: at the end of its
@@ -531,7 +605,7 @@ func (a *ACME) setStatus(ctx context.Context, id string, policy domainstore.Poli
 	if d, err := a.store.GetDomain(ctx, id); err == nil && d.Status != nil {
 		st.RenewsAt = d.Status.RenewsAt // keep the renewal time of a certificate still served
 	}
-	if err := a.store.SetManagedState(ctx, id, policy, st, ""); err != nil {
+	if err := a.store.SetManagedState(ctx, id, policy, st, nil); err != nil {
 		a.log.Error("recording provisioning status", zap.String("domain_id", id), zap.Error(err))
 	}
 }

@@ -4,11 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
-	"slices"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -33,8 +30,8 @@ type CertificatePatch struct {
 }
 
 // CreateCertificate validates an uploaded bundle and stores it: the private
-// key under its own ".key" storage key, then the record. Nothing is written
-// when validation fails.
+// key under its own ".key" storage key, then the record, through the
+// journal. Nothing is written when validation fails.
 func (s *Store) CreateCertificate(ctx context.Context, in CertificateInput) (*Certificate, error) {
 	if err := checkText("description", in.Description, MaxDescription); err != nil {
 		return nil, err
@@ -44,9 +41,6 @@ func (s *Store) CreateCertificate(ctx context.Context, in CertificateInput) (*Ce
 	}
 	b, err := bundle.Parse(in.CertificatePEM, in.PrivateKeyPEM)
 	if err != nil {
-		return nil, err
-	}
-	if err := s.waitCertificates(); err != nil {
 		return nil, err
 	}
 	t := now()
@@ -60,74 +54,97 @@ func (s *Store) CreateCertificate(ctx context.Context, in CertificateInput) (*Ce
 		CertInfo:       bundle.Info(b.Chain[0]),
 		PrivateKeyType: b.KeyType,
 	}
-	if err := s.writeCertificate(ctx, c, b.KeyPEM); err != nil {
-		return nil, err
+	// the key goes first, outside the journal lock: it has a new name,
+	// and a record must never point to a missing key
+	kctx, cancel := context.WithTimeout(ctx, s.timeout())
+	err = s.Storage().Store(kctx, CertificateKeyKey(c.ID), b.KeyPEM)
+	cancel()
+	if err != nil {
+		s.stats.storageErrors.Add(1)
+		return nil, storageFailed("writing the private key", err)
 	}
-	s.mu.Lock()
-	s.certIDs = insertSorted(s.certIDs, c.ID)
-	s.touchLocked("cert:" + c.ID)
-	s.mu.Unlock()
-	for _, l := range s.listenersSnapshot() {
-		l.CertificateStored(c.ID, b)
+	committed := false
+	err = s.submit(ctx, func(tx *txn) error {
+		tx.putCert(c, b)
+		committed = true
+		return nil
+	})
+	if err != nil {
+		if !committed {
+			// the write never reached the journal: the key is an orphan
+			_ = s.Storage().Delete(context.WithoutCancel(ctx), CertificateKeyKey(c.ID))
+		}
+		return nil, err
 	}
 	s.log.Info("certificate uploaded", zap.String("cert_id", c.ID),
 		zap.Strings("dns_names", c.SubjectAlternativeNames.DNSNames), zap.Time("not_after", c.NotAfter))
 	return c, nil
 }
 
-// writeCertificate writes the key, then the record; if the record cannot
-// be written the key is removed again.
-func (s *Store) writeCertificate(ctx context.Context, c *Certificate, keyPEM []byte) error {
-	if err := s.Storage().Store(ctx, CertificateKeyKey(c.ID), keyPEM); err != nil {
-		return fmt.Errorf("writing private key of certificate %s: %w", c.ID, err)
-	}
-	if err := s.writeJSON(ctx, certRecordKey(c.ID), c); err != nil {
-		_ = s.Storage().Delete(ctx, CertificateKeyKey(c.ID))
-		return err
-	}
-	return nil
-}
-
-// GetCertificate returns a certificate record.
+// GetCertificate returns a certificate record. A certificate this instance
+// does not know yet is looked for in the journal first.
 func (s *Store) GetCertificate(ctx context.Context, id string) (*Certificate, error) {
-	var c Certificate
-	if err := s.readCertificate(ctx, id, &c); err != nil {
+	c := new(Certificate)
+	if err := s.readKnownCertificate(ctx, id, c); err != nil {
 		return nil, err
 	}
-	return &c, nil
+	return c, nil
 }
 
-// readCertificate decodes the record of certificate id into v, a
-// *Certificate or a struct with some of its fields.
-func (s *Store) readCertificate(ctx context.Context, id string, v any) error {
+// readKnownCertificate reads the record of a certificate that memory knows
+// (after reading the journal, if it does not yet).
+func (s *Store) readKnownCertificate(ctx context.Context, id string, c certRecord) error {
 	if !validID(CertificatePrefix, id) {
 		return notFound("certificate", id)
 	}
-	b, err := s.Storage().Load(ctx, certRecordKey(id))
-	if errors.Is(err, fs.ErrNotExist) {
-		return notFound("certificate", id)
+	for attempt := 0; ; attempt++ {
+		s.mu.RLock()
+		v, ok := s.certs[id]
+		dm := s.damaged[id]
+		s.mu.RUnlock()
+		switch {
+		case dm != nil:
+			return recordDamaged("certificate", id, errString(dm.Reason))
+		case ok:
+			return s.readCertificate(ctx, id, v, c)
+		case attempt == 0:
+			if err := s.Sync(ctx); err != nil {
+				return err
+			}
+		default:
+			return notFound("certificate", id)
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("loading certificate %s: %w", id, err)
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("decoding certificate %s: %w", id, err)
-	}
-	return nil
 }
 
 // ListCertificates returns up to limit certificates created before
 // beforeID (or the newest, when it is empty), newest first, and whether
-// more follow.
+// more follow. A record that cannot be read is listed with Damage set.
 func (s *Store) ListCertificates(ctx context.Context, limit int, beforeID string) ([]*Certificate, bool, error) {
-	if err := s.waitCertificates(); err != nil {
-		return nil, false, err
-	}
 	s.mu.RLock()
 	ids, more := page(s.certIDs, limit, beforeID)
+	vers := make([]uint64, len(ids))
+	dms := make([]*Damaged, len(ids))
+	for i, id := range ids {
+		vers[i], dms[i] = s.certs[id], s.damaged[id]
+	}
 	s.mu.RUnlock()
-	out, err := loadAll(ctx, ids, s.GetCertificate)
-	return out, more, err
+	out := make([]*Certificate, 0, len(ids))
+	for i, id := range ids {
+		if dm := dms[i]; dm != nil {
+			out = append(out, &Certificate{ID: id, Damage: &Damaged{ID: id, Reason: dm.Reason}})
+			continue
+		}
+		c := new(Certificate)
+		err := s.readCertificate(ctx, id, vers[i], c)
+		if dcerr.CodeOf(err) == dcerr.RecordDamaged {
+			c = &Certificate{ID: id, Damage: &Damaged{ID: id, Reason: damageReason(err)}}
+		} else if err != nil {
+			return nil, false, err
+		}
+		out = append(out, c)
+	}
+	return out, more, nil
 }
 
 // UpdateCertificate changes a certificate's description and metadata.
@@ -142,68 +159,68 @@ func (s *Store) UpdateCertificate(ctx context.Context, id string, p CertificateP
 			return nil, err
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c, err := s.GetCertificate(ctx, id)
+	if !validID(CertificatePrefix, id) {
+		return nil, notFound("certificate", id)
+	}
+	var out *Certificate
+	err := s.submit(ctx, func(tx *txn) error {
+		c, err := tx.certificate(id)
+		if err != nil {
+			return err
+		}
+		if p.Description != nil {
+			c.Description = *p.Description
+		}
+		if p.Metadata != nil {
+			c.Metadata = *p.Metadata
+		}
+		c.UpdatedAt = now()
+		tx.putCert(c, nil)
+		out = c
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	if p.Description != nil {
-		c.Description = *p.Description
-	}
-	if p.Metadata != nil {
-		c.Metadata = *p.Metadata
-	}
-	c.UpdatedAt = now()
-	if err := s.writeJSON(ctx, certRecordKey(id), c); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return out, nil
 }
 
-// DeleteCertificate deletes a certificate that no domain uses.
+// DeleteCertificate deletes a certificate that no domain uses, on any
+// instance. A damaged certificate record can be deleted too.
 func (s *Store) DeleteCertificate(ctx context.Context, id string) error {
-	if err := s.waitCertificates(); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	if _, ok := slices.BinarySearch(s.certIDs, id); !ok || !validID(CertificatePrefix, id) {
-		s.mu.Unlock()
+	if !validID(CertificatePrefix, id) {
 		return notFound("certificate", id)
 	}
-	if n := s.certUse[id]; n > 0 {
-		// a managed domain's newest certificate counts as used too
-		users := s.usersLocked(id)
-		s.mu.Unlock()
-		return dcerr.New(dcerr.CertInUse,
-			"certificate %s is used by %d domain(s) (%v); attach another certificate to them or delete them first", id, n, users).
-			WithDetail("domain_ids", users)
-	}
-	err := s.Storage().Delete(ctx, certRecordKey(id))
-	if err == nil {
-		err = s.Storage().Delete(ctx, CertificateKeyKey(id))
-	}
+	err := s.submit(ctx, func(tx *txn) error {
+		if !tx.certExists(id) {
+			return notFound("certificate", id)
+		}
+		if n := tx.certUsers(id); n > 0 {
+			users := s.usersOf(tx, id)
+			return dcerr.New(dcerr.CertInUse,
+				"certificate %s is used by %d domain(s) (%s); attach another certificate to them or delete them first", id, n, strings.Join(users, ", ")).
+				WithDetail("domain_ids", strings.Join(users, ","))
+		}
+		deleteKey := true
+		if c, err := tx.certificate(id); err == nil && c.KeyStorageKey != "" {
+			deleteKey = false // a managed certificate's key is CertMagic's
+		}
+		tx.deleteCert(id, deleteKey)
+		return nil
+	})
 	if err != nil {
-		s.mu.Unlock()
-		return fmt.Errorf("deleting certificate %s: %w", id, err)
-	}
-	if i, ok := slices.BinarySearch(s.certIDs, id); ok {
-		s.certIDs = slices.Delete(s.certIDs, i, i+1)
-	}
-	s.touchLocked("cert:" + id)
-	s.mu.Unlock()
-	for _, l := range s.listenersSnapshot() {
-		l.CertificateDeleted(id)
+		return err
 	}
 	s.log.Info("certificate deleted", zap.String("cert_id", id))
 	return nil
 }
 
-// usersLocked returns up to 10 IDs of domains that use certificate id.
-func (s *Store) usersLocked(id string) []string {
+// usersOf returns up to 10 IDs of domains that use certificate id, as the
+// entry being built sees them.
+func (s *Store) usersOf(tx *txn, id string) []string {
 	var users []string
 	for _, did := range s.domainIDs {
-		if s.domains[did].CertificateID == id {
+		if _, _, certID, ok := tx.domainState(did); ok && certID == id {
 			users = append(users, did)
 			if len(users) == 10 {
 				break
@@ -217,13 +234,10 @@ func (s *Store) usersLocked(id string) []string {
 // returns them ready to serve. The handshake path calls it once per
 // certificate, on first use, and caches the result.
 func (s *Store) LoadKeyPair(ctx context.Context, id string) (*tls.Certificate, error) {
-	// only the two fields serving needs: decoding the whole record (names,
+	// only the fields serving needs: decoding the whole record (names,
 	// dates, metadata) would cost a fifth of a cache miss
-	var c struct {
-		CertificatePEM string `json:"certificate_pem"`
-		KeyStorageKey  string `json:"key_storage_key"`
-	}
-	if err := s.readCertificate(ctx, id, &c); err != nil {
+	var c keyPairRecord
+	if err := s.readKnownCertificate(ctx, id, &c); err != nil {
 		return nil, err
 	}
 	keyKey := CertificateKeyKey(id)
@@ -243,63 +257,45 @@ func (s *Store) LoadKeyPair(ctx context.Context, id string) (*tls.Certificate, e
 	return &tc, nil
 }
 
-// CertificateExists reports whether a certificate with this ID exists.
+// keyPairRecord is the part of a certificate record that serving reads.
+type keyPairRecord struct {
+	ID             string `json:"id"`
+	CertificatePEM string `json:"certificate_pem"`
+	KeyStorageKey  string `json:"key_storage_key"`
+}
+
+func (c *keyPairRecord) recordID() string  { return c.ID }
+func (c *keyPairRecord) recordPEM() string { return c.CertificatePEM }
+
+// CertificateExists reports whether a certificate with this ID exists. It
+// reads memory only.
 func (s *Store) CertificateExists(id string) bool {
-	if s.waitCertificates() != nil {
-		return false
-	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	_, ok := slices.BinarySearch(s.certIDs, id)
+	_, ok := s.certs[id]
 	return ok
 }
 
-// insertSorted inserts id into the sorted ids, unless it is there. New IDs
-// sort last (they start with their creation time), and start-up publishes
-// in ID order, so appending is checked first.
-func insertSorted(ids []string, id string) []string {
-	if n := len(ids); n == 0 || ids[n-1] < id {
-		return append(ids, id)
-	}
-	i, found := slices.BinarySearch(ids, id)
-	if found {
-		return ids
-	}
-	return slices.Insert(ids, i, id)
-}
-
-// AddManagedCertificate records a certificate that ACME issued for a
-// managed domain. Its private key stays where CertMagic wrote it
-// (keyStorageKey); the record holds only public material.
-func (s *Store) AddManagedCertificate(ctx context.Context, domainID, certPEM, keyStorageKey string, issuedAt time.Time) (*Certificate, error) {
-	chain, err := bundle.ParseCertificates(certPEM)
+// managedRecord builds the record of a certificate that ACME issued for
+// domain id, without an ID. Its private key stays where CertMagic wrote
+// it; the record holds only public material.
+func managedRecord(domainID string, issued *IssuedCertificate) (*Certificate, error) {
+	chain, err := bundle.ParseCertificates(issued.CertificatePEM)
 	if err != nil {
 		return nil, fmt.Errorf("parsing issued certificate: %w", err)
 	}
 	t := now()
-	c := &Certificate{
-		ID:              newID(CertificatePrefix),
+	at := issued.IssuedAt.UTC().Truncate(time.Second)
+	return &Certificate{
 		CreatedAt:       t,
 		UpdatedAt:       t,
-		CertificatePEM:  certPEM,
+		CertificatePEM:  issued.CertificatePEM,
 		CertInfo:        bundle.Info(chain[0]),
 		PrivateKeyType:  keyTypeOf(chain[0]),
 		ManagedDomainID: domainID,
-		KeyStorageKey:   keyStorageKey,
-	}
-	issuedAt = issuedAt.UTC().Truncate(time.Second)
-	c.IssuedAt = &issuedAt
-	if err := s.waitCertificates(); err != nil {
-		return nil, err
-	}
-	if err := s.writeJSON(ctx, certRecordKey(c.ID), c); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	s.certIDs = insertSorted(s.certIDs, c.ID)
-	s.touchLocked("cert:" + c.ID)
-	s.mu.Unlock()
-	return c, nil
+		KeyStorageKey:   issued.KeyStorageKey,
+		IssuedAt:        &at,
+	}, nil
 }
 
 // keyTypeOf names the key algorithm of a certificate's public key.

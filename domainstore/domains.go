@@ -3,10 +3,8 @@ package domainstore
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"io/fs"
 	"slices"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -42,7 +40,8 @@ type DomainPatch struct {
 }
 
 // CreateDomain validates and stores a new domain and publishes it in the
-// index, so that the next handshake for its name sees it.
+// index, so that the next handshake for its name sees it. Names are unique
+// across every instance on the storage.
 func (s *Store) CreateDomain(ctx context.Context, in DomainInput) (*Domain, error) {
 	name, err := NormalizeDomain(in.Domain)
 	if err != nil {
@@ -63,64 +62,78 @@ func (s *Store) CreateDomain(ctx context.Context, in DomainInput) (*Domain, erro
 			return nil, err
 		}
 	}
-
-	if in.CertificateID != "" {
-		if err := s.checkAttach(ctx, in.CertificateID, name); err != nil {
-			return nil, err
+	var out *Domain
+	err = s.submit(ctx, func(tx *txn) error {
+		if id, taken := tx.nameOwner(name); taken {
+			return dcerr.New(dcerr.DomainExists, "domain %s is already registered as %s; update that domain instead", name, id).
+				WithDetail("domain_id", id)
 		}
-	}
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if id, taken := s.names[name]; taken {
-		return nil, dcerr.New(dcerr.DomainExists, "domain %s is already registered as %s; update that domain instead", name, id).
-			WithDetail("domain_id", id)
-	}
-	if in.CertificateID != "" && !s.certExistsLocked(in.CertificateID) {
-		return nil, errCertNotFound(in.CertificateID) // deleted while we checked it
-	}
-	t := now()
-	d := &Domain{
-		ID:            newID(DomainPrefix),
-		CreatedAt:     t,
-		UpdatedAt:     t,
-		Description:   in.Description,
-		Metadata:      in.Metadata,
-		Domain:        name,
-		CertificateID: in.CertificateID,
-		Policy:        policy,
-	}
-	if s.opts.Decorate != nil {
-		s.opts.Decorate(d)
-	}
-	if err := s.writeDomainLocked(ctx, d); err != nil {
+		if in.CertificateID != "" {
+			if err := checkAttach(tx, in.CertificateID, name); err != nil {
+				return err
+			}
+		}
+		t := now()
+		d := &Domain{
+			ID:            newID(DomainPrefix),
+			CreatedAt:     t,
+			UpdatedAt:     t,
+			Description:   in.Description,
+			Metadata:      in.Metadata,
+			Domain:        name,
+			CertificateID: in.CertificateID,
+			Policy:        policy,
+		}
+		if decorate := s.options().Decorate; decorate != nil {
+			decorate(d)
+		}
+		tx.putDomain(d, nil)
+		out = d
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	s.notifyDomainLocked(nil, d)
-	s.log.Info("domain created", zap.String("domain_id", d.ID), zap.String("domain", name),
-		zap.String("cert_id", d.CertificateID), zap.Bool("managed", policy != nil))
-	return d.clone(), nil
+	s.log.Info("domain created", zap.String("domain_id", out.ID), zap.String("domain", name),
+		zap.String("cert_id", out.CertificateID), zap.Bool("managed", policy != nil))
+	return out.clone(), nil
 }
 
-// GetDomain reads a domain record from storage.
+// GetDomain reads a domain record from storage. A domain this instance
+// does not know yet is looked for in the journal first, so that a domain
+// created through another instance can be read at once.
 func (s *Store) GetDomain(ctx context.Context, id string) (*Domain, error) {
-	s.mu.RLock()
-	e, ok := s.domains[id]
-	s.mu.RUnlock()
-	if !ok {
+	if !validID(DomainPrefix, id) {
 		return nil, notFound("domain", id)
 	}
-	d, err := s.loadDomainVersion(ctx, id, e.Version)
-	if err != nil && errors.Is(err, fs.ErrNotExist) {
-		// rewritten meanwhile; read under the lock to get a stable version
+	for attempt := 0; ; attempt++ {
 		s.mu.RLock()
-		defer s.mu.RUnlock()
-		if e, ok = s.domains[id]; !ok {
+		e := s.domains[id]
+		dm := s.damaged[id]
+		s.mu.RUnlock()
+		switch {
+		case e != nil:
+			d, err := s.readDomain(ctx, id, e.Version)
+			if err == errVersionGone && attempt < 3 {
+				// rewritten meanwhile: memory has the new version now, or
+				// will after reading the journal
+				_ = s.Sync(ctx)
+				continue
+			}
+			if err == errVersionGone {
+				return nil, recordDamaged("domain", id, errString("the record is missing"))
+			}
+			return d, err
+		case dm != nil:
+			return nil, recordDamaged("domain", id, errString(dm.Reason))
+		case attempt == 0:
+			if err := s.Sync(ctx); err != nil {
+				return nil, err
+			}
+		default:
 			return nil, notFound("domain", id)
 		}
-		return s.loadDomainVersion(ctx, id, e.Version)
 	}
-	return d, err
 }
 
 // DomainByName reads the record of the domain registered for exactly this
@@ -144,28 +157,62 @@ func (s *Store) DomainID(name string) (string, bool) {
 }
 
 // ListDomains returns up to limit domains created before beforeID (or the
-// newest, when it is empty), newest first, and whether more follow.
+// newest, when it is empty), newest first, and whether more follow. A
+// record that cannot be read is listed with Damage set, not left out.
 func (s *Store) ListDomains(ctx context.Context, limit int, beforeID string) ([]*Domain, bool, error) {
 	s.mu.RLock()
 	ids, more := page(s.domainIDs, limit, beforeID)
-	s.mu.RUnlock()
-	out, err := loadAll(ctx, ids, s.GetDomain)
-	return out, more, err
-}
-
-// Entries returns the index entries of every domain, oldest first. The
-// entries are immutable.
-func (s *Store) Entries() []*Entry {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]*Entry, len(s.domainIDs))
-	for i, id := range s.domainIDs {
-		out[i] = s.domains[id]
+	type ref struct {
+		e  *Entry
+		dm *Damaged
 	}
-	return out
+	refs := make([]ref, len(ids))
+	for i, id := range ids {
+		refs[i] = ref{s.domains[id], s.damaged[id]}
+	}
+	s.mu.RUnlock()
+	out := make([]*Domain, 0, len(ids))
+	for i, id := range ids {
+		r := refs[i]
+		if r.dm != nil || r.e == nil {
+			reason := "the record is missing"
+			name := ""
+			if r.dm != nil {
+				reason, name = r.dm.Reason, r.dm.Name
+			}
+			out = append(out, &Domain{ID: id, Domain: name, Damage: &Damaged{ID: id, Name: name, Reason: reason}})
+			continue
+		}
+		d, err := s.readDomain(ctx, id, r.e.Version)
+		switch {
+		case err == nil:
+			out = append(out, d)
+		case err == errVersionGone:
+			// changed since the page was taken: read it as it is now
+			d, err := s.GetDomain(ctx, id)
+			if dcerr.CodeOf(err) == dcerr.NotFound {
+				continue
+			}
+			if dcerr.CodeOf(err) == dcerr.RecordDamaged {
+				out = append(out, &Domain{ID: id, Domain: r.e.Name, Damage: &Damaged{ID: id, Name: r.e.Name, Reason: damageReason(err)}})
+				continue
+			}
+			if err != nil {
+				return nil, false, err
+			}
+			out = append(out, d)
+		case dcerr.CodeOf(err) == dcerr.RecordDamaged:
+			out = append(out, &Domain{ID: id, Domain: r.e.Name, Damage: &Damaged{ID: id, Name: r.e.Name, Reason: damageReason(err)}})
+		default:
+			return nil, false, err
+		}
+	}
+	return out, more, nil
 }
 
-// UpdateDomain applies a patch. A rejected patch changes nothing.
+// UpdateDomain applies a patch. A rejected patch changes nothing. Of
+// concurrent patches on any instances, each applies to the record as the
+// one before left it, and every instance ends with the last.
 func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Domain, error) {
 	if p.Description != nil {
 		if err := checkText("description", *p.Description, MaxDescription); err != nil {
@@ -191,68 +238,60 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 			return nil, err
 		}
 	}
-
-	if p.CertificateID != nil {
-		// the name is immutable, so the coverage check can use the index
-		s.mu.RLock()
-		e, ok := s.domains[id]
-		s.mu.RUnlock()
-		if !ok {
-			return nil, notFound("domain", id)
+	var out *Domain
+	err := s.submit(ctx, func(tx *txn) error {
+		cur, err := tx.domain(id)
+		if err != nil {
+			return err
 		}
-		if err := s.checkAttach(ctx, *p.CertificateID, e.Name); err != nil {
-			return nil, err
+		if p.Domain != nil {
+			if n, err := NormalizeDomain(*p.Domain); err != nil || n != cur.Domain {
+				return dcerr.New(dcerr.DomainImmutable,
+					"the name of domain %s cannot change (it is %s); create a new domain instead", id, cur.Domain)
+			}
 		}
-	}
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cur, err := s.currentLocked(ctx, id)
+		d := cur.clone()
+		if p.Description != nil {
+			d.Description = *p.Description
+		}
+		if p.Metadata != nil {
+			d.Metadata = *p.Metadata
+		}
+		if p.CertificateID != nil {
+			if err := checkAttach(tx, *p.CertificateID, cur.Domain); err != nil {
+				return err
+			}
+			d.CertificateID = *p.CertificateID
+			d.Policy = nil
+			d.Status = nil
+		}
+		if policy != nil {
+			policyChanged := d.Policy == nil || *d.Policy != *policy
+			if d.Policy == nil {
+				d.CertificateID = "" // an uploaded certificate gives way to management
+			}
+			d.Policy = policy
+			if policyChanged {
+				d.Status = nil
+				if decorate := s.options().Decorate; decorate != nil {
+					decorate(d)
+				}
+			}
+		}
+		d.UpdatedAt = now()
+		if err := dropManagedCertificate(tx, cur, d); err != nil {
+			return err
+		}
+		tx.putDomain(d, cur)
+		out = d
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	if p.Domain != nil {
-		if n, err := NormalizeDomain(*p.Domain); err != nil || n != cur.Domain {
-			return nil, dcerr.New(dcerr.DomainImmutable,
-				"the name of domain %s cannot change (it is %s); create a new domain instead", id, cur.Domain)
-		}
-	}
-	d := cur.clone()
-	if p.Description != nil {
-		d.Description = *p.Description
-	}
-	if p.Metadata != nil {
-		d.Metadata = *p.Metadata
-	}
-	if p.CertificateID != nil {
-		if !s.certExistsLocked(*p.CertificateID) {
-			return nil, errCertNotFound(*p.CertificateID) // deleted while we checked it
-		}
-		d.CertificateID = *p.CertificateID
-		d.Policy = nil
-		d.Status = nil
-	}
-	if policy != nil {
-		policyChanged := d.Policy == nil || *d.Policy != *policy
-		if d.Policy == nil {
-			d.CertificateID = "" // an uploaded certificate gives way to management
-		}
-		d.Policy = policy
-		if policyChanged {
-			d.Status = nil
-			if s.opts.Decorate != nil {
-				s.opts.Decorate(d)
-			}
-		}
-	}
-	d.UpdatedAt = now()
-	if err := s.writeDomainLocked(ctx, d); err != nil {
-		return nil, err
-	}
-	s.notifyDomainLocked(cur, d)
-	s.log.Info("domain updated", zap.String("domain_id", d.ID), zap.String("domain", d.Domain),
-		zap.String("cert_id", d.CertificateID), zap.Bool("managed", d.Policy != nil))
-	return d.clone(), nil
+	s.log.Info("domain updated", zap.String("domain_id", out.ID), zap.String("domain", out.Domain),
+		zap.String("cert_id", out.CertificateID), zap.Bool("managed", out.Policy != nil))
+	return out.clone(), nil
 }
 
 // DetachCertificate removes the uploaded certificate from a domain; the
@@ -286,102 +325,164 @@ func (s *Store) DetachPolicy(ctx context.Context, id string) error {
 	})
 }
 
-// SetManagedState records the outcome of management for a managed domain:
-// its status and, when a certificate was obtained, its ID. It is a no-op
-// when the domain is gone or no longer managed by the same policy.
-func (s *Store) SetManagedState(ctx context.Context, id string, policy Policy, status *Status, certificateID string) error {
-	return s.mutateDomain(ctx, id, func(d *Domain) (bool, error) {
-		if d.Policy == nil || *d.Policy != policy {
-			return false, nil
-		}
-		before := *d
-		d.Status = status
-		if certificateID != "" {
-			d.CertificateID = certificateID
-		}
-		// an unchanged status is not rewritten (nor is updated_at bumped)
-		return d.CertificateID != before.CertificateID || !sameStatus(d.Status, before.Status), nil
-	})
+// IssuedCertificate is a certificate that ACME issued for a managed
+// domain, as CertMagic stored it.
+type IssuedCertificate struct {
+	// CertificatePEM is the chain.
+	CertificatePEM string
+	// KeyStorageKey is where CertMagic keeps its private key.
+	KeyStorageKey string
+	// IssuedAt is when it was issued.
+	IssuedAt time.Time
 }
 
-// DeleteDomain deletes a domain; handshakes for its name fail from then on.
-func (s *Store) DeleteDomain(ctx context.Context, id string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, ok := s.domains[id]
-	if !ok {
-		return notFound("domain", id)
+// SetManagedState records the outcome of management for a managed domain:
+// its status and, when a certificate was obtained, that certificate. The
+// certificate gets a record unless the domain's current one holds it
+// already (so instances that each load it record it once), and the record
+// of the certificate it replaces is deleted. It is a no-op when the domain
+// is gone or no longer managed by the same policy, and when nothing
+// changes.
+func (s *Store) SetManagedState(ctx context.Context, id string, policy Policy, status *Status, issued *IssuedCertificate) error {
+	var chainInfo *Certificate
+	if issued != nil {
+		c, err := managedRecord(id, issued)
+		if err != nil {
+			return err
+		}
+		chainInfo = c
 	}
-	d, err := s.loadDomainVersion(ctx, id, e.Version)
+	var recorded *Certificate
+	err := s.submit(ctx, func(tx *txn) error {
+		cur, err := tx.domain(id)
+		if dcerr.CodeOf(err) == dcerr.NotFound {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if cur.Policy == nil || *cur.Policy != policy {
+			return nil
+		}
+		d := cur.clone()
+		d.Status = status
+		if chainInfo != nil && !holdsSerial(tx, cur.CertificateID, chainInfo.SerialNumber) {
+			c := *chainInfo
+			c.ID = newID(CertificatePrefix)
+			tx.putCert(&c, nil)
+			d.CertificateID = c.ID
+			recorded = &c
+		}
+		if d.CertificateID == cur.CertificateID && sameStatus(d.Status, cur.Status) {
+			return nil // an unchanged status is not rewritten (nor is updated_at bumped)
+		}
+		d.UpdatedAt = now()
+		if err := dropManagedCertificate(tx, cur, d); err != nil {
+			return err
+		}
+		tx.putDomain(d, cur)
+		return nil
+	})
+	if err == nil && recorded != nil {
+		s.log.Info("managed certificate recorded", zap.String("domain_id", id),
+			zap.String("cert_id", recorded.ID), zap.Time("not_after", recorded.NotAfter))
+	}
+	return err
+}
+
+// holdsSerial reports whether certificate id's record is the certificate
+// with this serial number.
+func holdsSerial(tx *txn, id, serial string) bool {
+	if id == "" {
+		return false
+	}
+	c, err := tx.certificate(id)
+	return err == nil && c.SerialNumber == serial
+}
+
+// dropManagedCertificate stages the deletion of the managed certificate
+// record that domain cur pointed to when next no longer does (a renewal
+// replaced it, management ended, the domain is deleted: next is nil).
+// Uploaded certificates are the user's to delete.
+func dropManagedCertificate(tx *txn, cur, next *Domain) error {
+	old := cur.CertificateID
+	if old == "" || (next != nil && next.CertificateID == old) {
+		return nil
+	}
+	c, err := tx.certificate(old)
+	if dcerr.CodeOf(err) == dcerr.NotFound || dcerr.CodeOf(err) == dcerr.RecordDamaged {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	if err := s.Storage().Delete(ctx, domainRecordKey(id, e.Version)); err != nil {
-		return fmt.Errorf("deleting domain %s: %w", id, err)
+	if c.ManagedDomainID != cur.ID || tx.certUsers(old) > 1 {
+		return nil
 	}
-	s.removeEntryLocked(e)
-	s.touchLocked(id)
-	s.markDirty()
-	s.notifyDomainLocked(d, nil)
-	s.log.Info("domain deleted", zap.String("domain_id", id), zap.String("domain", d.Domain))
+	tx.deleteCert(old, false)
+	return nil
+}
+
+// DeleteDomain deletes a domain, live or damaged; handshakes for its name
+// fail from then on. The record of its managed certificate goes with it.
+func (s *Store) DeleteDomain(ctx context.Context, id string) error {
+	var name string
+	err := s.submit(ctx, func(tx *txn) error {
+		cur, err := tx.domain(id)
+		switch dcerr.CodeOf(err) {
+		case dcerr.RecordDamaged:
+			cur = nil
+		case dcerr.NotFound:
+			return err
+		default:
+			if err != nil {
+				return err
+			}
+		}
+		if cur != nil {
+			name = cur.Domain
+			if err := dropManagedCertificate(tx, cur, nil); err != nil {
+				return err
+			}
+		}
+		tx.deleteDomain(id, cur)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Info("domain deleted", zap.String("domain_id", id), zap.String("domain", name))
 	return nil
 }
 
 // mutateDomain applies fn to a copy of a domain and, if fn reports a
-// change, writes and publishes it.
+// change, writes it.
 func (s *Store) mutateDomain(ctx context.Context, id string, fn func(*Domain) (bool, error)) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cur, err := s.currentLocked(ctx, id)
-	if err != nil {
-		return err
-	}
-	d := cur.clone()
-	changed, err := fn(d)
-	if err != nil || !changed {
-		return err
-	}
-	d.UpdatedAt = now()
-	if err := s.writeDomainLocked(ctx, d); err != nil {
-		return err
-	}
-	s.notifyDomainLocked(cur, d)
-	return nil
+	return s.submit(ctx, func(tx *txn) error {
+		cur, err := tx.domain(id)
+		if err != nil {
+			return err
+		}
+		d := cur.clone()
+		changed, err := fn(d)
+		if err != nil || !changed {
+			return err
+		}
+		d.UpdatedAt = now()
+		if err := dropManagedCertificate(tx, cur, d); err != nil {
+			return err
+		}
+		tx.putDomain(d, cur)
+		return nil
+	})
 }
 
-// currentLocked reads the current record of domain id. s.mu must be held.
-func (s *Store) currentLocked(ctx context.Context, id string) (*Domain, error) {
-	e, ok := s.domains[id]
-	if !ok {
-		return nil, notFound("domain", id)
-	}
-	return s.loadDomainVersion(ctx, id, e.Version)
-}
-
-// notifyDomainLocked tells listeners about a change. It is called with
-// s.mu held so that listeners see changes in write order; listeners must
-// not call back into the store synchronously.
-func (s *Store) notifyDomainLocked(old, new *Domain) {
-	var o, n *Domain
-	if old != nil {
-		o = old.clone()
-	}
-	if new != nil {
-		n = new.clone()
-	}
-	for _, l := range s.listeners {
-		l.DomainChanged(o, n)
-	}
-}
-
-// checkAttach verifies that certificate id exists and covers name. It
-// reads storage and takes no lock; callers check again under the lock that
-// the certificate still exists.
-func (s *Store) checkAttach(ctx context.Context, id, name string) error {
-	if !s.CertificateExists(id) {
+// checkAttach verifies that certificate id exists and covers name.
+func checkAttach(tx *txn, id, name string) error {
+	if !validID(CertificatePrefix, id) || !tx.certExists(id) {
 		return errCertNotFound(id)
 	}
-	c, err := s.GetCertificate(ctx, id)
+	c, err := tx.certificate(id)
 	if dcerr.CodeOf(err) == dcerr.NotFound {
 		return errCertNotFound(id)
 	}
@@ -401,7 +502,8 @@ func (s *Store) checkAttach(ctx context.Context, id, name string) error {
 }
 
 func (s *Store) normalizePolicy(p *Policy) (*Policy, error) {
-	out := Policy{Authority: s.opts.DefaultAuthority, PrivateKeyType: KeyTypeECDSA}
+	opts := s.options()
+	out := Policy{Authority: opts.DefaultAuthority, PrivateKeyType: KeyTypeECDSA}
 	if p != nil {
 		if p.Authority != "" {
 			out.Authority = p.Authority
@@ -410,8 +512,8 @@ func (s *Store) normalizePolicy(p *Policy) (*Policy, error) {
 			out.PrivateKeyType = p.PrivateKeyType
 		}
 	}
-	if !slices.Contains(s.opts.Authorities, out.Authority) {
-		return nil, dcerr.New(dcerr.PolicyInvalid, "authority %q is not configured; use one of %v", out.Authority, s.opts.Authorities).
+	if !slices.Contains(opts.Authorities, out.Authority) {
+		return nil, dcerr.New(dcerr.PolicyInvalid, "authority %q is not configured; use one of %v", out.Authority, opts.Authorities).
 			WithDetail("authority", out.Authority)
 	}
 	if out.PrivateKeyType != KeyTypeECDSA && out.PrivateKeyType != KeyTypeRSA {
@@ -419,13 +521,6 @@ func (s *Store) normalizePolicy(p *Policy) (*Policy, error) {
 			WithDetail("private_key_type", out.PrivateKeyType)
 	}
 	return &out, nil
-}
-
-// certExistsLocked reports whether certificate id exists. s.mu must be
-// held and the certificates listed.
-func (s *Store) certExistsLocked(id string) bool {
-	_, ok := slices.BinarySearch(s.certIDs, id)
-	return ok && validID(CertificatePrefix, id)
 }
 
 func errCertNotFound(id string) error {
@@ -444,3 +539,28 @@ func sameStatus(a, b *Status) bool {
 	jb, _ := json.Marshal(b)
 	return string(ja) == string(jb)
 }
+
+// page returns up to limit IDs from sorted ids, newest first, that sort
+// before beforeID (all when beforeID is empty), and whether more follow.
+func page(ids []string, limit int, beforeID string) ([]string, bool) {
+	end := len(ids)
+	if beforeID != "" {
+		end, _ = slices.BinarySearch(ids, beforeID)
+	}
+	out := make([]string, 0, min(limit, end))
+	for i := end - 1; i >= 0 && len(out) < limit; i-- {
+		out = append(out, ids[i])
+	}
+	more := end-len(out) > 0
+	return out, more
+}
+
+func checkText(field, v string, limit int) error {
+	if len(v) > limit {
+		return dcerr.New(dcerr.FieldTooLarge, "%s is %d bytes; the limit is %d bytes", field, len(v), limit).
+			WithDetail("field", field)
+	}
+	return nil
+}
+
+func now() time.Time { return time.Now().UTC().Truncate(time.Second) }

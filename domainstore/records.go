@@ -25,6 +25,10 @@ type Certificate struct {
 	// CertificatePEM is the chain, leaf first, as canonical PEM.
 	CertificatePEM string `json:"certificate_pem"`
 
+	// Damage is set, in lists, for a record that exists but cannot be
+	// read; only ID is set then. It is never stored.
+	Damage *Damaged `json:"-"`
+
 	bundle.CertInfo
 
 	// IssuedAt is when ACME issued the certificate; nil for uploads.
@@ -98,6 +102,11 @@ type Domain struct {
 	// ACMEChallengeCNAMETarget is where "_acme-challenge.<base>" must CNAME
 	// to, for wildcard domains outside the operator's zones; else nil.
 	ACMEChallengeCNAMETarget *string `json:"acme_challenge_cname_target"`
+
+	// Damage is set, in lists, for a record that exists but cannot be
+	// read; only ID (and Domain, when known) is set then. It is never
+	// stored.
+	Damage *Damaged `json:"-"`
 }
 
 // clone returns a deep copy of d, so callers never share mutable records.

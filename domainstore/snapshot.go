@@ -14,107 +14,200 @@ import (
 	"go.uber.org/zap"
 )
 
-// snapshotKey holds a copy of the index so that start-up need not read
-// every domain record. It is only a cache: each entry names the record
-// version it reflects, and start-up reads every record whose stored
-// version differs (written since, or by another instance).
+// An index snapshot is a copy of memory at a journal position, so that
+// start-up reads one key and the journal entries written since, instead
+// of every record. Any instance may write one; it is only a cache of what
+// the journal and the records say.
 //
-// The format is text, one domain a line, fields separated by one space:
+//	snapshots/<seq, 16 hex digits>.snapshot
 //
-//	domaincerts-index 1
-//	<domain id> <record version, hex> <name> <certificate id or -> <m|u>
+// The format is text, one record a line, fields separated by one space,
+// sorted by ID within each kind:
 //
-// (m: managed, u: not). It is decoded several times faster than JSON,
-// which matters at a million domains.
-const snapshotKey = prefix + "/index.snapshot"
+//	domaincerts-index 2 <seq, hex>
+//	d <domain id> <version, hex> <name> <certificate id or -> <m|u>
+//	c <certificate id> <version, hex>
+//	x <record id> <version, hex> <name or -> <reason...>
+//
+// (m: managed, u: not; x: a damaged record, listed so that it can be
+// deleted). It is decoded several times faster than JSON, which matters
+// at a million domains.
+const (
+	snapshotsDir      = prefix + "/snapshots"
+	snapshotHeader    = "domaincerts-index 2"
+	snapshotLock      = "domaincerts_snapshot"
+	legacySnapshotKey = prefix + "/index.snapshot"
+)
 
-const snapshotHeader = "domaincerts-index 1"
+func snapshotKey(seq uint64) string { return fmt.Sprintf("%s/%016x.snapshot", snapshotsDir, seq) }
 
-// snapshotInterval is how long after a change the snapshot is rewritten.
-const snapshotInterval = 10 * time.Second
+// When to write a snapshot: after snapshotEvery journal entries, at most
+// once per snapshotCheck, and when the store closes. snapshotsKept are
+// kept (a damaged newest one leaves an older to start from).
+var (
+	snapshotEvery uint64 = 1000
+	snapshotCheck        = time.Minute
+	snapshotsKept        = 2
+)
 
-// domainRecordKey is the storage key of version v of domain id. Every
-// write makes a new version and deletes the previous one, so that listing
-// the directory tells each record's version without reading it.
-func domainRecordKey(id string, v uint64) string {
-	return fmt.Sprintf("%s/%s.%016x.json", domainsDir, id, v)
+// snapshot is a decoded index snapshot.
+type snapshot struct {
+	seq     uint64
+	domains []*Entry // sorted by ID
+	certs   []certVersion
+	damaged []*Damaged
 }
 
-// parseDomainKey returns the ID and version of a domain record key.
-func parseDomainKey(key string) (string, uint64, bool) {
-	base, ok := strings.CutSuffix(path.Base(key), ".json")
-	if !ok {
-		return "", 0, false
-	}
-	id, ver, ok := strings.Cut(base, ".")
-	if !ok || !validID(DomainPrefix, id) || len(ver) != 16 {
-		return "", 0, false
-	}
-	v, err := strconv.ParseUint(ver, 16, 64)
-	if err != nil {
-		return "", 0, false
-	}
-	return id, v, true
+type certVersion struct {
+	id      string
+	version uint64
 }
 
-// loadSnapshot reads the snapshot; a missing or unreadable one is empty.
-func (s *Store) loadSnapshot(ctx context.Context) []*Entry {
-	b, err := s.Storage().Load(ctx, snapshotKey)
+// listSnapshots returns the sequence numbers of the stored snapshots,
+// newest first.
+func (s *Store) listSnapshots(ctx context.Context) ([]uint64, error) {
+	keys, err := listKeys(ctx, s.Storage(), snapshotsDir)
 	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			s.log.Warn("reading index snapshot; reading every record instead", zap.Error(err))
+		return nil, err
+	}
+	var seqs []uint64
+	for _, k := range keys {
+		name, ok := strings.CutSuffix(path.Base(k), ".snapshot")
+		if !ok || len(name) != 16 {
+			continue
 		}
-		return nil
+		if seq, err := strconv.ParseUint(name, 16, 64); err == nil {
+			seqs = append(seqs, seq)
+		}
 	}
-	out, err := decodeSnapshot(b)
-	if err != nil {
-		s.log.Warn("decoding index snapshot; reading every record instead", zap.Error(err))
-		return nil
-	}
-	return out
+	slices.Sort(seqs)
+	slices.Reverse(seqs)
+	return seqs, nil
 }
 
-// decodeSnapshot parses a snapshot into entries sorted by domain ID, as
-// start-up publishes them. Lines it cannot parse, or two lines for one
-// domain, make the whole snapshot invalid, so that a damaged one is never
-// half trusted. writeSnapshot writes the lines sorted already; sorting a
-// million entries again would take seconds of a start-up, so it is only
-// done when they are not.
-func decodeSnapshot(b []byte) ([]*Entry, error) {
+// loadSnapshot reads the newest snapshot that decodes; nil if there is
+// none, or none can be read.
+func (s *Store) loadSnapshot(ctx context.Context) *snapshot {
+	seqs, err := s.listSnapshots(ctx)
+	if err != nil {
+		s.log.Warn("listing index snapshots; reading every record instead", zap.Error(err))
+		return nil
+	}
+	if len(seqs) > 0 {
+		s.snapSeq.Store(seqs[0])
+	}
+	for _, seq := range seqs {
+		b, err := s.Storage().Load(ctx, snapshotKey(seq))
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				s.log.Warn("reading index snapshot", zap.Uint64("seq", seq), zap.Error(err))
+			}
+			continue
+		}
+		snap, err := decodeSnapshot(b)
+		if err == nil && snap.seq != seq {
+			err = fmt.Errorf("it says it is at %d", snap.seq)
+		}
+		if err != nil {
+			s.log.Warn("decoding index snapshot; trying an older one", zap.Uint64("seq", seq), zap.Error(err))
+			continue
+		}
+		return snap
+	}
+	return nil
+}
+
+// publishSnapshot makes memory what snap says.
+func (s *Store) publishSnapshot(snap *snapshot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.resetStateLocked(len(snap.domains))
+	for _, e := range snap.domains {
+		s.putDomainLocked(e)
+	}
+	for _, c := range snap.certs {
+		s.putCertLocked(c.id, c.version)
+	}
+	for _, d := range snap.damaged {
+		if strings.HasPrefix(d.ID, DomainPrefix) {
+			s.domainIDs = insertSorted(s.domainIDs, d.ID)
+		} else {
+			s.putCertLocked(d.ID, d.version)
+		}
+		s.damaged[d.ID] = d
+	}
+	s.pos = snap.seq
+}
+
+// decodeSnapshot parses a snapshot. A line it cannot parse, or two lines
+// for one record, make the whole snapshot invalid, so that a damaged one
+// is never half trusted.
+func decodeSnapshot(b []byte) (*snapshot, error) {
 	text := string(b)
 	header, rest, _ := strings.Cut(text, "\n")
-	if header != snapshotHeader {
+	seqText, ok := strings.CutPrefix(header, snapshotHeader+" ")
+	if !ok {
 		return nil, fmt.Errorf("unknown snapshot format %q", header)
 	}
-	out := make([]*Entry, 0, strings.Count(rest, "\n"))
-	sorted := true
+	seq, err := strconv.ParseUint(seqText, 16, 64)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot header %q: bad journal position", header)
+	}
+	snap := &snapshot{seq: seq, domains: make([]*Entry, 0, strings.Count(rest, "\n"))}
+	seen := make(map[string]bool)
 	for line := range strings.Lines(rest) {
 		line = strings.TrimSuffix(line, "\n")
-		e, ok := parseSnapshotLine(line)
-		if !ok {
+		kind, fields, _ := strings.Cut(line, " ")
+		var id string
+		switch kind {
+		case "d":
+			e, ok := parseSnapshotDomain(fields)
+			if !ok {
+				return nil, fmt.Errorf("malformed snapshot line %q", line)
+			}
+			snap.domains = append(snap.domains, e)
+			id = e.DomainID
+		case "c":
+			cid, ver, ok := strings.Cut(fields, " ")
+			v, err := strconv.ParseUint(ver, 16, 64)
+			if !ok || err != nil || !validID(CertificatePrefix, cid) {
+				return nil, fmt.Errorf("malformed snapshot line %q", line)
+			}
+			snap.certs = append(snap.certs, certVersion{cid, v})
+			id = cid
+		case "x":
+			d, ok := parseSnapshotDamaged(fields)
+			if !ok {
+				return nil, fmt.Errorf("malformed snapshot line %q", line)
+			}
+			snap.damaged = append(snap.damaged, d)
+			id = d.ID
+		default:
 			return nil, fmt.Errorf("malformed snapshot line %q", line)
 		}
-		if n := len(out); n > 0 && out[n-1].DomainID >= e.DomainID {
-			sorted = false
+		if seen[id] {
+			return nil, fmt.Errorf("record %s appears twice in the snapshot", id)
 		}
-		out = append(out, e)
+		seen[id] = true
 	}
-	if !sorted {
-		slices.SortStableFunc(out, func(a, b *Entry) int { return strings.Compare(a.DomainID, b.DomainID) })
-		for i := 1; i < len(out); i++ {
-			if out[i-1].DomainID == out[i].DomainID {
-				return nil, fmt.Errorf("domain %s appears twice in the snapshot", out[i].DomainID)
-			}
+	if !slices.IsSortedFunc(snap.domains, func(a, b *Entry) int { return strings.Compare(a.DomainID, b.DomainID) }) {
+		slices.SortFunc(snap.domains, func(a, b *Entry) int { return strings.Compare(a.DomainID, b.DomainID) })
+	}
+	names := make(map[string]bool, len(snap.domains))
+	for _, e := range snap.domains {
+		if names[e.Name] {
+			return nil, fmt.Errorf("name %s appears twice in the snapshot", e.Name)
 		}
+		names[e.Name] = true
 	}
-	return out, nil
+	return snap, nil
 }
 
-// parseSnapshotLine parses one line of a snapshot: "<domain id> <record
-// version, hex> <name> <certificate id or -> <m|u>".
-func parseSnapshotLine(line string) (*Entry, bool) {
+// parseSnapshotDomain parses "<domain id> <version, hex> <name>
+// <certificate id or -> <m|u>".
+func parseSnapshotDomain(fields string) (*Entry, bool) {
 	var f [5]string
-	rest := line
+	rest := fields
 	for i := range 4 {
 		var ok bool
 		if f[i], rest, ok = strings.Cut(rest, " "); !ok {
@@ -129,6 +222,9 @@ func parseSnapshotLine(line string) (*Entry, bool) {
 	if err != nil {
 		return nil, false
 	}
+	if n, err := NormalizeDomain(f[2]); err != nil || n != f[2] {
+		return nil, false
+	}
 	e := &Entry{DomainID: f[0], Version: v, Name: f[2], Managed: f[4] == "m"}
 	if f[3] != "-" {
 		if !validID(CertificatePrefix, f[3]) {
@@ -139,13 +235,59 @@ func parseSnapshotLine(line string) (*Entry, bool) {
 	return e, true
 }
 
-// encodeSnapshot writes entries in the snapshot format.
-func encodeSnapshot(entries []*Entry) []byte {
+// parseSnapshotDamaged parses "<record id> <version, hex> <name or ->
+// <reason...>".
+func parseSnapshotDamaged(fields string) (*Damaged, bool) {
+	id, rest, ok1 := strings.Cut(fields, " ")
+	ver, rest, ok2 := strings.Cut(rest, " ")
+	name, reason, ok3 := strings.Cut(rest, " ")
+	if !ok1 || !ok2 || !ok3 || (!validID(DomainPrefix, id) && !validID(CertificatePrefix, id)) {
+		return nil, false
+	}
+	v, err := strconv.ParseUint(ver, 16, 64)
+	if err != nil {
+		return nil, false
+	}
+	if name == "-" {
+		name = ""
+	} else if n, err := NormalizeDomain(name); err != nil || n != name {
+		return nil, false
+	}
+	return &Damaged{ID: id, Name: name, Reason: reason, version: v}, true
+}
+
+// copySnapshot copies what a snapshot holds out of memory; the entries
+// are immutable, so it costs a slice of pointers. s.mu must be held
+// (read).
+func (s *Store) copySnapshotLocked() *snapshot {
+	snap := &snapshot{seq: s.pos, domains: make([]*Entry, 0, len(s.domains)), certs: make([]certVersion, 0, len(s.certs))}
+	for _, id := range s.domainIDs {
+		if e := s.domains[id]; e != nil {
+			snap.domains = append(snap.domains, e)
+		}
+	}
+	for _, id := range s.certIDs {
+		if _, bad := s.damaged[id]; !bad {
+			snap.certs = append(snap.certs, certVersion{id, s.certs[id]})
+		}
+	}
+	for _, d := range s.damaged {
+		dd := *d
+		snap.damaged = append(snap.damaged, &dd)
+	}
+	slices.SortFunc(snap.damaged, func(a, b *Damaged) int { return strings.Compare(a.ID, b.ID) })
+	return snap
+}
+
+// encode writes snap in the snapshot format.
+func (snap *snapshot) encode() []byte {
 	var sb strings.Builder
-	sb.Grow(len(snapshotHeader) + 1 + len(entries)*96)
+	sb.Grow(64 + len(snap.domains)*96 + len(snap.certs)*48)
 	sb.WriteString(snapshotHeader)
+	sb.WriteByte(' ')
+	sb.WriteString(strconv.FormatUint(snap.seq, 16))
 	sb.WriteByte('\n')
-	for _, e := range entries {
+	for _, e := range snap.domains {
 		cert, managed := e.CertificateID, "u"
 		if cert == "" {
 			cert = "-"
@@ -153,6 +295,7 @@ func encodeSnapshot(entries []*Entry) []byte {
 		if e.Managed {
 			managed = "m"
 		}
+		sb.WriteString("d ")
 		sb.WriteString(e.DomainID)
 		sb.WriteByte(' ')
 		sb.WriteString(strconv.FormatUint(e.Version, 16))
@@ -164,66 +307,80 @@ func encodeSnapshot(entries []*Entry) []byte {
 		sb.WriteString(managed)
 		sb.WriteByte('\n')
 	}
+	for _, c := range snap.certs {
+		sb.WriteString("c ")
+		sb.WriteString(c.id)
+		sb.WriteByte(' ')
+		sb.WriteString(strconv.FormatUint(c.version, 16))
+		sb.WriteByte('\n')
+	}
+	for _, d := range snap.damaged {
+		name := d.Name
+		if name == "" {
+			name = "-"
+		}
+		fmt.Fprintf(&sb, "x %s %x %s %s\n", d.ID, d.version, name, strings.ReplaceAll(d.Reason, "\n", " "))
+	}
 	return []byte(sb.String())
 }
 
-// markDirty schedules a snapshot write.
-func (s *Store) markDirty() {
-	s.unsaved.Store(true)
-	select {
-	case s.dirty <- struct{}{}:
-	default:
+// writeSnapshot writes memory as a snapshot at its journal position and
+// deletes the snapshots past the newest snapshotsKept. One instance
+// writes at a time; if another holds the snapshot lock, it does nothing.
+func (s *Store) writeSnapshot(ctx context.Context) error {
+	s.snapMu.Lock()
+	defer s.snapMu.Unlock()
+	ok, err := s.tryLock(ctx, snapshotLock, lockAttempt)
+	if err != nil || !ok {
+		return err
 	}
+	defer s.unlock(snapshotLock)
+	seqs, err := s.listSnapshots(ctx)
+	if err != nil {
+		return fmt.Errorf("writing index snapshot: %w", err)
+	}
+	s.mu.RLock()
+	pos := s.pos
+	if len(seqs) > 0 && seqs[0] >= pos {
+		s.mu.RUnlock()
+		s.snapSeq.Store(seqs[0])
+		return nil // another instance wrote one at least as new
+	}
+	snap := s.copySnapshotLocked()
+	s.mu.RUnlock()
+	b := snap.encode()
+	if err := s.Storage().Store(ctx, snapshotKey(pos), b); err != nil {
+		s.stats.storageErrors.Add(1)
+		return fmt.Errorf("writing index snapshot: %w", err)
+	}
+	s.snapSeq.Store(pos)
+	seqs = append([]uint64{pos}, seqs...)
+	for _, old := range seqs[min(len(seqs), snapshotsKept):] {
+		_ = s.Storage().Delete(ctx, snapshotKey(old))
+	}
+	s.log.Debug("index snapshot written", zap.Uint64("seq", pos), zap.Int("bytes", len(b)))
+	return nil
 }
 
-// snapshotLoop writes the snapshot some time after changes, until the
-// store is closed.
+// snapshotLoop writes a snapshot when the journal has moved snapshotEvery
+// entries past the newest one, until the store closes.
 func (s *Store) snapshotLoop() {
-	defer close(s.loopDone)
+	defer close(s.snapDone)
+	t := time.NewTicker(snapshotCheck)
+	defer t.Stop()
 	for {
 		select {
 		case <-s.closing:
 			return
-		case <-s.dirty:
+		case <-t.C:
 		}
-		select {
-		case <-s.closing:
-			return
-		case <-time.After(snapshotInterval):
+		if s.position() < s.snapSeq.Load()+snapshotEvery {
+			continue
 		}
-		if err := s.writeSnapshot(context.Background()); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*s.timeout())
+		if err := s.writeSnapshot(ctx); err != nil {
 			s.log.Warn("writing index snapshot", zap.Error(err))
 		}
+		cancel()
 	}
-}
-
-// writeSnapshot writes the current index to storage.
-func (s *Store) writeSnapshot(ctx context.Context) error {
-	// cleared before reading, so a change made meanwhile marks it again
-	s.unsaved.Store(false)
-	s.mu.RLock()
-	entries := make([]*Entry, 0, len(s.domainIDs))
-	for _, id := range s.domainIDs {
-		entries = append(entries, s.domains[id])
-	}
-	s.mu.RUnlock()
-	if err := s.Storage().Store(ctx, snapshotKey, encodeSnapshot(entries)); err != nil {
-		s.unsaved.Store(true)
-		return fmt.Errorf("writing index snapshot: %w", err)
-	}
-	return nil
-}
-
-// Close stops the background writer and writes a final snapshot if the
-// index changed since the last one. The store must not be used
-// afterwards.
-func (s *Store) Close() error {
-	s.closeOnce.Do(func() {
-		close(s.closing)
-		<-s.loopDone
-	})
-	if !s.unsaved.Load() {
-		return nil
-	}
-	return s.writeSnapshot(context.Background())
 }

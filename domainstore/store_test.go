@@ -562,9 +562,32 @@ func TestLoadKeyPairManaged(t *testing.T) {
 		if err := st.Store(ctx, keyKey, keyPEM); err != nil {
 			t.Fatal(err)
 		}
-		c, err := s.AddManagedCertificate(ctx, "rd_01m8djch0z1t3s0se2ynhqbc0m", leaf.CertPEM, keyKey, time.Now())
+		d, err := s.CreateDomain(ctx, DomainInput{Domain: name})
 		if err != nil {
 			t.Fatal(err)
+		}
+		issued := &IssuedCertificate{CertificatePEM: leaf.CertPEM, KeyStorageKey: keyKey, IssuedAt: time.Now()}
+		if err := s.SetManagedState(ctx, d.ID, *d.Policy, &Status{}, issued); err != nil {
+			t.Fatal(err)
+		}
+		// recording the same certificate again (another instance loaded
+		// it too) makes no second record
+		if err := s.SetManagedState(ctx, d.ID, *d.Policy, &Status{}, issued); err != nil {
+			t.Fatal(err)
+		}
+		if _, n := s.Len(); n != 1 {
+			t.Fatalf("%d certificate records after recording one twice; want 1", n)
+		}
+		d, err = s.GetDomain(ctx, d.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := s.GetCertificate(ctx, d.CertificateID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.ManagedDomainID != d.ID || c.IssuedAt == nil {
+			t.Fatalf("managed record %+v", c)
 		}
 		tc, err := s.LoadKeyPair(ctx, c.ID)
 		if err != nil {
@@ -579,6 +602,17 @@ func TestLoadKeyPairManaged(t *testing.T) {
 		}
 		if strings.Contains(string(rec), "PRIVATE KEY") {
 			t.Fatalf("%s: the certificate record holds the private key", name)
+		}
+		// deleting the domain deletes its managed certificate's record,
+		// not CertMagic's key
+		if err := s.DeleteDomain(ctx, d.ID); err != nil {
+			t.Fatal(err)
+		}
+		if s.CertificateExists(c.ID) {
+			t.Fatalf("%s: the managed certificate record outlived its domain", name)
+		}
+		if _, err := st.Load(ctx, keyKey); err != nil {
+			t.Fatalf("%s: CertMagic's key was deleted: %v", name, err)
 		}
 	}
 }

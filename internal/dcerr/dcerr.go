@@ -46,6 +46,11 @@ const (
 	NotFound           Code = "NOT_FOUND"
 	MethodNotAllowed   Code = "METHOD_NOT_ALLOWED"
 	Internal           Code = "INTERNAL_ERROR"
+	StorageUnavailable Code = "STORAGE_UNAVAILABLE"
+	// RecordDamaged is a record that exists in storage but cannot be
+	// read (truncated, or not the record it should be). It can be
+	// deleted.
+	RecordDamaged Code = "RECORD_DAMAGED"
 )
 
 // Status returns the HTTP status code for c. It is the only place where
@@ -60,8 +65,10 @@ func (c Code) Status() int {
 		return http.StatusNotFound
 	case MethodNotAllowed:
 		return http.StatusMethodNotAllowed
-	case Internal:
+	case Internal, RecordDamaged:
 		return http.StatusInternalServerError
+	case StorageUnavailable:
+		return http.StatusServiceUnavailable
 	default:
 		return http.StatusBadRequest
 	}
@@ -74,10 +81,16 @@ type Error struct {
 	Code    Code
 	Msg     string
 	Details map[string]any
+	// Err is the cause, for logs and errors.Is; it is not shown to
+	// clients.
+	Err error
 }
 
 // Error returns the message.
 func (e *Error) Error() string { return e.Msg }
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
 
 // New returns an *Error with a formatted message.
 func New(code Code, format string, args ...any) *Error {

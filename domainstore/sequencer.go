@@ -1,0 +1,488 @@
+package domainstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
+)
+
+// The sequencer is the one goroutine that changes the store's state. It
+// runs writes in batches under the journal lock, and between them reads
+// the journal for other instances' changes. Because it alone writes
+// memory, listeners hear of changes in journal order, and a write never
+// races with the reading of another instance's change.
+
+// op is a write waiting for the sequencer.
+type op struct {
+	ctx      context.Context
+	deadline time.Time // past it, the write fails unless it is being committed
+	fn       func(*txn) error
+	done     chan error
+}
+
+// Batching: how many writes share a journal entry, and how long the
+// sequencer keeps the journal lock while writes keep coming.
+var (
+	maxBatchOps = 64
+	maxHold     = 250 * time.Millisecond
+)
+
+// submit runs fn in the sequencer under the journal lock and returns its
+// error, or the error of committing what it staged. A write that cannot
+// get the lock or write the journal within the store's timeout fails with
+// STORAGE_UNAVAILABLE and changes nothing.
+func (s *Store) submit(ctx context.Context, fn func(*txn) error) error {
+	o := &op{ctx: ctx, deadline: time.Now().Add(s.timeout()), fn: fn, done: make(chan error, 1)}
+	select {
+	case s.ops <- o:
+	case <-s.closing:
+		return errClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-o.done:
+		return err
+	case <-s.done:
+		select {
+		case err := <-o.done:
+			return err
+		default:
+			return errClosed
+		}
+	}
+}
+
+// Sync reads the journal now, so that memory reflects every change
+// committed before the call, by any instance.
+func (s *Store) Sync(ctx context.Context) error {
+	reply := make(chan error, 1)
+	select {
+	case s.syncReqs <- reply:
+	case <-s.closing:
+		return errClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Store) sequencer() {
+	defer close(s.done)
+	tick := time.NewTimer(0) // catch up at once after start-up
+	defer tick.Stop()
+	for {
+		if len(s.pending) > 0 {
+			s.writeSession(nil)
+			continue
+		}
+		select {
+		case <-s.closing:
+			s.failQueued()
+			return
+		case o := <-s.ops:
+			s.writeSession(o)
+		case reply := <-s.syncReqs:
+			reply <- s.follow()
+		case <-tick.C:
+			_ = s.follow()
+			tick.Reset(time.Duration(s.interval.Load()))
+		}
+	}
+}
+
+// failQueued answers the writes still queued when the store closes.
+func (s *Store) failQueued() {
+	for _, o := range s.pending {
+		o.done <- errClosed
+	}
+	s.pending = nil
+	for {
+		select {
+		case o := <-s.ops:
+			o.done <- errClosed
+		default:
+			return
+		}
+	}
+}
+
+// collect returns the writes put back by the last batch, first (if not
+// nil), and the writes queued behind them, up to a batch.
+func (s *Store) collect(first *op) []*op {
+	n := min(len(s.pending), maxBatchOps)
+	batch := append([]*op(nil), s.pending[:n]...)
+	s.pending = s.pending[n:]
+	if first != nil {
+		if len(batch) < maxBatchOps {
+			batch = append(batch, first)
+		} else {
+			s.pending = append(s.pending, first)
+		}
+	}
+	for len(batch) < maxBatchOps {
+		select {
+		case o := <-s.ops:
+			batch = append(batch, o)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// session is the state of one holding of the journal lock.
+type session struct {
+	head    head   // the head as read when the lock was taken
+	applied uint64 // every entry up to this one is applied to the records
+	broken  bool   // a journal write failed: stop writing until the journal is read again
+}
+
+// writeSession takes the journal lock, brings memory up to date with the
+// journal, and commits batches of writes while they keep coming (up to
+// maxHold), then moves the head and releases the lock.
+func (s *Store) writeSession(first *op) {
+	var batch []*op
+	for _, o := range s.collect(first) {
+		if time.Now().After(o.deadline) || o.ctx.Err() != nil {
+			o.done <- errWaitedTooLong
+			continue
+		}
+		batch = append(batch, o)
+	}
+	if len(batch) == 0 {
+		return
+	}
+	deadline := batch[0].deadline
+	for _, o := range batch {
+		if o.deadline.Before(deadline) {
+			deadline = o.deadline
+		}
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if err := s.lock(ctx, journalLock); err != nil {
+		s.failBatch(batch, storageFailed("waiting for the journal lock", err))
+		return
+	}
+	sess, err := s.startSession(ctx)
+	if err != nil {
+		s.unlock(journalLock)
+		s.failBatch(batch, err)
+		return
+	}
+	locked := time.Now()
+	for len(batch) > 0 && !sess.broken {
+		s.commit(sess, batch)
+		batch = nil
+		if time.Since(locked) > maxHold {
+			break
+		}
+		if len(s.pending) > 0 {
+			batch = s.collect(nil)
+			continue
+		}
+		select {
+		case o := <-s.ops:
+			batch = s.collect(o)
+		default:
+		}
+	}
+	if len(batch) > 0 {
+		// held long enough: give other instances a turn
+		s.pending = append(batch, s.pending...)
+	}
+	s.endSession(sess)
+}
+
+// startSession reads the journal up to its end under the lock, applying
+// to the records any entry whose writer did not (it crashed, or the
+// storage failed), and recovering by a full listing if entries this
+// instance never read were compacted away.
+func (s *Store) startSession(ctx context.Context) (*session, error) {
+	sess, err := s.lockedCatchUp(ctx)
+	if errors.Is(err, errGap) {
+		s.log.Warn("journal entries this instance did not read were compacted; listing the records")
+		if err = s.recoverFromListing(ctx, true); err == nil {
+			sess, err = s.lockedCatchUp(ctx)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.stats.lastSync.Store(time.Now().UnixNano())
+	s.markReconciled()
+	return sess, nil
+}
+
+func (s *Store) lockedCatchUp(ctx context.Context) (*session, error) {
+	h, err := s.readHead(ctx)
+	if errors.Is(err, errNoEntry) {
+		return nil, storageFailed("reading the journal head", errors.New("the journal head is missing"))
+	}
+	if err != nil {
+		return nil, err
+	}
+	sess := &session{head: h, applied: h.Seq}
+	// memory may be past the head: entries this instance read while
+	// following, whose writer may not have applied them to the records
+	for seq := h.Seq + 1; seq <= s.position(); seq++ {
+		e, err := s.readEntry(ctx, seq)
+		if errors.Is(err, errNoEntry) {
+			break // memory came from a listing past the head; nothing to redo
+		}
+		var de *damagedEntryError
+		if errors.As(err, &de) {
+			e, err = &entry{Format: entryFormat, Seq: seq}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if aerr := s.applyToStorage(ctx, e); aerr != nil {
+			s.log.Error("applying a journal entry to the records", zap.Uint64("seq", seq), zap.Error(aerr))
+		} else if sess.applied == seq-1 {
+			sess.applied = seq
+		}
+	}
+	if err := s.catchUp(ctx, sess); err != nil {
+		return nil, err
+	}
+	return sess, nil
+}
+
+// catchUp reads the journal entries past memory's position and applies
+// them to memory. With a session (the journal lock held), entries past the
+// head are applied to the records as well. It returns errGap when entries
+// it needs were compacted away.
+func (s *Store) catchUp(ctx context.Context, sess *session) error {
+	var h *head
+	if sess != nil {
+		h = &sess.head
+	}
+	for first := true; ; first = false {
+		seq := s.position() + 1
+		e, err := s.readEntry(ctx, seq)
+		if errors.Is(err, errNoEntry) {
+			if h == nil && first {
+				hh, err := s.readHead(ctx)
+				if errors.Is(err, errNoEntry) {
+					return nil // not started yet by anyone; nothing to read
+				}
+				if err != nil {
+					return err
+				}
+				h = &hh
+			}
+			if h != nil && seq <= h.Seq {
+				return errGap
+			}
+			return nil
+		}
+		var de *damagedEntryError
+		if errors.As(err, &de) {
+			// every instance skips it alike; its changes are lost unless
+			// they reached the records (then a listing finds them)
+			s.stats.damagedEntries.Add(1)
+			s.log.Error("skipping a damaged journal entry", zap.Uint64("seq", seq), zap.Error(err))
+			e, err = &entry{Format: entryFormat, Seq: seq}, nil
+		}
+		if err != nil {
+			return err
+		}
+		if sess != nil && seq > sess.head.Seq {
+			if aerr := s.applyToStorage(ctx, e); aerr != nil {
+				s.log.Error("applying a journal entry to the records", zap.Uint64("seq", seq), zap.Error(aerr))
+			} else if sess.applied == seq-1 {
+				sess.applied = seq
+			}
+		}
+		s.notify(s.applyToMemory(e))
+	}
+}
+
+// commit runs a batch of writes against the current state and commits
+// what they staged as one journal entry.
+func (s *Store) commit(sess *session, batch []*op) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
+	defer cancel()
+	seq := s.position() + 1
+	tx := newTxn(s, ctx, seq, nil)
+	var included []*op
+	size := 0
+	for i, o := range batch {
+		if time.Now().After(o.deadline) || o.ctx.Err() != nil {
+			o.done <- errWaitedTooLong
+			continue
+		}
+		if size > maxEntryBytes/2 {
+			// the rest go into the next entry
+			s.pending = append(append([]*op(nil), batch[i:]...), s.pending...)
+			break
+		}
+		child := newTxn(s, ctx, seq, tx)
+		if err := o.fn(child); err != nil {
+			o.done <- err
+			continue
+		}
+		tx.merge(child)
+		size += opsSize(child.ops)
+		included = append(included, o)
+	}
+	if len(tx.ops) == 0 {
+		for _, o := range included {
+			o.done <- nil
+		}
+		return
+	}
+	e := &entry{Format: entryFormat, Seq: seq, Time: time.Now().UTC(), Ops: tx.ops}
+	b, err := json.Marshal(e)
+	if err == nil {
+		err = s.Storage().Store(ctx, entryKey(seq), b)
+	}
+	if err != nil {
+		s.stats.storageErrors.Add(1)
+		s.log.Error("writing a journal entry", zap.Uint64("seq", seq), zap.Int("writes", len(included)), zap.Error(err))
+		sess.broken = true
+		for _, o := range included {
+			o.done <- storageFailed("writing the journal", err)
+		}
+		return
+	}
+	// committed: memory and listeners first, so that the answer's reader
+	// (a handshake, a GET) sees the change; then the records
+	s.notify(s.applyToMemory(e))
+	if err := s.applyToStorage(ctx, e); err != nil {
+		// the entry holds the change; the next holder of the lock writes
+		// the records again
+		s.stats.storageErrors.Add(1)
+		s.log.Error("applying a journal entry to the records", zap.Uint64("seq", seq), zap.Error(err))
+	} else if sess.applied == seq-1 {
+		sess.applied = seq
+	}
+	for _, o := range included {
+		o.done <- nil
+	}
+}
+
+func opsSize(ops []entryOp) int {
+	n := 0
+	for _, op := range ops {
+		n += 512
+		if op.Domain != nil {
+			n += len(op.Domain.Metadata) + len(op.Domain.Description)
+		}
+		if op.Certificate != nil {
+			n += len(op.Certificate.CertificatePEM) + len(op.Certificate.Metadata) + len(op.Certificate.Description)
+		}
+	}
+	return n
+}
+
+// endSession moves the head to the last entry applied to the records,
+// compacts a little, and releases the journal lock.
+func (s *Store) endSession(sess *session) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
+	defer cancel()
+	h := sess.head
+	if sess.applied > h.Seq {
+		h.Seq = sess.applied
+	}
+	h = s.compact(ctx, h)
+	if h != sess.head {
+		if err := s.writeHead(ctx, h); err != nil {
+			s.stats.storageErrors.Add(1)
+			s.log.Error("moving the journal head", zap.Error(err))
+		}
+	}
+	s.unlock(journalLock)
+}
+
+// Compaction keeps the journal short: entries older than both the newest
+// index snapshot and the last journalRetain entries are deleted, at most
+// compactStep per holding of the lock.
+var (
+	journalRetain uint64 = 10000
+	compactStep   uint64 = 256
+)
+
+// compact deletes old entries and returns the head with its new base.
+func (s *Store) compact(ctx context.Context, h head) head {
+	if h.Seq < journalRetain {
+		return h
+	}
+	cutoff := min(h.Seq+1-journalRetain, s.snapSeq.Load()+1)
+	end := min(cutoff, h.Base+compactStep)
+	if end <= h.Base {
+		return h
+	}
+	for seq := h.Base; seq < end; seq++ {
+		if err := s.Storage().Delete(ctx, entryKey(seq)); err != nil {
+			s.stats.storageErrors.Add(1)
+			s.log.Error("compacting the journal", zap.Uint64("seq", seq), zap.Error(err))
+			end = seq
+			break
+		}
+	}
+	h.Base = end
+	return h
+}
+
+// errWaitedTooLong answers a write that could not be started in time.
+var errWaitedTooLong = storageFailed("waiting for the storage", errors.New("the write waited too long"))
+
+// failBatch answers every write of a batch with err.
+func (s *Store) failBatch(batch []*op, err error) {
+	if dcerr.CodeOf(err) == dcerr.StorageUnavailable {
+		s.stats.storageErrors.Add(1)
+		s.log.Error("writes failed: storage unavailable", zap.Int("writes", len(batch)), zap.Error(err))
+	}
+	for _, o := range batch {
+		o.done <- err
+	}
+}
+
+// follow reads the journal for changes other instances made, between
+// write sessions. Failures are logged once until it works again.
+func (s *Store) follow() error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
+	defer cancel()
+	err := s.catchUp(ctx, nil)
+	if errors.Is(err, errGap) {
+		// the listing runs under the journal lock, so that no write makes
+		// a record vanish under it
+		s.log.Warn("journal entries this instance did not read were compacted; listing the records")
+		if err = s.lock(ctx, journalLock); err == nil {
+			var sess *session
+			sess, err = s.startSession(ctx)
+			if err == nil {
+				s.endSession(sess)
+			} else {
+				s.unlock(journalLock)
+			}
+		}
+	}
+	if err != nil {
+		if !s.syncFailing {
+			s.syncFailing = true
+			s.log.Error("reading the journal failed; serving what is known, retrying", zap.Error(err))
+		}
+		return err
+	}
+	if s.syncFailing {
+		s.syncFailing = false
+		s.log.Info("reading the journal works again")
+	}
+	s.stats.lastSync.Store(time.Now().UnixNano())
+	s.markReconciled()
+	return nil
+}
