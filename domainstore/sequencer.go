@@ -359,8 +359,13 @@ func (s *Store) commit(sess *session, batch []*op) {
 		return
 	}
 	// committed: memory and listeners first, so that the answer's reader
-	// (a handshake, a GET) sees the change; then the records
+	// (a handshake, a GET) sees the change; the writers are answered
+	// then, as the entry is durable; the records follow (a GET reads a
+	// record not written yet from the entry)
 	s.notify(s.applyToMemory(e))
+	for _, o := range included {
+		o.done <- nil
+	}
 	if err := s.applyToStorage(ctx, e); err != nil {
 		// the entry holds the change; the next holder of the lock writes
 		// the records again
@@ -368,9 +373,6 @@ func (s *Store) commit(sess *session, batch []*op) {
 		s.log.Error("applying a journal entry to the records", zap.Uint64("seq", seq), zap.Error(err))
 	} else if sess.applied == seq-1 {
 		sess.applied = seq
-	}
-	for _, o := range included {
-		o.done <- nil
 	}
 }
 

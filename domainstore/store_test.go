@@ -30,6 +30,7 @@ func openStore(t *testing.T, dir string) *Store {
 		t.Fatalf("Open: %v", err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
+	<-s.Reconciled()
 	return s
 }
 
@@ -67,7 +68,11 @@ func TestCertificateLifecycle(t *testing.T) {
 		t.Errorf("record = serial %s type %s issued %v", c.SerialNumber, c.PrivateKeyType, c.IssuedAt)
 	}
 
-	// storage holds the record without the key, and the key apart
+	// storage holds the record without the key, and the key apart (the
+	// record is written right after the answer)
+	if err := s.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	rec, err := os.ReadFile(filepath.Join(dir, "domaincerts", "certificates", c.ID+".json"))
 	if err != nil {
 		t.Fatal(err)

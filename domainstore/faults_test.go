@@ -1,0 +1,339 @@
+package domainstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
+	"github.com/domaincerts/caddy-domaincerts/internal/memstorage"
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
+)
+
+// faultStorage injects storage faults: errors, hangs (an operation blocks
+// until its context ends), latency, and listings interrupted by a record
+// that vanishes while the directory is walked.
+type faultStorage struct {
+	certmagic.Storage
+	mu         sync.Mutex
+	failAll    bool          // every operation fails
+	failWrites bool          // Store and Delete fail
+	hang       bool          // every operation blocks until its context ends
+	vanish     int           // so many listings of a non-empty directory fail part way
+	latency    time.Duration // added to every operation
+}
+
+var errInjected = errors.New("injected storage failure")
+
+func (f *faultStorage) set(fn func(f *faultStorage)) {
+	f.mu.Lock()
+	fn(f)
+	f.mu.Unlock()
+}
+
+// before applies the faults for one operation.
+func (f *faultStorage) before(ctx context.Context, write bool) error {
+	f.mu.Lock()
+	failAll, failWrites, hang, latency := f.failAll, f.failWrites, f.hang, f.latency
+	f.mu.Unlock()
+	if latency > 0 {
+		time.Sleep(latency)
+	}
+	if hang {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	if failAll || (write && failWrites) {
+		return errInjected
+	}
+	return nil
+}
+
+func (f *faultStorage) Store(ctx context.Context, key string, v []byte) error {
+	if err := f.before(ctx, true); err != nil {
+		return err
+	}
+	return f.Storage.Store(ctx, key, v)
+}
+
+func (f *faultStorage) Delete(ctx context.Context, key string) error {
+	if err := f.before(ctx, true); err != nil {
+		return err
+	}
+	return f.Storage.Delete(ctx, key)
+}
+
+func (f *faultStorage) Load(ctx context.Context, key string) ([]byte, error) {
+	if err := f.before(ctx, false); err != nil {
+		return nil, err
+	}
+	return f.Storage.Load(ctx, key)
+}
+
+func (f *faultStorage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
+	if err := f.before(ctx, false); err != nil {
+		return certmagic.KeyInfo{}, err
+	}
+	return f.Storage.Stat(ctx, key)
+}
+
+func (f *faultStorage) List(ctx context.Context, p string, r bool) ([]string, error) {
+	if err := f.before(ctx, false); err != nil {
+		return nil, err
+	}
+	keys, err := f.Storage.List(ctx, p, r)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err == nil && len(keys) > 0 && f.vanish > 0 {
+		f.vanish--
+		// as file_system reports a file removed during its walk
+		return keys[:len(keys)/2], &fs.PathError{Op: "lstat", Path: keys[len(keys)/2], Err: fs.ErrNotExist}
+	}
+	return keys, err
+}
+
+func (f *faultStorage) Lock(ctx context.Context, name string) error {
+	if err := f.before(ctx, false); err != nil {
+		return err
+	}
+	return f.Storage.Lock(ctx, name)
+}
+
+func (f *faultStorage) String() string { return "faults" }
+
+func wantUnavailable(t *testing.T, err error) {
+	t.Helper()
+	if dcerr.CodeOf(err) != dcerr.StorageUnavailable {
+		t.Fatalf("got %v (%s); want STORAGE_UNAVAILABLE", err, dcerr.CodeOf(err))
+	}
+	if strings.Contains(err.Error(), "domaincerts/") {
+		t.Fatalf("the message names a storage key: %q", err.Error())
+	}
+}
+
+// TestStorageFaults checks that a failing or hanging storage makes writes
+// fail with STORAGE_UNAVAILABLE within the timeout, changing nothing,
+// while lookups go on from memory, and that everything works again once
+// the storage does, without a restart.
+func TestStorageFaults(t *testing.T) {
+	modes := []struct {
+		name  string
+		fault func(f *faultStorage)
+	}{
+		{"every operation fails", func(f *faultStorage) { f.failAll = true }},
+		{"writes fail", func(f *faultStorage) { f.failWrites = true }},
+		{"storage hangs", func(f *faultStorage) { f.hang = true }},
+	}
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			ctx := context.Background()
+			st := &faultStorage{Storage: new(memstorage.Storage)}
+			s := openWith(t, st, Options{Timeout: 300 * time.Millisecond, SyncInterval: 20 * time.Millisecond})
+			ca := testpki.NewCA(t, "Faults CA")
+			c := upload(t, s, ca.Issue(t, "up.example.test"))
+			d := mustCreate(t, s, DomainInput{Domain: "up.example.test", CertificateID: c.ID})
+			leaf := ca.Issue(t, "new.example.test")
+			before := s.Stats().StorageErrors
+
+			st.set(m.fault)
+			start := time.Now()
+			_, err := s.CreateDomain(ctx, DomainInput{Domain: "new.example.test"})
+			wantUnavailable(t, err)
+			_, err = s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
+			wantUnavailable(t, err)
+			wantUnavailable(t, s.DeleteDomain(ctx, d.ID))
+			if took := time.Since(start); took > 5*time.Second {
+				t.Fatalf("three failing writes took %s with a 300ms timeout", took)
+			}
+			time.Sleep(100 * time.Millisecond) // a few failed looks at the journal
+			if e, ok := s.Lookup("up.example.test"); !ok || e.CertificateID != c.ID {
+				t.Fatalf("lookup during the outage: %+v, %v", e, ok)
+			}
+			if s.Stats().StorageErrors == before {
+				t.Fatal("no storage error counted")
+			}
+
+			st.set(func(f *faultStorage) { f.failAll, f.failWrites, f.hang = false, false, false })
+			if _, ok := s.Lookup("new.example.test"); ok {
+				t.Fatal("a failed create is served")
+			}
+			if _, err := s.GetDomain(ctx, d.ID); err != nil {
+				t.Fatalf("after the outage: %v", err)
+			}
+			if _, err := s.CreateDomain(ctx, DomainInput{Domain: "new.example.test"}); err != nil {
+				t.Fatalf("create after the outage: %v", err)
+			}
+			if _, n := s.Len(); n != 1 {
+				t.Fatalf("%d certificates; the failed upload left one behind", n)
+			}
+			s.Close()
+			s2 := openOn(t, st.Storage)
+			if d, n := s2.Len(); d != 2 || n != 1 {
+				t.Fatalf("after restart: %d domains, %d certificates; want 2, 1", d, n)
+			}
+			checkConsistent(t, s2)
+		})
+	}
+}
+
+// TestInterruptedListings makes listings fail part way, as file_system's
+// do when a record is replaced during the walk: start-up and recovery
+// retry, and never take a partial listing for an empty directory.
+func TestInterruptedListings(t *testing.T) {
+	ctx := context.Background()
+	st := &faultStorage{Storage: new(memstorage.Storage)}
+	s := openOn(t, st)
+	createDomains(t, s, 50, "vanish-%d.example.test")
+	s.Close()
+	if err := st.Storage.Delete(ctx, snapshotsDir); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{1, listingRetries, 2*listingRetries - 1} {
+		t.Run(fmt.Sprintf("%d interrupted listings", n), func(t *testing.T) {
+			st.set(func(f *faultStorage) { f.vanish = n })
+			s := openOn(t, st)
+			if d, _ := s.Len(); d != 50 {
+				t.Fatalf("%d domains after start-up; want 50", d)
+			}
+			s.Close()
+			if err := st.Storage.Delete(ctx, snapshotsDir); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("a listing that keeps failing", func(t *testing.T) {
+		st.set(func(f *faultStorage) { f.vanish = 1000 })
+		defer st.set(func(f *faultStorage) { f.vanish = 0 })
+		if _, err := Open(ctx, st, Options{}); err == nil || !errors.Is(err, errPartialListing) {
+			t.Fatalf("Open = %v; want the listing error, not an empty store", err)
+		}
+	})
+}
+
+// TestDamagedRecords truncates records: a damaged record is listed as an
+// item, reads of it say RECORD_DAMAGED, it can be deleted, and it never
+// takes the lists or the start-up down.
+func TestDamagedRecords(t *testing.T) {
+	ctx := context.Background()
+	st := new(memstorage.Storage)
+	s := openOn(t, st)
+	ca := testpki.NewCA(t, "Damage CA")
+	c := upload(t, s, ca.Issue(t, "good.example.test"))
+	good := mustCreate(t, s, DomainInput{Domain: "good.example.test", CertificateID: c.ID})
+	bad := mustCreate(t, s, DomainInput{Domain: "bad.example.test"})
+	badCert := upload(t, s, ca.Issue(t, "other.example.test"))
+	s.Close()
+
+	truncate := func(key string) {
+		t.Helper()
+		b, err := st.Load(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Store(ctx, key, b[:len(b)/2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	badVersion := s.domains[bad.ID].Version
+	truncate(domainRecordKey(bad.ID, badVersion))
+	truncate(certRecordKey(badCert.ID))
+
+	t.Run("the journal still holds it: read from there", func(t *testing.T) {
+		s := openOn(t, st)
+		if got, err := s.GetDomain(ctx, bad.ID); err != nil || got.Domain != "bad.example.test" {
+			t.Fatalf("GetDomain = %v, %v", got, err)
+		}
+		s.Close()
+	})
+
+	// the journal entries are compacted away, the snapshot is gone
+	for seq := uint64(1); seq <= s.pos; seq++ {
+		_ = st.Delete(ctx, entryKey(seq))
+	}
+	if err := st.Store(ctx, headKey, []byte(fmt.Sprintf(`{"format":1,"seq":%d,"base":%d}`, s.pos, s.pos+1))); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Delete(ctx, snapshotsDir); err != nil {
+		t.Fatal(err)
+	}
+
+	s2 := openOn(t, st)
+	if d, n := s2.Len(); d != 2 || n != 2 {
+		t.Fatalf("%d domains, %d certificates; want 2, 2 (damaged ones listed)", d, n)
+	}
+	if st := s2.Stats(); st.Damaged != 1 || st.Domains != 1 {
+		t.Fatalf("stats %+v; want 1 damaged domain, 1 live", st)
+	}
+	if _, ok := s2.Lookup("good.example.test"); !ok {
+		t.Fatal("the good domain is not served")
+	}
+	if _, err := s2.GetDomain(ctx, bad.ID); dcerr.CodeOf(err) != dcerr.RecordDamaged {
+		t.Fatalf("GetDomain(damaged) = %v; want RECORD_DAMAGED", err)
+	}
+	if _, err := s2.GetCertificate(ctx, badCert.ID); dcerr.CodeOf(err) != dcerr.RecordDamaged {
+		t.Fatalf("GetCertificate(damaged) = %v; want RECORD_DAMAGED", err)
+	}
+	domains, _, err := s2.ListDomains(ctx, 10, "")
+	if err != nil || len(domains) != 2 {
+		t.Fatalf("ListDomains = %d, %v", len(domains), err)
+	}
+	var damaged *Domain
+	for _, d := range domains {
+		if d.Damage != nil {
+			damaged = d
+		}
+	}
+	if damaged == nil || damaged.ID != bad.ID || damaged.Damage.Reason == "" {
+		t.Fatalf("the damaged domain is not listed as such: %+v", domains)
+	}
+	certs, _, err := s2.ListCertificates(ctx, 10, "")
+	if err != nil || len(certs) != 2 {
+		t.Fatalf("ListCertificates = %d, %v", len(certs), err)
+	}
+
+	// the damaged records can be deleted, and the name reused
+	if err := s2.DeleteDomain(ctx, bad.ID); err != nil {
+		t.Fatalf("deleting the damaged domain: %v", err)
+	}
+	if err := s2.DeleteCertificate(ctx, badCert.ID); err != nil {
+		t.Fatalf("deleting the damaged certificate: %v", err)
+	}
+	s2.Close()
+	s3 := openOn(t, st)
+	if d, n := s3.Len(); d != 1 || n != 1 || s3.Stats().Damaged != 0 {
+		t.Fatalf("after deleting: %d domains, %d certificates, %d damaged", d, n, s3.Stats().Damaged)
+	}
+	if _, err := s3.GetDomain(ctx, good.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDamagedJournalEntry corrupts an entry that an instance has not read
+// yet: it is skipped, logged and counted, and the entries after it apply.
+func TestDamagedJournalEntry(t *testing.T) {
+	ctx := context.Background()
+	st := new(memstorage.Storage)
+	fleet := openFleet(t, st, 2)
+	a, b := fleet[0], fleet[1]
+	mustCreate(t, a, DomainInput{Domain: "one.example.test"})
+	mustCreate(t, a, DomainInput{Domain: "two.example.test"})
+	if err := st.Store(ctx, entryKey(a.pos-1), []byte(`{"format":1,"seq":`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Lookup("two.example.test"); !ok {
+		t.Fatal("the entry after the damaged one was not applied")
+	}
+	if b.stats.damagedEntries.Load() != 1 {
+		t.Fatal("the damaged entry was not counted")
+	}
+}
