@@ -66,9 +66,14 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	h := &handler{store: store, log: a.log}
 	err = h.route(w, r)
 	if err != nil {
-		if dcerr.CodeOf(err) == dcerr.Internal {
+		switch code := dcerr.CodeOf(err); code {
+		case dcerr.Internal:
 			a.log.Error("admin request failed", zap.String("method", r.Method),
 				zap.String("path", r.URL.Path), zap.Error(err))
+		case dcerr.StorageUnavailable, dcerr.RecordDamaged:
+			a.log.Warn("admin request failed", zap.String("method", r.Method),
+				zap.String("path", r.URL.Path), zap.String("error_code", string(code)),
+				zap.NamedError("cause", errors.Unwrap(err)))
 		}
 		writeError(w, err)
 	}

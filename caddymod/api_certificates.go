@@ -53,10 +53,14 @@ func (h *handler) listCertificates(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return err
 	}
-	views := make([]certificateView, len(certs))
+	views := make([]any, len(certs))
 	last := ""
 	for i, c := range certs {
-		views[i] = viewCertificate(c)
+		if c.Damage != nil {
+			views[i] = viewDamaged(certificatesPath, c.ID, nil, c.Damage)
+		} else {
+			views[i] = viewCertificate(c)
+		}
 		last = c.ID
 	}
 	writeJSON(w, http.StatusOK, listBody("tls_certificates", views, r, last, limit, more))

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
+	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
 // domainView is the API object of a domain.
@@ -21,6 +22,22 @@ type domainView struct {
 	Policy                   *domainstore.Policy `json:"certificate_management_policy"`
 	Status                   *domainstore.Status `json:"certificate_management_status"`
 	ACMEChallengeCNAMETarget *string             `json:"acme_challenge_cname_target"`
+}
+
+// damagedView is the list item of a record that exists in storage but
+// cannot be read. It keeps the list whole and tells the operator what to
+// do; GET of it answers RECORD_DAMAGED, DELETE removes it.
+type damagedView struct {
+	ID        string     `json:"id"`
+	URI       string     `json:"uri"`
+	Domain    *string    `json:"domain,omitempty"`
+	ErrorCode dcerr.Code `json:"error_code"`
+	Msg       string     `json:"msg"`
+}
+
+func viewDamaged(base, id string, name *string, dm *domainstore.Damaged) damagedView {
+	return damagedView{ID: id, URI: base + "/" + id, Domain: name, ErrorCode: dcerr.RecordDamaged,
+		Msg: "the stored record cannot be read (" + dm.Reason + "); delete it and create it again"}
 }
 
 // reference points to another resource.
@@ -81,10 +98,18 @@ func (h *handler) listDomains(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	views := make([]domainView, len(domains))
+	views := make([]any, len(domains))
 	last := ""
 	for i, d := range domains {
-		views[i] = viewDomain(d)
+		if d.Damage != nil {
+			var name *string
+			if d.Domain != "" {
+				name = &d.Domain
+			}
+			views[i] = viewDamaged(domainsPath, d.ID, name, d.Damage)
+		} else {
+			views[i] = viewDomain(d)
+		}
 		last = d.ID
 	}
 	writeJSON(w, http.StatusOK, listBody("domains", views, r, last, limit, more))

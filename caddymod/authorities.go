@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -194,4 +195,35 @@ func serverPorts(ctx caddy.Context) (int, int) {
 		}
 	}
 	return httpPort, httpsPort
+}
+
+// policyIssuerKeys returns the storage keys of the ACME issuers of Caddy's
+// own tls automation policies, and of Caddy's default issuers (for names
+// that no policy matches): Caddy looks for the data of an HTTP-01 or
+// TLS-ALPN-01 challenge that reaches it under these keys, so the app's
+// challenges are written there too (certsource.ChallengeMirror). It is
+// called from Start, when the tls app is provisioned.
+func policyIssuerKeys(ctx caddy.Context) []string {
+	cas := []string{certmagic.LetsEncryptProductionCA, certmagic.LetsEncryptStagingCA}
+	if appIface, err := ctx.AppIfConfigured("tls"); err == nil {
+		if app, ok := appIface.(*caddytls.TLS); ok && app.Automation != nil {
+			for _, ap := range app.Automation.Policies {
+				for _, iss := range ap.Issuers {
+					if acme, ok := iss.(interface{ GetACMEIssuer() *caddytls.ACMEIssuer }); ok {
+						cas = append(cas, acme.GetACMEIssuer().CA, acme.GetACMEIssuer().TestCA)
+					}
+				}
+			}
+		}
+	}
+	var keys []string
+	for _, ca := range cas {
+		if ca == "" {
+			continue
+		}
+		if k := (&certmagic.ACMEIssuer{CA: ca}).IssuerKey(); !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
 }

@@ -36,6 +36,7 @@ import (
 //		renew_check_interval <duration>
 //		renewal_window_ratio <ratio>
 //		sync_interval <duration>
+//		storage_timeout <duration>
 //	}
 //
 // issuer and zones/resolvers may repeat; every other option may appear
@@ -88,6 +89,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = parseDuration(d, &a.RenewCheckInterval)
 		case "sync_interval":
 			err = parseDuration(d, &a.SyncInterval)
+		case "storage_timeout":
+			err = parseDuration(d, &a.StorageTimeout)
 		case "renewal_window_ratio":
 			var s string
 			if err = oneArg(d, &s); err == nil {

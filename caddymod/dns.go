@@ -84,7 +84,7 @@ func (a *App) acmeOptions(authorities map[string]certsource.Authority) certsourc
 		RetryMin:           time.Duration(a.RetryMinInterval),
 		RetryMax:           time.Duration(a.RetryMaxInterval),
 		RenewalWindowRatio: a.RenewalWindowRatio,
-		Storage:            a.inst.store.Storage(),
+		Storage:            certsource.ChallengeMirror(a.inst.store.Storage(), policyIssuerKeys(a.ctx)),
 		Logger:             a.log.Named("acme"),
 	}
 	switch {

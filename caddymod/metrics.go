@@ -28,6 +28,18 @@ var (
 		"Certificate lookups that missed the cache and read storage.", nil, nil)
 	metricCacheEvictions = prometheus.NewDesc("domaincerts_cache_evictions_total",
 		"Certificates evicted from the cache to stay within its bounds.", nil, nil)
+
+	// The store: a growing journal lag or storage error count means this
+	// instance cannot reach the shared storage; damaged records need an
+	// operator (they are listed by the API and can be deleted).
+	metricDamaged = prometheus.NewDesc("domaincerts_damaged_records",
+		"Domain and certificate records in storage that cannot be read.", nil, nil)
+	metricJournal = prometheus.NewDesc("domaincerts_journal_position",
+		"The change journal entry this instance has applied.", nil, nil)
+	metricLastSync = prometheus.NewDesc("domaincerts_journal_last_read_timestamp_seconds",
+		"When this instance last read the change journal successfully (Unix time).", nil, nil)
+	metricStorageErrors = prometheus.NewDesc("domaincerts_storage_errors_total",
+		"Storage operations of the domain store that failed.", nil, nil)
 )
 
 // collector reads the metrics from the instance when Caddy's registry is
@@ -37,7 +49,8 @@ type collector struct{ inst *instance }
 // Describe is part of prometheus.Collector.
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{metricDomains, metricCacheEntries, metricCacheCapacity,
-		metricCacheBytes, metricCacheMaxBytes, metricCacheHits, metricCacheMisses, metricCacheEvictions} {
+		metricCacheBytes, metricCacheMaxBytes, metricCacheHits, metricCacheMisses, metricCacheEvictions,
+		metricDamaged, metricJournal, metricLastSync, metricStorageErrors} {
 		ch <- d
 	}
 }
@@ -51,7 +64,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 	}
-	gauge(metricDomains, float64(c.inst.store.DomainCount()))
+	ss := c.inst.store.Stats()
+	gauge(metricDomains, float64(ss.Domains))
+	gauge(metricDamaged, float64(ss.Damaged))
+	gauge(metricJournal, float64(ss.JournalPosition))
+	if !ss.LastSync.IsZero() {
+		gauge(metricLastSync, float64(ss.LastSync.UnixNano())/1e9)
+	}
+	counter(metricStorageErrors, ss.StorageErrors)
 	gauge(metricCacheEntries, float64(st.Entries))
 	gauge(metricCacheCapacity, float64(st.Capacity))
 	gauge(metricCacheBytes, float64(st.Bytes))

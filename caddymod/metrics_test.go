@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -20,6 +21,7 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = store.Close() })
+	<-store.Reconciled()
 	// a cache of one, so that the second certificate evicts the first
 	inst := &instance{store: store, source: certsource.New(store, 1, nil)}
 	reg := prometheus.NewPedanticRegistry()
@@ -74,10 +76,17 @@ func TestMetrics(t *testing.T) {
 		"domaincerts_cache_misses_total":    1,
 		"domaincerts_cache_evictions_total": 2,
 		"domaincerts_cache_max_bytes":       0,
+		"domaincerts_damaged_records":       0,
+		"domaincerts_storage_errors_total":  0,
+		// two uploads and two creates, one journal entry each
+		"domaincerts_journal_position": 4,
 	} {
 		if v, ok := got[name]; !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
 		}
+	}
+	if ts := got["domaincerts_journal_last_read_timestamp_seconds"]; time.Since(time.Unix(int64(ts), 0)) > time.Minute {
+		t.Errorf("domaincerts_journal_last_read_timestamp_seconds = %v, want about now", ts)
 	}
 	if want := inst.source.Cache().Stats().Bytes; want <= 0 || got["domaincerts_cache_bytes"] != float64(want) {
 		t.Errorf("domaincerts_cache_bytes = %v, want the cache's estimate %d", got["domaincerts_cache_bytes"], want)

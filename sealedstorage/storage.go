@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"path"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/certmagic"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/seal"
+	"github.com/domaincerts/caddy-domaincerts/internal/storagewrap"
 )
 
 // IsPrivateKeyPath reports whether the storage key names private-key
@@ -91,7 +91,7 @@ func New(inner certmagic.Storage, cfg Config) (*Storage, error) {
 		return nil, err
 	}
 	s := &Storage{inner: inner, sealer: sealer, sealAll: cfg.SealAll, allowUnsealed: cfg.AllowUnsealed}
-	s.public = withCapabilities(s)
+	s.public = storagewrap.Match(s, inner)
 	return s, nil
 }
 
@@ -104,13 +104,8 @@ func (s *Storage) CertMagic() certmagic.Storage { return s.public }
 // From returns the *Storage behind a value that CertMagic returned, such as
 // the ctx.Storage() of a Caddy config whose storage is sealed.
 func From(st certmagic.Storage) (*Storage, bool) {
-	switch v := st.(type) {
-	case *Storage:
-		return v, true
-	case interface{ sealed() *Storage }:
-		return v.sealed(), true
-	}
-	return nil, false
+	s, ok := storagewrap.Outer(st).(*Storage)
+	return s, ok
 }
 
 // Inner returns the wrapped storage.
@@ -227,57 +222,8 @@ func (s *Storage) String() string {
 // GoString is String, so that %#v reveals nothing either.
 func (s *Storage) GoString() string { return s.String() }
 
-// The four shapes of the value that CertMagic returns, one per combination
-// of the inner storage's optional interfaces.
-type (
-	plain   struct{ *Storage }
-	tryLock struct{ *Storage }
-	renew   struct{ *Storage }
-	both    struct{ *Storage }
-)
-
-func (p plain) sealed() *Storage   { return p.Storage }
-func (p tryLock) sealed() *Storage { return p.Storage }
-func (p renew) sealed() *Storage   { return p.Storage }
-func (p both) sealed() *Storage    { return p.Storage }
-
-func (p tryLock) TryLock(ctx context.Context, name string) (bool, error) {
-	return p.inner.(certmagic.TryLocker).TryLock(ctx, name)
-}
-
-func (p both) TryLock(ctx context.Context, name string) (bool, error) {
-	return p.inner.(certmagic.TryLocker).TryLock(ctx, name)
-}
-
-func (p renew) RenewLockLease(ctx context.Context, lockKey string, leaseDuration time.Duration) error {
-	return p.inner.(certmagic.LockLeaseRenewer).RenewLockLease(ctx, lockKey, leaseDuration)
-}
-
-func (p both) RenewLockLease(ctx context.Context, lockKey string, leaseDuration time.Duration) error {
-	return p.inner.(certmagic.LockLeaseRenewer).RenewLockLease(ctx, lockKey, leaseDuration)
-}
-
-func withCapabilities(s *Storage) certmagic.Storage {
-	_, canTry := s.inner.(certmagic.TryLocker)
-	_, canRenew := s.inner.(certmagic.LockLeaseRenewer)
-	switch {
-	case canTry && canRenew:
-		return both{s}
-	case canTry:
-		return tryLock{s}
-	case canRenew:
-		return renew{s}
-	}
-	return plain{s}
-}
-
 // Interface guards
 var (
-	_ certmagic.Storage          = (*Storage)(nil)
-	_ fmt.Stringer               = (*Storage)(nil)
-	_ certmagic.Storage          = plain{}
-	_ certmagic.TryLocker        = tryLock{}
-	_ certmagic.LockLeaseRenewer = renew{}
-	_ certmagic.TryLocker        = both{}
-	_ certmagic.LockLeaseRenewer = both{}
+	_ certmagic.Storage = (*Storage)(nil)
+	_ fmt.Stringer      = (*Storage)(nil)
 )
