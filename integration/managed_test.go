@@ -332,16 +332,44 @@ func TestUploadReplacesManaged(t *testing.T) {
 	if got := m.getDomain(t, upID); !reflect.DeepEqual(got, d) {
 		t.Errorf("GET differs from the PATCH response:\n got %s\nwant %s", jsonString(got), jsonString(d))
 	}
-	// The managed certificate stays readable.
-	if old := m.getCert(t, upManagedID); old["issued_at"] == nil {
-		t.Errorf("old managed certificate: issued_at null")
-	}
-	status, resp := m.api(t, "DELETE", "/domaincerts/tls_certificates/"+uploadID, nil)
+	// The replaced managed certificate's resource is gone with it.
+	status, resp := m.api(t, "GET", "/domaincerts/tls_certificates/"+upManagedID, nil)
+	assertAPIError(t, status, resp, http.StatusNotFound, "NOT_FOUND")
+	status, resp = m.api(t, "DELETE", "/domaincerts/tls_certificates/"+uploadID, nil)
 	assertAPIError(t, status, resp, http.StatusConflict, "CERT_IN_USE")
 
-	// Detach management of one tiny domain, delete the other.
+	// However often the tiny ones renewed, each has one resource: the
+	// certificate it serves.
+	// (They keep renewing: a renewal between the two reads retries.)
+	for _, id := range []string{detachID, goneID} {
+		var mine []string
+		var cur string
+		for try := 0; try < 5; try++ {
+			before := certRef(m.getDomain(t, id))
+			mine = nil
+			for _, c := range m.listAll(t, "/domaincerts/tls_certificates", "tls_certificates") {
+				if c["managed_domain_id"] == id {
+					mine = append(mine, c["id"].(string))
+				}
+			}
+			if cur = certRef(m.getDomain(t, id)); cur == before {
+				break
+			}
+		}
+		if len(mine) != 1 || mine[0] != cur {
+			t.Errorf("domain %s has certificate resources %v; want only its current one %s", id, mine, cur)
+		}
+	}
+
+	// Detach management of one tiny domain, delete the other: their
+	// certificate resources go with it.
+	detachCert, goneCert := certRef(m.getDomain(t, detachID)), certRef(m.getDomain(t, goneID))
 	m.mustAPI(t, http.StatusNoContent, "DELETE", "/domaincerts/domains/"+detachID+"/certificate_management_policy", nil)
 	m.deleteDomain(t, goneID)
+	for _, c := range []string{detachCert, goneCert} {
+		status, resp := m.api(t, "GET", "/domaincerts/tls_certificates/"+c, nil)
+		assertAPIError(t, status, resp, http.StatusNotFound, "NOT_FOUND")
+	}
 	d = m.getDomain(t, detachID)
 	for _, k := range []string{"certificate_management_policy", "certificate_management_status", "certificate"} {
 		if d[k] != nil {
@@ -454,5 +482,7 @@ func TestManagedRenewal(t *testing.T) {
 			served, second["id"], second["serial_number"])
 	}
 	verifyChain(t, state, m.p.IssuerRoots, name)
-	m.getCert(t, firstID) // the first stays readable
+	// the first certificate's resource went once the renewed one served
+	status, resp := m.api(t, "GET", "/domaincerts/tls_certificates/"+firstID, nil)
+	assertAPIError(t, status, resp, http.StatusNotFound, "NOT_FOUND")
 }
