@@ -354,6 +354,27 @@ func (c *caddyProc) stop(report bool) {
 	}
 }
 
+// Kill kills Caddy with SIGKILL, as a crash or kill -9 would: nothing is
+// flushed, no lock released. It waits for the process to exit.
+func (c *caddyProc) Kill() {
+	c.mu.Lock()
+	cmd, done := c.cmd, c.done
+	c.cmd = nil
+	c.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
+// Start runs Caddy again after Stop or Kill, with the same configuration
+// file, ports and storage.
+func (c *caddyProc) Start() {
+	c.t.Helper()
+	c.start()
+}
+
 // Restart stops Caddy and runs it again with the same configuration file,
 // ports and storage.
 func (c *caddyProc) Restart() {

@@ -1,0 +1,687 @@
+package integration
+
+// Several Caddy instances on one storage, as users run an edge: behind a
+// load balancer (here a round-robin TCP front), on one file_system (or
+// sealed) storage. A change acknowledged by any instance is served and
+// shown by every instance within 2 s with the default sync_interval;
+// writes racing on different instances resolve as they would on one.
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
+)
+
+// convergeBound is the contract's bound: a change acknowledged by one
+// instance is served and shown by every instance within it.
+const convergeBound = 2 * time.Second
+
+// fleet is several Caddy instances on one storage directory.
+type fleet struct {
+	t     *testing.T
+	nodes []*caddyProc
+	dir   string
+}
+
+// startFleet starts n instances on one storage: file_system, or sealed
+// over it when sealKey is set. opts, if not nil, gives instance i's
+// options (the storage is set here).
+func startFleet(t *testing.T, n int, sealKey string, opts func(i int) caddyOpts) *fleet {
+	t.Helper()
+	f := &fleet{t: t, dir: t.TempDir()}
+	for i := range n {
+		var o caddyOpts
+		if opts != nil {
+			o = opts(i)
+		}
+		o.Storage = map[string]any{"module": "file_system", "root": f.dir}
+		if sealKey != "" {
+			o.Storage = map[string]any{"module": "sealed", "key": sealKey, "inner": o.Storage}
+		}
+		f.nodes = append(f.nodes, startCaddy(t, o))
+	}
+	return f
+}
+
+// converge waits until cond holds on every instance and fails the test if
+// that takes longer than convergeBound after since. It returns how long
+// the slowest instance took.
+func (f *fleet) converge(what string, since time.Time, cond func(c *caddyProc) bool) time.Duration {
+	f.t.Helper()
+	var slowest time.Duration
+	for i, c := range f.nodes {
+		for !cond(c) {
+			if time.Since(since) > convergeBound {
+				f.t.Fatalf("instance %d: %s: not within %s", i, what, convergeBound)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		slowest = max(slowest, time.Since(since))
+	}
+	return slowest
+}
+
+// servesSerial is a converge condition: a handshake for sni gets the
+// certificate with this serial.
+func servesSerial(sni, serial string) func(c *caddyProc) bool {
+	return func(c *caddyProc) bool {
+		leaf, err := handshakeState(c.HTTPSAddr(), sni)
+		return err == nil && testpki.SerialHex(leaf.PeerCertificates[0].SerialNumber) == serial
+	}
+}
+
+// refuses is a converge condition: the handshake for sni fails.
+func refuses(sni string) func(c *caddyProc) bool {
+	return func(c *caddyProc) bool {
+		_, err := handshakeState(c.HTTPSAddr(), sni)
+		return err != nil && strings.Contains(err.Error(), "remote error")
+	}
+}
+
+// listedWith is a converge condition: the first page of a list holds the
+// item id (want true) or not (want false), and, if field is set, the item
+// has that value in it.
+func listedWith(path, plural, id string, want bool, field string, value any) func(c *caddyProc) bool {
+	return func(c *caddyProc) bool {
+		res, err := c.do("GET", path+"?limit=100", nil)
+		if err != nil || res.Status != http.StatusOK {
+			return false
+		}
+		items, _ := res.Body[plural].([]any)
+		for _, it := range items {
+			obj, _ := it.(map[string]any)
+			if obj["id"] == id {
+				return want && (field == "" || obj[field] == value)
+			}
+		}
+		return !want
+	}
+}
+
+// TestFleetConvergence makes every kind of write on one of three
+// instances and checks that all three serve and show it within the bound,
+// on plain and on sealed storage.
+func TestFleetConvergence(t *testing.T) {
+	for _, sealed := range []bool{false, true} {
+		name := "file_system"
+		key := ""
+		if sealed {
+			name, key = "sealed", newSealKey(t)
+		}
+		t.Run(name, func(t *testing.T) {
+			f := startFleet(t, 3, key, nil)
+			a, b, c := f.nodes[0], f.nodes[1], f.nodes[2]
+			ca := testpki.NewChain(t, "Fleet CA")
+			const sni = "fleet.example.test"
+			l1, l2 := ca.Leaf(t, sni), ca.Leaf(t, sni)
+			took := map[string]time.Duration{}
+
+			c1 := a.uploadLeaf(t, l1)
+			took["upload"] = f.converge("upload listed", time.Now(),
+				listedWith("/domaincerts/tls_certificates", "tls_certificates", c1, true, "", nil))
+			d, _ := b.createDomain(t, sni, c1)
+			at := time.Now()
+			took["create and attach"] = f.converge("new domain served", at, servesSerial(sni, l1.Serial))
+			f.converge("new domain listed", at, listedWith("/domaincerts/domains", "domains", d, true, "", nil))
+
+			c2 := c.uploadLeaf(t, l2)
+			c.patchDomain(t, d, map[string]any{"certificate_id": c2})
+			took["swap"] = f.converge("swapped certificate served", time.Now(), servesSerial(sni, l2.Serial))
+
+			a.patchDomain(t, d, map[string]any{"description": "second"})
+			took["patch"] = f.converge("new description shown", time.Now(),
+				listedWith("/domaincerts/domains", "domains", d, true, "description", "second"))
+
+			b.detachCert(t, d)
+			took["detach"] = f.converge("detached domain refused", time.Now(), refuses(sni))
+
+			c.deleteCert(t, c1)
+			took["certificate delete"] = f.converge("deleted certificate gone", time.Now(),
+				listedWith("/domaincerts/tls_certificates", "tls_certificates", c1, false, "", nil))
+
+			a.patchDomain(t, d, map[string]any{"certificate_id": c2})
+			f.converge("re-attached certificate served", time.Now(), servesSerial(sni, l2.Serial))
+			a.deleteDomain(t, d)
+			at = time.Now()
+			took["domain delete"] = f.converge("deleted domain refused", at, refuses(sni))
+			f.converge("deleted domain gone", at, listedWith("/domaincerts/domains", "domains", d, false, "", nil))
+			t.Logf("slowest instance per write kind: %v", took)
+		})
+	}
+}
+
+// TestFleetRaces runs the writes that race across instances: concurrent
+// creates of one name, attaching a certificate while another instance
+// deletes it, and concurrent PATCHes of one domain.
+func TestFleetRaces(t *testing.T) {
+	f := startFleet(t, 3, "", nil)
+	ca := testpki.NewChain(t, "Race CA")
+
+	t.Run("concurrent creates of one name", func(t *testing.T) {
+		for round := range 20 {
+			name := fmt.Sprintf("race-%d.example.test", round)
+			results := make([]apiResult, len(f.nodes))
+			errs := make([]error, len(f.nodes))
+			var wg sync.WaitGroup
+			for i, c := range f.nodes {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					results[i], errs[i] = c.do("POST", "/domaincerts/domains", map[string]any{"domain": name})
+				}()
+			}
+			wg.Wait()
+			winner := ""
+			for i, r := range results {
+				switch {
+				case errs[i] != nil:
+					t.Fatalf("round %d, instance %d: %v", round, i, errs[i])
+				case r.Status == http.StatusCreated && winner != "":
+					t.Fatalf("round %d: two instances answered 201 for %s", round, name)
+				case r.Status == http.StatusCreated:
+					winner, _ = r.Body["id"].(string)
+				case r.Status != http.StatusConflict || r.Body["error_code"] != "DOMAIN_EXISTS":
+					t.Fatalf("round %d, instance %d: %d %v; want 409 DOMAIN_EXISTS", round, i, r.Status, r.Body)
+				}
+			}
+			if winner == "" {
+				t.Fatalf("round %d: no instance answered 201", round)
+			}
+			f.converge("the one domain listed", time.Now(), listedWith("/domaincerts/domains", "domains", winner, true, "domain", name))
+		}
+	})
+
+	t.Run("attach while another instance deletes the certificate", func(t *testing.T) {
+		for round := range 10 {
+			name := fmt.Sprintf("attach-%d.example.test", round)
+			l := ca.Leaf(t, name)
+			certID := f.nodes[0].uploadLeaf(t, l)
+			domainID, _ := f.nodes[0].createDomain(t, name, certID)
+			f.nodes[0].detachCert(t, domainID)
+			var attach, del apiResult
+			var wg sync.WaitGroup
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				attach, _ = f.nodes[1].do("PATCH", "/domaincerts/domains/"+domainID, map[string]any{"certificate_id": certID})
+			}()
+			go func() {
+				defer wg.Done()
+				del, _ = f.nodes[2].do("DELETE", "/domaincerts/tls_certificates/"+certID, nil)
+			}()
+			wg.Wait()
+			switch {
+			case attach.Status == http.StatusOK && del.Status == http.StatusNoContent:
+				t.Fatalf("round %d: the attach and the delete both succeeded", round)
+			case attach.Status == http.StatusOK && del.Body["error_code"] != "CERT_IN_USE":
+				t.Fatalf("round %d: delete answered %d %v; want 409 CERT_IN_USE", round, del.Status, del.Body)
+			case del.Status == http.StatusNoContent && attach.Body["error_code"] != "CERT_NOT_FOUND":
+				t.Fatalf("round %d: attach answered %d %v; want 400 CERT_NOT_FOUND", round, attach.Status, attach.Body)
+			}
+			// no instance ever serves, or shows, a domain pointing to a
+			// deleted certificate
+			for i, c := range f.nodes {
+				d := c.getDomain(t, domainID)
+				if ref := certRef(d); ref != "" {
+					if st, _ := c.api(t, "GET", "/domaincerts/tls_certificates/"+ref, nil); st != http.StatusOK {
+						t.Fatalf("round %d, instance %d: the domain points to certificate %s, which answers %d", round, i, ref, st)
+					}
+				}
+			}
+		}
+	})
+
+	t.Run("concurrent patches", func(t *testing.T) {
+		id, _ := f.nodes[0].createDomain(t, "patch.example.test", f.nodes[0].uploadLeaf(t, ca.Leaf(t, "patch.example.test")))
+		var wg sync.WaitGroup
+		for i, c := range f.nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := range 10 {
+					r, err := c.do("PATCH", "/domaincerts/domains/"+id, map[string]any{"description": fmt.Sprintf("%d-%d", i, j)})
+					if err != nil || r.Status != http.StatusOK {
+						t.Errorf("PATCH on instance %d: %v %v", i, err, r.Body)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		end := time.Now()
+		// within the bound, every instance shows the same description, the
+		// last PATCH of one of them
+		for {
+			var seen []any
+			for _, c := range f.nodes {
+				seen = append(seen, c.getDomain(t, id)["description"])
+			}
+			last, _ := seen[0].(string)
+			if seen[1] == last && seen[2] == last {
+				if !strings.HasSuffix(last, "-9") {
+					t.Fatalf("every instance shows %q, not the last PATCH of an instance", last)
+				}
+				break
+			}
+			if time.Since(end) > convergeBound {
+				t.Fatalf("the instances show %v, not within %s", seen, convergeBound)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
+
+// TestFleetACME runs managed domains on three instances whose ACME
+// validation traffic reaches them through a round-robin front, with a CA
+// (Pebble) that none of Caddy's own tls policies names: every domain gets
+// one order, whichever instances run its job, and the instance the CA
+// reaches answers the challenge from storage.
+func TestFleetACME(t *testing.T) {
+	p := getPebble(t)
+	p.dumpLogOnFailure(t)
+	app := map[string]any{
+		"issuers":            map[string]any{"pebble": p.ACMEIssuer()},
+		"default_authority":  "pebble",
+		"zones":              []any{operatorZone},
+		"resolvers":          []any{p.DNSAddr},
+		"retry_min_interval": "1s",
+		"retry_max_interval": "2s",
+	}
+	f := startFleet(t, 3, "", func(int) caddyOpts { return caddyOpts{App: app} })
+	// the domains are created on instance 0; the CA's validation requests
+	// reach instances 1 and 2 only, so that the instance that orders is
+	// not, in general, the one that answers
+	var httpTargets, tlsTargets []string
+	for _, c := range f.nodes[1:] {
+		httpTargets = append(httpTargets, c.HTTPAddr())
+		tlsTargets = append(tlsTargets, c.HTTPSAddr())
+	}
+	httpFront := startFront(t, fmt.Sprintf("127.0.0.1:%d", p.HTTPPort), httpTargets...)
+	tlsFront := startFront(t, fmt.Sprintf("127.0.0.1:%d", p.TLSPort), tlsTargets...)
+	pebbleMark := p.logMark()
+	var marks []int
+	for _, c := range f.nodes {
+		marks = append(marks, c.logMark())
+	}
+
+	names := []string{"one.operator.test", "two.operator.test", "three.operator.test", "four.operator.test"}
+	ids := map[string]string{}
+	for _, name := range names {
+		obj := f.nodes[0].mustAPI(t, http.StatusCreated, "POST", "/domaincerts/domains", map[string]any{"domain": name})
+		ids[name] = obj["id"].(string)
+	}
+	serials := map[string]string{}
+	for _, name := range names {
+		deadline := time.Now().Add(issueWithin)
+		for {
+			d := f.nodes[0].getDomain(t, ids[name])
+			if isIssued(d) {
+				serials[name] = f.nodes[0].getCert(t, certRef(d))["serial_number"].(string)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not issued within %s: %s", name, issueWithin, jsonString(d))
+			}
+			time.Sleep(pollEvery)
+		}
+	}
+	for _, name := range names {
+		f.converge(name+" served with the issued certificate", time.Now(), servesSerial(name, serials[name]))
+	}
+	if n := pebbleOrders(p.LogSince(pebbleMark)); n != len(names) {
+		t.Errorf("pebble got %d orders for %d domains; want one each", n, len(names))
+	}
+	orderedBy0 := 0
+	for _, name := range names {
+		var who []int
+		for i, c := range f.nodes {
+			if len(obtainLines(c.logSince(marks[i]), name)) > 0 {
+				who = append(who, i)
+			}
+		}
+		if len(who) != 1 {
+			t.Errorf("%s: instances %v tried to obtain it; want exactly one", name, who)
+		}
+		if len(who) == 1 && who[0] == 0 {
+			orderedBy0++
+		}
+	}
+	if orderedBy0 == 0 {
+		t.Errorf("instance 0 ordered none of the certificates, so no challenge had to be answered by another instance")
+	}
+	// one certificate resource per domain, on every instance
+	for i, c := range f.nodes {
+		if got := len(c.listAll(t, "/domaincerts/tls_certificates", "tls_certificates")); got != len(names) {
+			t.Errorf("instance %d lists %d certificates; want %d", i, got, len(names))
+		}
+	}
+	t.Logf("validation connections: http %v, tls-alpn %v; %d of %d ordered by instance 0",
+		httpFront.Hits(), tlsFront.Hits(), orderedBy0, len(names))
+}
+
+// writerModel drives writes against one or more instances and remembers
+// what each acknowledged: the state each name must be in afterwards.
+// A write that got no answer leaves its name uncertain until a later
+// write of that name is acknowledged.
+type writerModel struct {
+	mu    sync.Mutex
+	names map[string]*nameState
+	acked int // acknowledged writes
+}
+
+type nameState struct {
+	domainID, certID, serial string // acknowledged: the domain and its certificate
+	present                  bool
+	uncertain                bool
+	gone                     []string // domain IDs whose delete was acknowledged
+}
+
+// write runs one step for name on c: create (upload, then create the
+// domain with it) when the name is absent, else swap its certificate or
+// delete it. It reports whether the step was acknowledged.
+func (m *writerModel) write(c *caddyProc, ca *testpki.Chain, name string, step int) bool {
+	m.mu.Lock()
+	st := m.names[name]
+	if st == nil {
+		st = &nameState{}
+		m.names[name] = st
+	}
+	cur := *st
+	m.mu.Unlock()
+	set := func(fn func(st *nameState)) {
+		m.mu.Lock()
+		fn(st)
+		if !st.uncertain {
+			m.acked++
+		}
+		m.mu.Unlock()
+	}
+	fail := func() bool {
+		m.mu.Lock()
+		st.uncertain = true
+		m.mu.Unlock()
+		return false
+	}
+	if cur.uncertain {
+		return false // resolved by the checker only
+	}
+	if !cur.present || step%3 == 1 {
+		l := ca.Leaf(panicTB{}, name) // a goroutine: a failure panics
+		up, err := c.do("POST", "/domaincerts/tls_certificates", map[string]any{"certificate_pem": l.ChainPEM, "private_key_pem": l.KeyPEM})
+		if err != nil || up.Status != http.StatusCreated {
+			return false // nothing refers to an upload yet
+		}
+		certID := up.Body["id"].(string)
+		if !cur.present {
+			r, err := c.do("POST", "/domaincerts/domains", map[string]any{"domain": name, "certificate_id": certID})
+			if err != nil || r.Status >= 500 {
+				return fail()
+			}
+			if r.Status != http.StatusCreated {
+				return false
+			}
+			set(func(st *nameState) {
+				st.domainID, st.certID, st.serial, st.present = r.Body["id"].(string), certID, l.Serial, true
+			})
+			return true
+		}
+		r, err := c.do("PATCH", "/domaincerts/domains/"+cur.domainID, map[string]any{"certificate_id": certID})
+		if err != nil || r.Status >= 500 {
+			return fail()
+		}
+		if r.Status != http.StatusOK {
+			return false
+		}
+		set(func(st *nameState) { st.certID, st.serial = certID, l.Serial })
+		return true
+	}
+	r, err := c.do("DELETE", "/domaincerts/domains/"+cur.domainID, nil)
+	if err != nil || r.Status >= 500 {
+		return fail()
+	}
+	if r.Status != http.StatusNoContent {
+		return false
+	}
+	set(func(st *nameState) {
+		st.gone = append(st.gone, st.domainID)
+		st.present, st.domainID, st.certID, st.serial = false, "", "", ""
+	})
+	return true
+}
+
+// check verifies on c every name whose state is certain: a present one is
+// served with its certificate and read back; a deleted one is gone. It
+// returns how many names it checked.
+func (m *writerModel) check(t *testing.T, c *caddyProc) int {
+	t.Helper()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	checked := 0
+	for name, st := range m.names {
+		if st.uncertain {
+			continue
+		}
+		checked++
+		for _, id := range st.gone {
+			if status, _ := c.api(t, "GET", "/domaincerts/domains/"+id, nil); status != http.StatusNotFound {
+				t.Errorf("%s: deleted domain %s answers %d", name, id, status)
+			}
+		}
+		if !st.present {
+			if _, err := handshakeState(c.HTTPSAddr(), name); err == nil {
+				t.Errorf("%s: deleted, but served", name)
+			}
+			continue
+		}
+		d := c.getDomain(t, st.domainID)
+		if certRef(d) != st.certID {
+			t.Errorf("%s: domain points to %s; the acknowledged write set %s", name, certRef(d), st.certID)
+		}
+		state, err := handshakeState(c.HTTPSAddr(), name)
+		if err != nil || testpki.SerialHex(state.PeerCertificates[0].SerialNumber) != st.serial {
+			t.Errorf("%s: handshake %v; want serial %s", name, err, st.serial)
+		}
+	}
+	return checked
+}
+
+// runWriters runs writers goroutines, each writing its own names on the
+// instance pick returns, until stop is closed.
+func (m *writerModel) runWriters(writers int, ca *testpki.Chain, pick func(w, step int) *caddyProc, stop <-chan struct{}) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for step := 0; ; step++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				name := fmt.Sprintf("w%d-%d.example.test", w, step%12)
+				if !m.write(pick(w, step), ca, name, step/12) {
+					time.Sleep(20 * time.Millisecond) // down, or busy: try the next
+				}
+			}
+		}()
+	}
+	return &wg
+}
+
+// TestKillUnderWriters kills Caddy with SIGKILL three times while 8 clients
+// upload, attach, swap, delete and re-create domains, on plain and on
+// sealed storage: after each restart, every acknowledged write is there.
+func TestKillUnderWriters(t *testing.T) {
+	for _, sealed := range []bool{false, true} {
+		name, key := "file_system", ""
+		if sealed {
+			name, key = "sealed", newSealKey(t)
+		}
+		t.Run(name, func(t *testing.T) {
+			f := startFleet(t, 1, key, nil)
+			c := f.nodes[0]
+			ca := testpki.NewChain(t, "Kill CA")
+			m := &writerModel{names: map[string]*nameState{}}
+			for kill := 1; kill <= 3; kill++ {
+				stop := make(chan struct{})
+				wg := m.runWriters(8, ca, func(int, int) *caddyProc { return c }, stop)
+				time.Sleep(1500 * time.Millisecond)
+				c.Kill()
+				close(stop)
+				wg.Wait()
+				c.Start()
+				n := m.check(t, c)
+				if n < 8 {
+					t.Fatalf("kill %d: only %d names in a known state", kill, n)
+				}
+				t.Logf("kill %d: %d writes acknowledged so far, %d names checked", kill, m.acked, n)
+			}
+			if strings.Contains(c.Log(), "duplicate domain records") {
+				t.Error("the log reports duplicate domain records")
+			}
+		})
+	}
+}
+
+// TestFleetKillAndCatchUp kills one of three instances while 8 clients
+// write through all three; the others go on, and the killed one, once
+// restarted, serves every acknowledged write.
+func TestFleetKillAndCatchUp(t *testing.T) {
+	f := startFleet(t, 3, "", nil)
+	ca := testpki.NewChain(t, "Catch-up CA")
+	m := &writerModel{names: map[string]*nameState{}}
+	var down sync.Map // instances that are down
+	pick := func(w, step int) *caddyProc {
+		for i := range f.nodes {
+			c := f.nodes[(w+step+i)%len(f.nodes)]
+			if _, isDown := down.Load(c); !isDown {
+				return c
+			}
+		}
+		return f.nodes[0]
+	}
+	stop := make(chan struct{})
+	wg := m.runWriters(8, ca, pick, stop)
+	time.Sleep(time.Second)
+	victim := f.nodes[0]
+	down.Store(victim, true)
+	victim.Kill()
+	time.Sleep(2 * time.Second) // the others keep writing
+	victim.Start()
+	down.Delete(victim)
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	// within the bound, every instance, the restarted one too, serves
+	// what was acknowledged
+	time.Sleep(convergeBound)
+	for i, c := range f.nodes {
+		n := m.check(t, c)
+		if n < 8 {
+			t.Fatalf("instance %d: only %d names in a known state", i, n)
+		}
+		t.Logf("instance %d: %d names checked, %d writes acknowledged", i, n, m.acked)
+	}
+}
+
+// TestFleetWriterWhileRestarting has one instance create domains flat out
+// while another restarts three times (twice gracefully, once killed): the
+// restarting instance never refuses a handshake for a domain that exists,
+// whenever it is up, and ends with every domain the writer created.
+func TestFleetWriterWhileRestarting(t *testing.T) {
+	f := startFleet(t, 2, "", nil)
+	writer, other := f.nodes[0], f.nodes[1]
+	ca := testpki.NewChain(t, "Restart CA")
+	wild := ca.Leaf(t, "*.stable.example.test")
+	certID := writer.uploadLeaf(t, wild)
+	var stable []string
+	for i := range 30 {
+		name := fmt.Sprintf("s%d.stable.example.test", i)
+		writer.createDomain(t, name, certID)
+		stable = append(stable, name)
+	}
+	f.converge("stable domains served", time.Now(), servesSerial(stable[29], wild.Serial))
+
+	stop := make(chan struct{})
+	var created sync.Map
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			name := fmt.Sprintf("n%d.stable.example.test", i)
+			r, err := writer.do("POST", "/domaincerts/domains", map[string]any{"domain": name, "certificate_id": certID})
+			if err == nil && r.Status == http.StatusCreated {
+				created.Store(name, true)
+			}
+		}
+	}()
+	var refusals []string
+	var mu sync.Mutex
+	checkerStop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-checkerStop:
+				return
+			default:
+			}
+			name := stable[i%len(stable)]
+			_, err := handshakeState(other.HTTPSAddr(), name)
+			if err != nil && strings.Contains(err.Error(), "remote error") {
+				mu.Lock()
+				refusals = append(refusals, fmt.Sprintf("%s: %v", name, err))
+				mu.Unlock()
+			}
+		}
+	}()
+	for i := range 3 {
+		time.Sleep(time.Second)
+		if i == 1 {
+			other.Kill()
+			other.Start()
+		} else {
+			other.Restart()
+		}
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	close(checkerStop)
+	wg.Wait()
+	if len(refusals) > 0 {
+		t.Errorf("the restarting instance refused %d handshakes for existing domains, e.g. %s", len(refusals), refusals[0])
+	}
+	n := 0
+	created.Range(func(k, _ any) bool { n++; return true })
+	since := time.Now()
+	f.converge("every created domain served", since, func(c *caddyProc) bool {
+		ok := true
+		created.Range(func(k, _ any) bool {
+			if _, err := handshakeState(c.HTTPSAddr(), k.(string)); err != nil {
+				ok = false
+			}
+			return ok
+		})
+		return ok
+	})
+	if n < 50 {
+		t.Errorf("the writer created only %d domains", n)
+	}
+	t.Logf("writer created %d domains while the other instance restarted 3 times", n)
+	if log := other.Log(); strings.Contains(log, "dropped") || strings.Contains(log, "no such file") {
+		t.Errorf("the restarting instance logged dropped domains or missing files")
+	}
+}
