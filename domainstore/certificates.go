@@ -97,6 +97,8 @@ func (s *Store) readKnownCertificate(ctx context.Context, id string, c certRecor
 	if !validID(CertificatePrefix, id) {
 		return notFound("certificate", id)
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout())
+	defer cancel()
 	for attempt := 0; ; attempt++ {
 		s.mu.RLock()
 		v, ok := s.certs[id]
@@ -121,6 +123,8 @@ func (s *Store) readKnownCertificate(ctx context.Context, id string, c certRecor
 // beforeID (or the newest, when it is empty), newest first, and whether
 // more follow. A record that cannot be read is listed with Damage set.
 func (s *Store) ListCertificates(ctx context.Context, limit int, beforeID string) ([]*Certificate, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout())
+	defer cancel()
 	s.mu.RLock()
 	ids, more := page(s.certIDs, limit, beforeID)
 	vers := make([]uint64, len(ids))
@@ -236,6 +240,8 @@ func (s *Store) usersOf(tx *txn, id string) []string {
 func (s *Store) LoadKeyPair(ctx context.Context, id string) (*tls.Certificate, error) {
 	// only the fields serving needs: decoding the whole record (names,
 	// dates, metadata) would cost a fifth of a cache miss
+	ctx, cancel := context.WithTimeout(ctx, s.timeout())
+	defer cancel()
 	var c keyPairRecord
 	if err := s.readKnownCertificate(ctx, id, &c); err != nil {
 		return nil, err

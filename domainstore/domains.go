@@ -106,6 +106,8 @@ func (s *Store) GetDomain(ctx context.Context, id string) (*Domain, error) {
 	if !validID(DomainPrefix, id) {
 		return nil, notFound("domain", id)
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout())
+	defer cancel()
 	for attempt := 0; ; attempt++ {
 		s.mu.RLock()
 		e := s.domains[id]
@@ -160,6 +162,8 @@ func (s *Store) DomainID(name string) (string, bool) {
 // newest, when it is empty), newest first, and whether more follow. A
 // record that cannot be read is listed with Damage set, not left out.
 func (s *Store) ListDomains(ctx context.Context, limit int, beforeID string) ([]*Domain, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout())
+	defer cancel()
 	s.mu.RLock()
 	ids, more := page(s.domainIDs, limit, beforeID)
 	type ref struct {

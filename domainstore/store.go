@@ -189,6 +189,11 @@ func (s *Store) load(ctx context.Context) (string, error) {
 	if err := s.recoverFromListing(ctx, false); err != nil {
 		return "", fmt.Errorf("listing the records: %w", err)
 	}
+	// the entries past the head that the listing started from: usually
+	// none, or the few of a writer that died before moving the head
+	if err := s.catchUp(ctx, nil); err == nil {
+		s.markReconciled()
+	}
 	return "listing", nil
 }
 
@@ -225,8 +230,8 @@ func (s *Store) startJournal(ctx context.Context) error {
 }
 
 // Reconciled is closed once memory has caught up with the journal after
-// start-up (at once when the store was loaded by listing, soon after
-// start-up when it was loaded from a snapshot).
+// start-up: before Open returns when the store was loaded by listing the
+// records, soon after when it was loaded from a snapshot.
 func (s *Store) Reconciled() <-chan struct{} { return s.reconciled }
 
 func (s *Store) markReconciled() {
