@@ -30,6 +30,7 @@ type op struct {
 var (
 	maxBatchOps = 64
 	maxHold     = 250 * time.Millisecond
+	linger      = 10 * time.Millisecond
 )
 
 // submit runs fn in the sequencer under the journal lock and returns its
@@ -195,7 +196,11 @@ func (s *Store) writeSession(first *op) {
 		select {
 		case o := <-s.ops:
 			batch = s.collect(o)
-		default:
+		case <-time.After(linger):
+			// a client that writes one request at a time sends its next
+			// within this: keeping the lock spares a lock and a head write
+			// per request
+		case <-s.closing:
 		}
 	}
 	if len(batch) > 0 {
