@@ -3,6 +3,8 @@ package domainstore
 import (
 	"context"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,6 +87,38 @@ func BenchmarkCatchUp(b *testing.B) {
 				}
 				b.StartTimer()
 			}
+		})
+	}
+}
+
+// BenchmarkCreateDomain measures writes through the journal on the file
+// system: one client at a time, and 8 clients at once (their writes share
+// journal entries). ns/op is the time per write for the whole group.
+func BenchmarkCreateDomain(b *testing.B) {
+	for _, clients := range []int{1, 8} {
+		b.Run(fmt.Sprintf("file/clients=%d", clients), func(b *testing.B) {
+			s := openWith(b, &certmagic.FileStorage{Path: b.TempDir()}, Options{})
+			ctx := context.Background()
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			for range clients {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						i := next.Add(1)
+						if i > int64(b.N) {
+							return
+						}
+						if _, err := s.CreateDomain(ctx, DomainInput{Domain: fmt.Sprintf("d%d.example.test", i)}); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
 		})
 	}
 }
