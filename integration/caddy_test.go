@@ -50,6 +50,9 @@ type caddyOpts struct {
 	// Mutate, if set, edits the final configuration. The caddyProc has its
 	// ports and directories set when Mutate runs.
 	Mutate func(cfg map[string]any, c *caddyProc)
+	// Bin is the Caddy binary to run. Default: caddyBin, the plugin's
+	// build under test.
+	Bin string
 }
 
 // caddyProc is one Caddy subprocess with its ports, directories and log.
@@ -65,6 +68,7 @@ type caddyProc struct {
 	Config     map[string]any
 
 	log       *syncBuffer
+	bin       string
 	idleStdin bool
 	stdinW    *os.File // the write end of an IdleStdin pipe
 
@@ -98,7 +102,11 @@ func startCaddy(t *testing.T, opts caddyOpts) *caddyProc {
 		StorageDir: t.TempDir(),
 		HomeDir:    t.TempDir(),
 		log:        &syncBuffer{},
+		bin:        opts.Bin,
 		idleStdin:  opts.IdleStdin,
+	}
+	if c.bin == "" {
+		c.bin = caddyBin
 	}
 	if c.HTTPPort == 0 {
 		c.HTTPPort = freePort(t)
@@ -193,7 +201,7 @@ func (c *caddyProc) start() {
 	c.mu.Lock()
 	c.runs++
 	fmt.Fprintf(c.log, "===== harness: starting caddy (run %d) =====\n", c.runs)
-	cmd := exec.Command(caddyBin, "run", "--config", c.ConfigFile)
+	cmd := exec.Command(c.bin, "run", "--config", c.ConfigFile)
 	cmd.Dir = c.HomeDir
 	cmd.Env = append(filteredEnv(),
 		"HOME="+c.HomeDir,

@@ -3,11 +3,14 @@
 // drive it through the admin API and assert, with real TLS handshakes, which
 // certificate it serves.
 //
-// Run them with
+// They are a Go module of their own, so that their dependencies (Pebble,
+// a Redis client) stay out of what the plugin's users build. Run them with
 //
-//	go test ./integration/...
+//	cd integration && go test ./...
 //
 // Set DOMAINCERTS_CADDY_BIN to a prebuilt binary (for example one built by
-// xcaddy) to skip the build. The package has no skipped tests: a missing tool
-// (openssl, curl) or a failed build fails the run.
+// xcaddy) to skip the build. The tests that need modules the plugin does
+// not have (a Redis storage, in ./redisstorage) run ./testcaddy, built on
+// first use. The package has no skipped tests: a missing tool (openssl,
+// curl, redis-server) or a failed build fails the run.
 package integration

@@ -21,28 +21,47 @@ import (
 // instance is served and shown by every instance within it.
 const convergeBound = 2 * time.Second
 
-// fleet is several Caddy instances on one storage directory.
+// fleet is several Caddy instances on one storage.
 type fleet struct {
 	t     *testing.T
 	nodes []*caddyProc
-	dir   string
 }
 
-// startFleet starts n instances on one storage: file_system, or sealed
-// over it when sealKey is set. opts, if not nil, gives instance i's
-// options (the storage is set here).
-func startFleet(t *testing.T, n int, sealKey string, opts func(i int) caddyOpts) *fleet {
+// fleetStorage is the storage a fleet shares.
+type fleetStorage string
+
+const (
+	onFileSystem fleetStorage = "file_system"
+	onSealed     fleetStorage = "sealed" // sealed over file_system
+	onRedis      fleetStorage = "redis"  // a redis-server, through the test Caddy's storage module
+)
+
+// startFleet starts n instances on one storage of the given kind. opts, if
+// not nil, gives instance i's options (the storage and binary are set
+// here).
+func startFleet(t *testing.T, n int, kind fleetStorage, opts func(i int) caddyOpts) *fleet {
 	t.Helper()
-	f := &fleet{t: t, dir: t.TempDir()}
+	f := &fleet{t: t}
+	var storage map[string]any
+	var bin string
+	switch kind {
+	case onFileSystem:
+		storage = map[string]any{"module": "file_system", "root": t.TempDir()}
+	case onSealed:
+		storage = map[string]any{"module": "sealed", "key": newSealKey(t),
+			"inner": map[string]any{"module": "file_system", "root": t.TempDir()}}
+	case onRedis:
+		storage = map[string]any{"module": "testredis", "address": startRedis(t)}
+		bin = testCaddyBin(t)
+	default:
+		t.Fatalf("unknown storage %q", kind)
+	}
 	for i := range n {
 		var o caddyOpts
 		if opts != nil {
 			o = opts(i)
 		}
-		o.Storage = map[string]any{"module": "file_system", "root": f.dir}
-		if sealKey != "" {
-			o.Storage = map[string]any{"module": "sealed", "key": sealKey, "inner": o.Storage}
-		}
+		o.Storage, o.Bin = storage, bin
 		f.nodes = append(f.nodes, startCaddy(t, o))
 	}
 	return f
@@ -107,14 +126,9 @@ func listedWith(path, plural, id string, want bool, field string, value any) fun
 // instances and checks that all three serve and show it within the bound,
 // on plain and on sealed storage.
 func TestFleetConvergence(t *testing.T) {
-	for _, sealed := range []bool{false, true} {
-		name := "file_system"
-		key := ""
-		if sealed {
-			name, key = "sealed", newSealKey(t)
-		}
-		t.Run(name, func(t *testing.T) {
-			f := startFleet(t, 3, key, nil)
+	for _, kind := range []fleetStorage{onFileSystem, onSealed, onRedis} {
+		t.Run(string(kind), func(t *testing.T) {
+			f := startFleet(t, 3, kind, nil)
 			a, b, c := f.nodes[0], f.nodes[1], f.nodes[2]
 			ca := testpki.NewChain(t, "Fleet CA")
 			const sni = "fleet.example.test"
@@ -157,9 +171,16 @@ func TestFleetConvergence(t *testing.T) {
 
 // TestFleetRaces runs the writes that race across instances: concurrent
 // creates of one name, attaching a certificate while another instance
-// deletes it, and concurrent PATCHes of one domain.
+// deletes it, and concurrent PATCHes of one domain; on file_system and on
+// Redis.
 func TestFleetRaces(t *testing.T) {
-	f := startFleet(t, 3, "", nil)
+	for _, kind := range []fleetStorage{onFileSystem, onRedis} {
+		t.Run(string(kind), func(t *testing.T) { testFleetRaces(t, kind) })
+	}
+}
+
+func testFleetRaces(t *testing.T, kind fleetStorage) {
+	f := startFleet(t, 3, kind, nil)
 	ca := testpki.NewChain(t, "Race CA")
 
 	t.Run("concurrent creates of one name", func(t *testing.T) {
@@ -283,13 +304,14 @@ func TestFleetRaces(t *testing.T) {
 // reaches answers the challenge from storage.
 func TestFleetACME(t *testing.T) {
 	for _, challenge := range []string{"http-01", "tls-alpn-01"} {
-		t.Run(challenge, func(t *testing.T) { testFleetACME(t, challenge) })
+		t.Run(challenge, func(t *testing.T) { testFleetACME(t, challenge, onFileSystem) })
 	}
+	t.Run("redis", func(t *testing.T) { testFleetACME(t, "http-01", onRedis) })
 }
 
-// testFleetACME is TestFleetACME with one challenge type: the other is
-// disabled in the app's issuer.
-func testFleetACME(t *testing.T, challenge string) {
+// testFleetACME is TestFleetACME with one challenge type (the other is
+// disabled in the app's issuer) on one kind of storage.
+func testFleetACME(t *testing.T, challenge string, kind fleetStorage) {
 	p := getPebble(t)
 	p.dumpLogOnFailure(t)
 	issuer := p.ACMEIssuer()
@@ -307,7 +329,7 @@ func testFleetACME(t *testing.T, challenge string) {
 		"retry_min_interval": "1s",
 		"retry_max_interval": "2s",
 	}
-	f := startFleet(t, 3, "", func(int) caddyOpts { return caddyOpts{App: app} })
+	f := startFleet(t, 3, kind, func(int) caddyOpts { return caddyOpts{App: app} })
 	// the domains are created on instance 0; the CA's validation requests
 	// reach instances 1 and 2 only, so that the instance that orders is
 	// not, in general, the one that answers
@@ -326,7 +348,7 @@ func testFleetACME(t *testing.T, challenge string) {
 
 	var names []string
 	for _, n := range []string{"one", "two", "three"} {
-		names = append(names, n+"-"+challenge+".operator.test")
+		names = append(names, n+"-"+challenge+"-"+string(kind)+".operator.test")
 	}
 	ids := map[string]string{}
 	for _, name := range names {
@@ -546,14 +568,10 @@ func (m *writerModel) runWriters(writers int, ca *testpki.Chain, pick func(w, st
 // upload, attach, swap, delete and re-create domains, on plain and on
 // sealed storage: after each restart, every acknowledged write is there.
 func TestKillUnderWriters(t *testing.T) {
-	for _, sealed := range []bool{false, true} {
-		name, key := "file_system", ""
-		if sealed {
-			name, key = "sealed", newSealKey(t)
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, kind := range []fleetStorage{onFileSystem, onSealed} {
+		t.Run(string(kind), func(t *testing.T) {
 			t.Parallel() // most of the time is spent waiting for a dead process's lock to expire
-			f := startFleet(t, 1, key, nil)
+			f := startFleet(t, 1, kind, nil)
 			c := f.nodes[0]
 			ca := testpki.NewChain(t, "Kill CA")
 			m := &writerModel{names: map[string]*nameState{}}
@@ -614,7 +632,7 @@ func waitWritable(t *testing.T, c *caddyProc, within time.Duration) time.Duratio
 // write through all three; the others go on, and the killed one, once
 // restarted, serves every acknowledged write.
 func TestFleetKillAndCatchUp(t *testing.T) {
-	f := startFleet(t, 3, "", nil)
+	f := startFleet(t, 3, onFileSystem, nil)
 	ca := testpki.NewChain(t, "Catch-up CA")
 	m := &writerModel{names: map[string]*nameState{}}
 	var down sync.Map // instances that are down
@@ -656,7 +674,7 @@ func TestFleetKillAndCatchUp(t *testing.T) {
 // restarting instance never refuses a handshake for a domain that exists,
 // whenever it is up, and ends with every domain the writer created.
 func TestFleetWriterWhileRestarting(t *testing.T) {
-	f := startFleet(t, 2, "", nil)
+	f := startFleet(t, 2, onFileSystem, nil)
 	writer, other := f.nodes[0], f.nodes[1]
 	ca := testpki.NewChain(t, "Restart CA")
 	wild := ca.Leaf(t, "*.stable.example.test")

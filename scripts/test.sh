@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of domaincerts, as CI does. Needs Go, gcc (for -race),
-# openssl and curl; fetches modules through the Go module proxy.
+# openssl, curl and redis-server; fetches modules through the Go module
+# proxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GOFLAGS=${GOFLAGS:--buildvcs=false}
@@ -10,7 +11,7 @@ trap 'rm -rf "$work"' EXIT
 step() { printf '\n== %s\n' "$*"; }
 
 step "tools"
-for tool in go gcc openssl curl; do
+for tool in go gcc openssl curl redis-server; do
 	command -v "$tool" >/dev/null || { echo "missing $tool: install it (see README)" >&2; exit 1; }
 done
 go version
@@ -23,9 +24,12 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet ./...
+# the integration tests are a module of their own (their test-only
+# dependencies stay out of what the plugin's users build)
+(cd integration && go vet ./...)
 
 step "unit tests (race detector)"
-go test -race -count=1 $(go list ./... | grep -v /integration)
+go test -race -count=1 ./...
 
 step "fuzz smoke runs"
 FUZZTIME=${FUZZTIME:-4s} ./scripts/fuzz.sh
@@ -38,10 +42,10 @@ for id in domaincerts tls.get_certificate.domaincerts tls.certificates.domaincer
 done
 "$work/caddy" build-info | grep -q 'github.com/domaincerts/caddy-domaincerts' || { echo "plugin missing from build-info" >&2; exit 1; }
 
-step "integration tests (real Caddy built by xcaddy, Pebble, DNS, TLS clients)"
+step "integration tests (real Caddy built by xcaddy, Pebble, DNS, TLS clients, Redis)"
 # -v so that every test's verdict is visible; the check below fails the run
 # if any integration test was skipped or too few ran
-DOMAINCERTS_CADDY_BIN="$work/caddy" go test -count=1 -v -timeout 15m ./integration/ | tee "$work/integration.log"
+(cd integration && DOMAINCERTS_CADDY_BIN="$work/caddy" go test -count=1 -v -timeout 20m ./...) | tee "$work/integration.log"
 if grep -q -- '--- SKIP' "$work/integration.log"; then
 	echo "integration tests were skipped; that counts as a failure" >&2
 	exit 1

@@ -1,0 +1,17 @@
+// Command testcaddy is Caddy with the domaincerts plugin and the
+// integration tests' own modules (a Redis storage), for the tests that need
+// them. The plugin itself never contains these modules.
+package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/domaincerts/caddy-domaincerts"
+	_ "github.com/domaincerts/caddy-domaincerts/integration/redisstorage"
+)
+
+func main() {
+	caddycmd.Main()
+}
