@@ -7,8 +7,10 @@ package integration
 // writes racing on different instances resolve as they would on one.
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -412,6 +414,108 @@ func testFleetACME(t *testing.T, challenge string, kind fleetStorage) {
 		t.Errorf("no %s validation reached the front", challenge)
 	}
 	t.Logf("%s validation connections %v; %d of %d ordered by instance 0", challenge, hits, orderedBy0, len(names))
+}
+
+// TestFleetRenewal runs a managed domain whose certificates live so short
+// (tinyValidity) that they renew every few seconds (at random times, as
+// ACME renewal information selects them), on three instances that each
+// hold it in their cache and each run CertMagic's renewal checks: every
+// renewal is one order by one instance, and every instance serves the
+// renewed certificate.
+func TestFleetRenewal(t *testing.T) {
+	p := getPebble(t)
+	p.dumpLogOnFailure(t)
+	tiny := p.ACMEIssuer()
+	tiny["profile"] = tinyProfile
+	app := map[string]any{
+		"issuers":              map[string]any{"pebble": tiny},
+		"default_authority":    "pebble",
+		"zones":                []any{operatorZone},
+		"resolvers":            []any{p.DNSAddr},
+		"retry_min_interval":   "1s",
+		"retry_max_interval":   "2s",
+		"renew_check_interval": "1s",
+		"renewal_window_ratio": 0.5,
+	}
+	f := startFleet(t, 3, onFileSystem, func(int) caddyOpts { return caddyOpts{App: app} })
+	var httpTargets, tlsTargets []string
+	for _, c := range f.nodes {
+		httpTargets = append(httpTargets, c.HTTPAddr())
+		tlsTargets = append(tlsTargets, c.HTTPSAddr())
+	}
+	startFront(t, fmt.Sprintf("127.0.0.1:%d", p.HTTPPort), httpTargets...)
+	startFront(t, fmt.Sprintf("127.0.0.1:%d", p.TLSPort), tlsTargets...)
+	const name = "renew.operator.test"
+	id := f.nodes[0].mustAPI(t, http.StatusCreated, "POST", "/domaincerts/domains", map[string]any{"domain": name})["id"].(string)
+	deadline := time.Now().Add(issueWithin)
+	for !isIssued(f.nodes[0].getDomain(t, id)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not issued within %s", issueWithin)
+		}
+		time.Sleep(pollEvery)
+	}
+	var marks []int
+	for _, c := range f.nodes {
+		marks = append(marks, c.logMark())
+	}
+	pebbleMark := p.logMark()
+	time.Sleep(2 * tinyValidity)
+
+	// every successful obtain, by any instance, in time order
+	type obtain struct {
+		at   float64
+		node int
+	}
+	var obtains []obtain
+	for i, c := range f.nodes {
+		for _, line := range strings.Split(c.logSince(marks[i]), "\n") {
+			done := strings.Contains(line, `"certificate renewed successfully"`) || strings.Contains(line, `"certificate obtained successfully"`)
+			if !done || !strings.Contains(line, `"`+name+`"`) {
+				continue
+			}
+			var entry struct{ TS float64 }
+			if err := json.Unmarshal([]byte(line), &entry); err == nil {
+				obtains = append(obtains, obtain{entry.TS, i})
+			}
+		}
+	}
+	sort.Slice(obtains, func(i, j int) bool { return obtains[i].at < obtains[j].at })
+	if len(obtains) < 2 {
+		t.Fatalf("%d renewals in %s; want several", len(obtains), 2*tinyValidity)
+	}
+	// A renewal order names the certificate it replaces (ACME ARI), and
+	// Pebble refuses a second replacement of one certificate with
+	// "alreadyReplaced": two instances renewing the same certificate would
+	// show here.
+	for i, c := range f.nodes {
+		if strings.Contains(c.logSince(marks[i]), "alreadyReplaced") {
+			t.Errorf("instance %d ordered a replacement of a certificate that another order had replaced already", i)
+		}
+	}
+	if orders := pebbleOrders(p.LogSince(pebbleMark)); orders < len(obtains) || orders > len(obtains)+1 {
+		t.Errorf("pebble got %d orders for %d renewals", orders, len(obtains))
+	}
+	// every instance serves the certificate the domain points to (retried:
+	// it keeps renewing)
+	var mismatch string
+	for try := 0; try < 40; try++ {
+		d := f.nodes[0].getDomain(t, id)
+		serial := f.nodes[0].getCert(t, certRef(d))["serial_number"]
+		mismatch = ""
+		for i, c := range f.nodes {
+			if state, err := handshakeState(c.HTTPSAddr(), name); err != nil || testpki.SerialHex(state.PeerCertificates[0].SerialNumber) != serial {
+				mismatch = fmt.Sprintf("instance %d does not serve %s (%v)", i, serial, err)
+			}
+		}
+		if mismatch == "" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if mismatch != "" {
+		t.Error(mismatch)
+	}
+	t.Logf("%d renewals in %s, by instances %v", len(obtains), 2*tinyValidity, obtains)
 }
 
 // writerModel drives writes against one or more instances and remembers
