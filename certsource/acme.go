@@ -289,11 +289,15 @@ func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
 	}
 	if running && !changed && new.CertificateID != "" && (old == nil || old.CertificateID != new.CertificateID) {
 		// a new certificate (renewed, perhaps by another instance): serve it
-		a.wg.Add(1)
-		go func() {
-			defer a.wg.Done()
-			a.refresh(new.Domain, *new.Policy)
-		}()
+		a.mu.Lock()
+		if !a.stopped {
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				a.refresh(new.Domain, *new.Policy)
+			}()
+		}
+		a.mu.Unlock()
 	}
 	a.startJob(new)
 }

@@ -315,16 +315,29 @@ func TestDamagedRecords(t *testing.T) {
 	}
 }
 
-// TestDamagedJournalEntry corrupts an entry that an instance has not read
-// yet: it is skipped, logged and counted, and the entries after it apply.
+// TestDamagedJournalEntry damages an entry that its writer applied and an
+// instance has not read yet: the reader skips it, counts it, reads the
+// records once, and ends up agreeing with the writer; once the entries are
+// compacted, the domain can still be read and deleted everywhere.
 func TestDamagedJournalEntry(t *testing.T) {
 	ctx := context.Background()
 	st := new(memstorage.Storage)
 	fleet := openFleet(t, st, 2)
 	a, b := fleet[0], fleet[1]
-	mustCreate(t, a, DomainInput{Domain: "one.example.test"})
+	d := mustCreate(t, a, DomainInput{Domain: "one.example.test"})
+	if err := b.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	desc := "after"
+	if _, err := a.UpdateDomain(ctx, d.ID, DomainPatch{Description: &desc}); err != nil {
+		t.Fatal(err)
+	}
 	mustCreate(t, a, DomainInput{Domain: "two.example.test"})
-	if err := st.Store(ctx, entryKey(a.pos-1), []byte(`{"format":1,"seq":`)); err != nil {
+	if err := a.Sync(ctx); err != nil { // a's session has ended: the records are written
+		t.Fatal(err)
+	}
+	patched := a.domains[d.ID].Version
+	if err := st.Store(ctx, entryKey(patched), []byte(`{"format":1,"seq":`)); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Sync(ctx); err != nil {
@@ -335,5 +348,164 @@ func TestDamagedJournalEntry(t *testing.T) {
 	}
 	if b.stats.damagedEntries.Load() != 1 {
 		t.Fatal("the damaged entry was not counted")
+	}
+	got, err := b.GetDomain(ctx, d.ID)
+	if err != nil || got.Description != "after" {
+		t.Fatalf("b reads %+v, %v; want the PATCH its writer applied", got, err)
+	}
+	// the entries are compacted away; the record of one.example.test is
+	// lost too: it reads as damaged, and deleting it works on both
+	for seq := uint64(1); seq <= a.position(); seq++ {
+		_ = st.Delete(ctx, entryKey(seq))
+	}
+	_ = st.Delete(ctx, domainRecordKey(d.ID, patched))
+	for _, s := range []*Store{a, b} {
+		if _, err := s.GetDomain(ctx, d.ID); dcerr.CodeOf(err) != dcerr.RecordDamaged {
+			t.Fatalf("GetDomain of a lost record: %v; want RECORD_DAMAGED", err)
+		}
+	}
+	if err := b.DeleteDomain(ctx, d.ID); err != nil {
+		t.Fatalf("deleting a domain whose record is lost: %v", err)
+	}
+	if err := a.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.Lookup("one.example.test"); ok {
+		t.Fatal("a still serves the deleted domain")
+	}
+}
+
+// lateStorage stands for a networked storage whose journal writes time
+// out while it is stalled, yet execute later: it keeps the last value a
+// stalled write carried, and land executes it.
+type lateStorage struct {
+	*memstorage.Storage
+	mu       sync.Mutex
+	stalled  bool
+	key      string
+	val      []byte
+	attempts int
+}
+
+func (l *lateStorage) Store(ctx context.Context, key string, v []byte) error {
+	l.mu.Lock()
+	if l.stalled && strings.HasPrefix(key, journalDir+"/0") {
+		l.key, l.val = key, v
+		l.attempts++
+		l.mu.Unlock()
+		return context.DeadlineExceeded
+	}
+	l.mu.Unlock()
+	return l.Storage.Store(ctx, key, v)
+}
+
+func (l *lateStorage) stall(on bool) {
+	l.mu.Lock()
+	l.stalled = on
+	l.mu.Unlock()
+}
+
+// land executes the last stalled write, as the storage finally does.
+func (l *lateStorage) land() {
+	l.mu.Lock()
+	key, val := l.key, l.val
+	l.mu.Unlock()
+	_ = l.Storage.Store(context.Background(), key, val)
+}
+
+// TestUnconfirmedJournalWrite has a journal write time out and land later.
+// The writer says the outcome is unknown, keeps the journal lock until it
+// knows, and the entry's number is never used twice: both instances end up
+// agreeing, with both writes.
+func TestUnconfirmedJournalWrite(t *testing.T) {
+	ctx := context.Background()
+	st := &lateStorage{Storage: new(memstorage.Storage)}
+	opts := Options{SyncInterval: time.Hour, Timeout: 300 * time.Millisecond}
+	a, b := openWith(t, st, opts), openWith(t, st, opts)
+	<-a.Reconciled()
+	<-b.Reconciled()
+
+	st.stall(true)
+	_, errA := a.CreateDomain(ctx, DomainInput{Domain: "x.example.test"})
+	if dcerr.CodeOf(errA) != dcerr.StorageUnavailable || !strings.Contains(errA.Error(), "may or may not") {
+		t.Fatalf("a's unconfirmed write answered %v; want STORAGE_UNAVAILABLE saying the outcome is unknown", errA)
+	}
+	if st.attempts < 2 {
+		t.Fatalf("the journal write was tried %d times; want it retried", st.attempts)
+	}
+	// b cannot write meanwhile: a holds the journal lock until it knows
+	_, errB := b.CreateDomain(ctx, DomainInput{Domain: "y.example.test"})
+	if dcerr.CodeOf(errB) != dcerr.StorageUnavailable {
+		t.Fatalf("b wrote while a's entry was unsettled: %v", errB)
+	}
+	st.stall(false)
+	st.land() // the timed-out request executes after all
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := b.CreateDomain(ctx, DomainInput{Domain: "y.example.test"}); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("b cannot write after a's entry settled: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, s := range []*Store{a, b} {
+		if err := s.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"x.example.test", "y.example.test"} {
+		ea, okA := a.Lookup(name)
+		eb, okB := b.Lookup(name)
+		if !okA || !okB || ea.DomainID != eb.DomainID {
+			t.Fatalf("%s: a has %+v, b has %+v; want the same domain on both", name, ea, eb)
+		}
+	}
+	checkConsistent(t, a)
+	checkConsistent(t, b)
+}
+
+// TestDamagedHead damages the head after compaction: it is rebuilt from
+// the entries, an instance that starts by listing follows the journal from
+// there, and the writes of both instances reach each other.
+func TestDamagedHead(t *testing.T) {
+	ctx := context.Background()
+	st := new(memstorage.Storage)
+	a := openWith(t, st, Options{SyncInterval: time.Hour})
+	for i := range 3 {
+		mustCreate(t, a, DomainInput{Domain: fmt.Sprintf("d%d.example.test", i)})
+	}
+	if err := a.Sync(ctx); err != nil { // a's write session has ended
+		t.Fatal(err)
+	}
+	// compacted up to the last entry, then the head is damaged
+	_ = st.Delete(ctx, entryKey(1))
+	_ = st.Delete(ctx, entryKey(2))
+	_ = st.Store(ctx, headKey, []byte(`garbage`))
+
+	b := openWith(t, st, Options{SyncInterval: time.Hour})
+	<-b.Reconciled()
+	if d, _ := b.Len(); d != 3 {
+		t.Fatalf("b has %d domains; want 3", d)
+	}
+	mustCreate(t, a, DomainInput{Domain: "later-a.example.test"})
+	if err := a.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := a.readHead(ctx); err != nil || h.repaired || h.Seq != a.position() {
+		t.Fatalf("head after a's write: %+v, %v; want it written back at %d", h, err, a.position())
+	}
+	if err := b.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Lookup("later-a.example.test"); !ok {
+		t.Fatalf("b does not see a's write (b at %d, a at %d)", b.position(), a.position())
+	}
+	mustCreate(t, b, DomainInput{Domain: "later-b.example.test"})
+	if err := a.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.Lookup("later-b.example.test"); !ok {
+		t.Fatalf("a does not see b's write (b wrote entry %d)", b.position())
 	}
 }

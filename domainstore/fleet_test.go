@@ -129,6 +129,8 @@ func TestFleetCertInUse(t *testing.T) {
 					t.Fatalf("round %d: delete: %v; want CERT_IN_USE", round, deleteErr)
 				case deleteErr == nil && dcerr.CodeOf(attachErr) != dcerr.CertNotFound:
 					t.Fatalf("round %d: attach: %v; want CERT_NOT_FOUND", round, attachErr)
+				case attachErr != nil && deleteErr != nil:
+					t.Fatalf("round %d: neither succeeded: attach %v, delete %v", round, attachErr, deleteErr)
 				}
 				for _, s := range fleet {
 					if err := s.Sync(ctx); err != nil {

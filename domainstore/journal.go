@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
@@ -50,6 +52,10 @@ type entry struct {
 	Format int       `json:"format"`
 	Seq    uint64    `json:"seq"`
 	Time   time.Time `json:"time"`
+	// Writer is a random nonce, so that no two writers' entries are
+	// ever the same bytes: a writer that reads its entry back knows it is
+	// its own.
+	Writer string    `json:"writer,omitempty"`
 	Ops    []entryOp `json:"ops"`
 }
 
@@ -77,6 +83,10 @@ type head struct {
 	Format int    `json:"format"`
 	Seq    uint64 `json:"seq"`
 	Base   uint64 `json:"base"`
+
+	// repaired marks a head rebuilt from the entries because the stored
+	// one was damaged; the next holder of the lock writes it back.
+	repaired bool
 }
 
 // errNoEntry means the journal has no entry of that number (yet).
@@ -175,12 +185,37 @@ func (s *Store) readHead(ctx context.Context) (head, error) {
 	}
 	var h head
 	if err := json.Unmarshal(b, &h); err != nil || h.Format != headFormat || h.Base == 0 || h.Base > h.Seq+1 {
-		// the entries are the truth; a damaged head only costs a longer
-		// catch-up: start from the oldest entry anyone could need
-		s.log.Error("journal head is damaged; treating it as empty", zap.ByteString("head", truncateBytes(b, 200)))
-		return head{Format: headFormat, Seq: 0, Base: 1}, nil
+		return s.repairHead(ctx, b)
 	}
 	return h, nil
+}
+
+// repairHead rebuilds a damaged head from the entries: the journal starts
+// at the oldest entry, and every entry is taken as not yet applied to the
+// records (applying again is harmless). The next holder of the journal
+// lock writes it back.
+func (s *Store) repairHead(ctx context.Context, damaged []byte) (head, error) {
+	keys, err := listKeys(ctx, s.Storage(), journalDir)
+	if err != nil {
+		return head{}, err
+	}
+	var oldest uint64
+	for _, k := range keys {
+		name, ok := strings.CutSuffix(path.Base(k), ".json")
+		if !ok || len(name) != 16 {
+			continue
+		}
+		if seq, err := strconv.ParseUint(name, 16, 64); err == nil && seq > 0 && (oldest == 0 || seq < oldest) {
+			oldest = seq
+		}
+	}
+	if oldest == 0 {
+		// no entry at all: the journal ends where this instance is
+		oldest = s.position() + 1
+	}
+	s.log.Error("the journal head is damaged; rebuilt from the entries",
+		zap.ByteString("head", truncateBytes(damaged, 200)), zap.Uint64("base", oldest))
+	return head{Format: headFormat, Seq: oldest - 1, Base: oldest, repaired: true}, nil
 }
 
 func (s *Store) writeHead(ctx context.Context, h head) error {

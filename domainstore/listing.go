@@ -94,9 +94,8 @@ func listKeys(ctx context.Context, st certmagic.Storage, dir string) ([]string, 
 }
 
 // readListing lists the domain and certificate records and makes memory
-// match them, reading only the domain records whose version memory does
-// not have. It returns the highest domain version listed. On any error
-// memory is left as it was.
+// match them (adopt). It returns the highest domain version listed. On
+// any error memory is left as it was.
 func (s *Store) readListing(ctx context.Context) (uint64, error) {
 	st := s.Storage()
 	domKeys, err := listKeys(ctx, st, domainsDir)
@@ -107,8 +106,7 @@ func (s *Store) readListing(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-
-	versions := make(map[string]uint64, len(domKeys))
+	state := adoptState{versions: make(map[string]uint64, len(domKeys)), certs: make(map[string]uint64)}
 	var stale []string
 	var maxVersion uint64
 	for _, k := range domKeys {
@@ -116,56 +114,100 @@ func (s *Store) readListing(ctx context.Context) (uint64, error) {
 		if !ok {
 			continue
 		}
-		if old, seen := versions[id]; seen {
+		if old, seen := state.versions[id]; seen {
 			// an interrupted write left two versions; the newer holds
 			stale = append(stale, domainRecordKey(id, min(old, v)))
 			v = max(old, v)
 		}
-		versions[id] = v
+		state.versions[id] = v
 		maxVersion = max(maxVersion, v)
 	}
-	ids := make([]string, 0, len(versions))
-	for id := range versions {
+	for _, k := range certKeys {
+		if id, ok := strings.CutSuffix(path.Base(k), ".json"); ok && validID(CertificatePrefix, id) {
+			state.certs[id] = 0 // its version is unknown; the record is current
+		}
+	}
+	read, err := s.adopt(ctx, state)
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range stale {
+		_ = st.Delete(ctx, k)
+	}
+	s.log.Info("records listed",
+		zap.Int("domains", len(state.versions)), zap.Int("records_read", read),
+		zap.Int("certificates", len(state.certs)), zap.Int("stale_versions", len(stale)))
+	return maxVersion, nil
+}
+
+// adoptState is a state for memory to adopt: from a listing of the
+// records, or from an index snapshot.
+type adoptState struct {
+	// versions are the domains, live or damaged, by ID.
+	versions map[string]uint64
+	// entries are the index entries where known without reading the
+	// record (a snapshot).
+	entries map[string]*Entry
+	// certs are the certificates, with their versions (0: unknown).
+	certs map[string]uint64
+	// damaged are the records known to be damaged (a snapshot).
+	damaged map[string]*Damaged
+}
+
+// adopt makes memory hold state, reading the domain records whose version
+// memory lacks (for their entries, or for listeners), and tells listeners
+// of every change. It returns how many records it read. On error memory
+// is left as it was. Two live domains with one name (left by an earlier
+// version of the plugin) resolve as everywhere: the higher version keeps
+// the name, or the older ID at the same version; the other is damaged.
+func (s *Store) adopt(ctx context.Context, state adoptState) (int, error) {
+	ids := make([]string, 0, len(state.versions))
+	for id := range state.versions {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
 
-	// read what memory does not have
 	type read struct {
-		d       *Domain
-		version uint64
-		damage  string
+		d      *Domain // nil when only the entry is known (record replaced since)
+		e      *Entry
+		damage string
 	}
 	reads := make(map[string]read)
 	s.mu.RLock()
 	var need []string
 	for _, id := range ids {
-		if e := s.domains[id]; e != nil && e.Version == versions[id] {
+		v := state.versions[id]
+		if e := s.domains[id]; e != nil && e.Version == v {
+			continue
+		}
+		if dm := s.damaged[id]; dm != nil && dm.version == v {
 			continue
 		}
 		need = append(need, id)
 	}
 	s.mu.RUnlock()
+	nread := 0
 	for _, id := range need {
-		v := versions[id]
+		v := state.versions[id]
+		if dm := state.damaged[id]; dm != nil {
+			reads[id] = read{damage: dm.Reason}
+			continue
+		}
 		d, err := s.readDomain(ctx, id, v)
+		nread++
 		switch {
 		case err == nil:
-			reads[id] = read{d: d, version: v}
+			reads[id] = read{d: d, e: entryFor(d, v)}
 		case errors.Is(err, errVersionGone):
-			// replaced or deleted while listing: the journal entries past
-			// the head read before the listing carry the change
+			// replaced or deleted since: the journal entries past the
+			// adopted position carry the change
+			if e := state.entries[id]; e != nil {
+				reads[id] = read{e: e}
+			}
 		case dcerr.CodeOf(err) == dcerr.RecordDamaged:
-			reads[id] = read{version: v, damage: damageReason(err)}
+			reads[id] = read{damage: damageReason(err)}
 		default:
 			return 0, err
-		}
-	}
-
-	certs := make(map[string]bool)
-	for _, k := range certKeys {
-		if id, ok := strings.CutSuffix(path.Base(k), ".json"); ok && validID(CertificatePrefix, id) {
-			certs[id] = true
 		}
 	}
 
@@ -173,7 +215,7 @@ func (s *Store) readListing(ctx context.Context) (uint64, error) {
 	var ns []notice
 	s.mu.Lock()
 	for _, id := range slices.Clone(s.domainIDs) {
-		if _, listed := versions[id]; listed {
+		if _, kept := state.versions[id]; kept {
 			continue
 		}
 		if old := s.deleteDomainLocked(id); old != nil {
@@ -185,56 +227,62 @@ func (s *Store) readListing(ctx context.Context) (uint64, error) {
 		if !ok {
 			continue
 		}
+		v := state.versions[id]
 		if r.damage != "" {
-			name := ""
-			if e := s.domains[id]; e != nil {
-				name = e.Name
-			} else if dm := s.damaged[id]; dm != nil {
-				name = dm.Name
+			s.putDamagedLocked(id, v, r.damage)
+			if dm := state.damaged[id]; dm != nil && dm.Name != "" {
+				s.damaged[id].Name = dm.Name
 			}
-			s.markDamagedLocked(id, r.damage)
-			if s.damaged[id] == nil { // it was not live
-				s.damaged[id] = &Damaged{ID: id, Name: name, Reason: r.damage}
-				s.domainIDs = insertSorted(s.domainIDs, id)
-			}
-			s.damaged[id].version = r.version
 			continue
 		}
-		if owner, taken := s.names[r.d.Domain]; taken && owner != id && owner < id {
-			// two records with one name (written by an earlier version of
-			// the plugin): the older keeps it, the other is listed as
-			// damaged so that it can be deleted
-			s.deleteDomainLocked(id)
-			s.damaged[id] = &Damaged{ID: id, Name: r.d.Domain, version: r.version,
-				Reason: "another domain (" + owner + ") has the same name; delete one of them"}
-			s.domainIDs = insertSorted(s.domainIDs, id)
-			continue
+		if owner, taken := s.names[r.e.Name]; taken && owner != id {
+			ov := s.domains[owner].Version
+			if ov > v || (ov == v && owner < id) {
+				s.putDamagedLocked(id, v, "another domain ("+owner+") has the same name; delete one of them")
+				s.damaged[id].Name = r.e.Name
+				continue
+			}
+			s.markDamagedLocked(owner, "another domain ("+id+") has the same name; delete one of them")
 		}
-		old := s.putDomainLocked(entryFor(r.d, r.version))
-		ns = append(ns, notice{old: formerDomain(old), new: r.d})
+		old := s.putDomainLocked(r.e)
+		if r.d != nil {
+			ns = append(ns, notice{old: formerDomain(old), new: r.d})
+		}
 	}
 	for _, id := range slices.Clone(s.certIDs) {
-		if !certs[id] {
+		if _, kept := state.certs[id]; !kept {
 			if s.deleteCertLocked(id) {
 				ns = append(ns, notice{certID: id, deleted: true})
 			}
 		}
 	}
-	for id := range certs {
-		if _, ok := s.certs[id]; !ok {
-			s.putCertLocked(id, 0)
+	for id, v := range state.certs {
+		if cur, ok := s.certs[id]; !ok || (v != 0 && cur != v) {
+			s.putCertLocked(id, v)
+		}
+		if dm := state.damaged[id]; dm != nil {
+			d := *dm
+			s.damaged[id] = &d
 		}
 	}
 	s.mu.Unlock()
 	s.notify(ns)
+	return nread, nil
+}
 
-	for _, k := range stale {
-		_ = st.Delete(ctx, k)
+// putDamagedLocked records domain id as damaged at version v (it is
+// listed, never served). s.mu must be held.
+func (s *Store) putDamagedLocked(id string, v uint64, reason string) {
+	name := ""
+	if e := s.domains[id]; e != nil {
+		name = e.Name
+		s.markDamagedLocked(id, reason)
+	} else if dm := s.damaged[id]; dm != nil {
+		name = dm.Name
+	} else {
+		s.domainIDs = insertSorted(s.domainIDs, id)
 	}
-	s.log.Info("records listed",
-		zap.Int("domains", len(versions)), zap.Int("records_read", len(need)),
-		zap.Int("certificates", len(certs)), zap.Int("stale_versions", len(stale)))
-	return maxVersion, nil
+	s.damaged[id] = &Damaged{ID: id, Name: name, Reason: reason, version: v}
 }
 
 // errVersionGone means a record version no longer exists: it was replaced

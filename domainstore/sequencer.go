@@ -1,9 +1,13 @@
 package domainstore
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"time"
 
 	"go.uber.org/zap"
@@ -25,8 +29,9 @@ type op struct {
 	done     chan error
 }
 
-// Batching: how many writes share a journal entry, and how long the
-// sequencer keeps the journal lock while writes keep coming.
+// Batching: how many writes share a journal entry, how long the sequencer
+// keeps the journal lock while writes keep coming, and how long it waits
+// for the next write before it lets the lock go.
 var (
 	maxBatchOps = 64
 	maxHold     = 250 * time.Millisecond
@@ -36,7 +41,8 @@ var (
 // submit runs fn in the sequencer under the journal lock and returns its
 // error, or the error of committing what it staged. A write that cannot
 // get the lock or write the journal within the store's timeout fails with
-// STORAGE_UNAVAILABLE and changes nothing.
+// STORAGE_UNAVAILABLE and changes nothing; a journal write that the
+// storage did not confirm in time fails with errOutcomeUnknown.
 func (s *Store) submit(ctx context.Context, fn func(*txn) error) error {
 	o := &op{ctx: ctx, deadline: time.Now().Add(s.timeout()), fn: fn, done: make(chan error, 1)}
 	select {
@@ -44,11 +50,17 @@ func (s *Store) submit(ctx context.Context, fn func(*txn) error) error {
 	case <-s.closing:
 		return errClosed
 	case <-ctx.Done():
-		return ctx.Err()
+		return storageFailed("waiting for the store", ctx.Err())
 	}
+	// a storage that ignores contexts (file_system on a hung mount) can
+	// keep the sequencer from answering: the caller gets an answer anyway
+	hard := time.NewTimer(time.Until(o.deadline) + s.timeout())
+	defer hard.Stop()
 	select {
 	case err := <-o.done:
 		return err
+	case <-hard.C:
+		return errOutcomeUnknown
 	case <-s.done:
 		select {
 		case err := <-o.done:
@@ -68,13 +80,13 @@ func (s *Store) Sync(ctx context.Context) error {
 	case <-s.closing:
 		return errClosed
 	case <-ctx.Done():
-		return ctx.Err()
+		return storageFailed("waiting for the store", ctx.Err())
 	}
 	select {
 	case err := <-reply:
 		return err
 	case <-ctx.Done():
-		return ctx.Err()
+		return storageFailed("reading the journal", ctx.Err())
 	}
 }
 
@@ -146,7 +158,7 @@ func (s *Store) collect(first *op) []*op {
 type session struct {
 	head    head   // the head as read when the lock was taken
 	applied uint64 // every entry up to this one is applied to the records
-	broken  bool   // a journal write failed: stop writing until the journal is read again
+	broken  bool   // a journal write went wrong: write no more in this session
 }
 
 // writeSession takes the journal lock, brings memory up to date with the
@@ -172,13 +184,8 @@ func (s *Store) writeSession(first *op) {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	if err := s.lock(ctx, journalLock); err != nil {
-		s.failBatch(batch, storageFailed("waiting for the journal lock", err))
-		return
-	}
 	sess, err := s.startSession(ctx)
 	if err != nil {
-		s.unlock(journalLock)
 		s.failBatch(batch, err)
 		return
 	}
@@ -210,24 +217,30 @@ func (s *Store) writeSession(first *op) {
 	s.endSession(sess)
 }
 
-// startSession reads the journal up to its end under the lock, applying
-// to the records any entry whose writer did not (it crashed, or the
-// storage failed), and recovering by a full listing if entries this
-// instance never read were compacted away.
+// startSession takes the journal lock and reads the journal up to its
+// end, applying to the records any entry whose writer did not (it crashed,
+// or the storage failed). If entries this instance never read were
+// compacted away, it lets the lock go, recovers (recoverGap), and tries
+// once more. On success the lock is held.
 func (s *Store) startSession(ctx context.Context) (*session, error) {
-	sess, err := s.lockedCatchUp(ctx)
-	if errors.Is(err, errGap) {
-		s.log.Warn("journal entries this instance did not read were compacted; listing the records")
-		if err = s.recoverFromListing(ctx, true); err == nil {
-			sess, err = s.lockedCatchUp(ctx)
+	for attempt := 0; ; attempt++ {
+		if err := s.lock(ctx, journalLock); err != nil {
+			return nil, storageFailed("waiting for the journal lock", err)
+		}
+		sess, err := s.lockedCatchUp(ctx)
+		if err == nil {
+			s.stats.lastSync.Store(time.Now().UnixNano())
+			s.markReconciled()
+			return sess, nil
+		}
+		s.unlock(journalLock)
+		if !errors.Is(err, errGap) || attempt > 0 {
+			return nil, err
+		}
+		if err := s.recoverGap(); err != nil {
+			return nil, err
 		}
 	}
-	if err != nil {
-		return nil, err
-	}
-	s.stats.lastSync.Store(time.Now().UnixNano())
-	s.markReconciled()
-	return sess, nil
 }
 
 func (s *Store) lockedCatchUp(ctx context.Context) (*session, error) {
@@ -244,7 +257,7 @@ func (s *Store) lockedCatchUp(ctx context.Context) (*session, error) {
 	for seq := h.Seq + 1; seq <= s.position(); seq++ {
 		e, err := s.readEntry(ctx, seq)
 		if errors.Is(err, errNoEntry) {
-			break // memory came from a listing past the head; nothing to redo
+			break
 		}
 		var de *damagedEntryError
 		if errors.As(err, &de) {
@@ -288,17 +301,22 @@ func (s *Store) catchUp(ctx context.Context, sess *session) error {
 				}
 				h = &hh
 			}
-			if h != nil && seq <= h.Seq {
+			if h != nil && (seq <= h.Seq || seq < h.Base) {
 				return errGap
 			}
 			return nil
 		}
 		var de *damagedEntryError
 		if errors.As(err, &de) {
-			// every instance skips it alike; its changes are lost unless
-			// they reached the records (then a listing finds them)
+			// every instance skips it alike; what it changed is lost
+			// unless its writer applied it to the records, so an instance
+			// that skips it also reads the records once (recoverGap)
 			s.stats.damagedEntries.Add(1)
-			s.log.Error("skipping a damaged journal entry", zap.Uint64("seq", seq), zap.Error(err))
+			if !s.skipped[seq] {
+				s.skipped[seq] = true
+				s.needRecovery = true
+				s.log.Error("skipping a damaged journal entry; the records will be listed", zap.Uint64("seq", seq), zap.Error(err))
+			}
 			e, err = &entry{Format: entryFormat, Seq: seq}, nil
 		}
 		if err != nil {
@@ -349,19 +367,36 @@ func (s *Store) commit(sess *session, batch []*op) {
 		}
 		return
 	}
-	e := &entry{Format: entryFormat, Seq: seq, Time: time.Now().UTC(), Ops: tx.ops}
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	e := &entry{Format: entryFormat, Seq: seq, Time: time.Now().UTC(), Writer: hex.EncodeToString(nonce[:]), Ops: tx.ops}
 	b, err := json.Marshal(e)
-	if err == nil {
-		err = s.Storage().Store(ctx, entryKey(seq), b)
-	}
 	if err != nil {
-		s.stats.storageErrors.Add(1)
-		s.log.Error("writing a journal entry", zap.Uint64("seq", seq), zap.Int("writes", len(included)), zap.Error(err))
+		for _, o := range included {
+			o.done <- err
+		}
+		return
+	}
+	switch err := s.writeEntry(ctx, seq, b); {
+	case err == nil:
+	case errors.Is(err, errNotCommitted):
 		sess.broken = true
 		for _, o := range included {
 			o.done <- storageFailed("writing the journal", err)
 		}
 		return
+	default:
+		// the storage did not say whether the entry landed: the callers
+		// hear so, and the lock is kept until it is settled, so that no
+		// other writer can take the entry's number meanwhile
+		sess.broken = true
+		for _, o := range included {
+			o.done <- errOutcomeUnknown
+		}
+		if !s.settle(seq, b) {
+			return
+		}
+		included = nil
 	}
 	// committed: memory and listeners first, so that the answer's reader
 	// (a handshake, a GET) sees the change; the writers are answered
@@ -381,6 +416,74 @@ func (s *Store) commit(sess *session, batch []*op) {
 	}
 }
 
+// errNotCommitted means a journal write certainly did not land.
+var errNotCommitted = errors.New("the journal entry was not written")
+
+// writeEntry writes journal entry seq (bytes b) and makes sure of the
+// outcome: after a failed write it reads the entry back, and writes it
+// again while it is certainly absent, until ctx ends. It returns nil once
+// the entry holds b, errNotCommitted if it certainly does not (another
+// writer's entry is there: this instance's lock expired), and another error
+// when the outcome is unknown.
+func (s *Store) writeEntry(ctx context.Context, seq uint64, b []byte) error {
+	key := entryKey(seq)
+	pause := 50 * time.Millisecond
+	for {
+		err := s.Storage().Store(ctx, key, b)
+		if err == nil {
+			return nil
+		}
+		s.stats.storageErrors.Add(1)
+		s.log.Error("writing a journal entry", zap.Uint64("seq", seq), zap.Error(err))
+		got, lerr := s.Storage().Load(ctx, key)
+		switch {
+		case lerr == nil && bytes.Equal(got, b):
+			return nil
+		case lerr == nil:
+			return errNotCommitted
+		case !errors.Is(lerr, fs.ErrNotExist) && ctx.Err() != nil:
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, time.Second)
+	}
+}
+
+// settle finds out, still holding the journal lock, whether entry seq
+// (bytes b) landed, and reports whether it did. It reads the entry back
+// until it finds it, or finds it absent long enough after the last try
+// (twice the store's timeout: a request that has not landed by then
+// will not), or finds another
+// writer's entry there. It gives up when the store closes.
+func (s *Store) settle(seq uint64, b []byte) bool {
+	key := entryKey(seq)
+	since := time.Now()
+	s.log.Warn("a journal write was not confirmed; waiting to learn whether it landed", zap.Uint64("seq", seq))
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
+		got, err := s.Storage().Load(ctx, key)
+		cancel()
+		switch {
+		case err == nil:
+			landed := bytes.Equal(got, b)
+			s.log.Warn("journal write settled", zap.Uint64("seq", seq), zap.Bool("landed", landed))
+			return landed
+		case errors.Is(err, fs.ErrNotExist) && time.Since(since) > 2*s.timeout():
+			s.log.Warn("journal write settled", zap.Uint64("seq", seq), zap.Bool("landed", false))
+			return false
+		}
+		select {
+		case <-s.closing:
+			return false
+		case <-time.After(min(time.Second, s.timeout()/4)):
+		}
+	}
+}
+
 func opsSize(ops []entryOp) int {
 	n := 0
 	for _, op := range ops {
@@ -395,12 +498,14 @@ func opsSize(ops []entryOp) int {
 	return n
 }
 
-// endSession moves the head to the last entry applied to the records,
-// compacts a little, and releases the journal lock.
+// endSession moves the head to the last entry applied to the records (and
+// repairs a damaged one), compacts a little, and releases the journal
+// lock.
 func (s *Store) endSession(sess *session) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
 	defer cancel()
 	h := sess.head
+	h.repaired = false
 	if sess.applied > h.Seq {
 		h.Seq = sess.applied
 	}
@@ -447,6 +552,13 @@ func (s *Store) compact(ctx context.Context, h head) head {
 // errWaitedTooLong answers a write that could not be started in time.
 var errWaitedTooLong = storageFailed("waiting for the storage", errors.New("the write waited too long"))
 
+// errOutcomeUnknown answers a write whose journal entry the storage did
+// not confirm: it may or may not have been applied.
+var errOutcomeUnknown = &dcerr.Error{
+	Code: dcerr.StorageUnavailable,
+	Msg:  "the storage did not confirm the write in time; it may or may not have been applied; read the resource back before retrying",
+}
+
 // failBatch answers every write of a batch with err.
 func (s *Store) failBatch(batch []*op, err error) {
 	if dcerr.CodeOf(err) == dcerr.StorageUnavailable {
@@ -464,18 +576,9 @@ func (s *Store) follow() error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
 	defer cancel()
 	err := s.catchUp(ctx, nil)
-	if errors.Is(err, errGap) {
-		// the listing runs under the journal lock, so that no write makes
-		// a record vanish under it
-		s.log.Warn("journal entries this instance did not read were compacted; listing the records")
-		if err = s.lock(ctx, journalLock); err == nil {
-			var sess *session
-			sess, err = s.startSession(ctx)
-			if err == nil {
-				s.endSession(sess)
-			} else {
-				s.unlock(journalLock)
-			}
+	if errors.Is(err, errGap) || (err == nil && s.needRecovery) {
+		if err = s.recoverGap(); err == nil {
+			err = s.catchUp(ctx, nil)
 		}
 	}
 	if err != nil {
@@ -492,4 +595,30 @@ func (s *Store) follow() error {
 	s.stats.lastSync.Store(time.Now().UnixNano())
 	s.markReconciled()
 	return nil
+}
+
+// recoveryTimeout bounds a recovery (reading a snapshot or listing the
+// records); it may take a while at a million domains.
+var recoveryTimeout = 10 * time.Minute
+
+// recoverGap brings memory up to date when the journal cannot: entries this
+// instance has not read were compacted, or it skipped a damaged one. It
+// reads the newest snapshot when that is past memory's position (the
+// entries after it are kept), else it lists the records. It needs no lock.
+func (s *Store) recoverGap() error {
+	ctx, cancel := context.WithTimeout(context.Background(), recoveryTimeout)
+	defer cancel()
+	start := time.Now()
+	s.needRecovery = false
+	if snap := s.loadSnapshot(ctx); snap != nil && snap.seq > s.position() {
+		n, err := s.applySnapshot(ctx, snap)
+		if err == nil {
+			s.log.Warn("caught up from an index snapshot", zap.Uint64("seq", snap.seq),
+				zap.Int("records_read", n), zap.Duration("took", time.Since(start)))
+			return nil
+		}
+		s.log.Warn("catching up from an index snapshot failed; listing the records", zap.Error(err))
+	}
+	s.log.Warn("listing the records to catch up")
+	return s.recoverFromListing(ctx, false)
 }

@@ -139,6 +139,41 @@ func (s *Store) publishSnapshot(snap *snapshot) {
 	s.pos = snap.seq
 }
 
+// applySnapshot makes memory what snap says, for an instance that fell
+// behind the compacted journal: it adopts the snapshot's state, reading
+// the records that changed, and moves to the snapshot's position (the
+// entries after it are kept).
+func (s *Store) applySnapshot(ctx context.Context, snap *snapshot) (int, error) {
+	state := adoptState{
+		versions: make(map[string]uint64, len(snap.domains)+len(snap.damaged)),
+		entries:  make(map[string]*Entry, len(snap.domains)),
+		certs:    make(map[string]uint64, len(snap.certs)),
+		damaged:  make(map[string]*Damaged),
+	}
+	for _, e := range snap.domains {
+		state.versions[e.DomainID], state.entries[e.DomainID] = e.Version, e
+	}
+	for _, c := range snap.certs {
+		state.certs[c.id] = c.version
+	}
+	for _, d := range snap.damaged {
+		state.damaged[d.ID] = d
+		if strings.HasPrefix(d.ID, DomainPrefix) {
+			state.versions[d.ID] = d.version
+		} else {
+			state.certs[d.ID] = d.version
+		}
+	}
+	n, err := s.adopt(ctx, state)
+	if err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	s.pos = snap.seq
+	s.mu.Unlock()
+	return n, nil
+}
+
 // decodeSnapshot parses a snapshot. A line it cannot parse, or two lines
 // for one record, make the whole snapshot invalid, so that a damaged one
 // is never half trusted.

@@ -100,16 +100,18 @@ type Store struct {
 	listenMu  sync.RWMutex
 	listeners []Listener
 
-	ops         chan *op
-	pending     []*op // writes put back for the next batch (sequencer only)
-	syncFailing bool  // the last look at the journal failed (sequencer only)
-	syncReqs    chan chan error
-	interval    atomic.Int64 // SyncInterval
-	closing     chan struct{}
-	done        chan struct{}
-	closeOnce   sync.Once
-	reconciled  chan struct{}
-	recOnce     sync.Once
+	ops          chan *op
+	pending      []*op           // writes put back for the next batch (sequencer only)
+	syncFailing  bool            // the last look at the journal failed (sequencer only)
+	needRecovery bool            // a damaged entry was skipped: read the records (sequencer only)
+	skipped      map[uint64]bool // damaged entries skipped so far (sequencer only)
+	syncReqs     chan chan error
+	interval     atomic.Int64 // SyncInterval
+	closing      chan struct{}
+	done         chan struct{}
+	closeOnce    sync.Once
+	reconciled   chan struct{}
+	recOnce      sync.Once
 
 	snapMu   sync.Mutex    // one snapshot write at a time
 	snapSeq  atomic.Uint64 // the newest snapshot known
@@ -153,6 +155,7 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 		done:       make(chan struct{}),
 		reconciled: make(chan struct{}),
 		snapDone:   make(chan struct{}),
+		skipped:    make(map[uint64]bool),
 	}
 	s.SetSyncInterval(opts.SyncInterval)
 	s.SetStorage(storage)

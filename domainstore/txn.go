@@ -2,6 +2,7 @@ package domainstore
 
 import (
 	"context"
+	"errors"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
 )
@@ -76,7 +77,12 @@ func (tx *txn) domain(id string) (*Domain, error) {
 	}
 	s := tx.s
 	if e := s.domains[id]; e != nil {
-		return s.readDomain(tx.ctx, id, e.Version)
+		d, err := s.readDomain(tx.ctx, id, e.Version)
+		if errors.Is(err, errVersionGone) {
+			// memory is current under the lock: the record is gone
+			return nil, recordDamaged("domain", id, errString("the record is missing"))
+		}
+		return d, err
 	}
 	if dm := s.damaged[id]; dm != nil {
 		return nil, recordDamaged("domain", id, errString(dm.Reason))

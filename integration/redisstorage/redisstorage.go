@@ -252,7 +252,7 @@ func (s *Storage) String() string { return "testredis:" + s.client.Options().Add
 
 // Interface guards
 var (
-	_ certmagic.Storage       = (*Storage)(nil)
+	_ certmagic.Storage      = (*Storage)(nil)
 	_ caddy.StorageConverter = (*Module)(nil)
 	_ caddy.Provisioner      = (*Module)(nil)
 )
