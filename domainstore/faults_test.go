@@ -488,6 +488,13 @@ func TestDamagedHead(t *testing.T) {
 	if d, _ := b.Len(); d != 3 {
 		t.Fatalf("b has %d domains; want 3", d)
 	}
+	// a look at the journal writes the rebuilt head back, with no write
+	if err := b.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := b.readHead(ctx); err != nil || h.repaired || h.Base != 3 {
+		t.Fatalf("head after b's look: %+v, %v; want it rebuilt from entry 3 and stored", h, err)
+	}
 	mustCreate(t, a, DomainInput{Domain: "later-a.example.test"})
 	if err := a.Sync(ctx); err != nil {
 		t.Fatal(err)

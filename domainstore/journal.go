@@ -213,8 +213,10 @@ func (s *Store) repairHead(ctx context.Context, damaged []byte) (head, error) {
 		// no entry at all: the journal ends where this instance is
 		oldest = s.position() + 1
 	}
-	s.log.Error("the journal head is damaged; rebuilt from the entries",
-		zap.ByteString("head", truncateBytes(damaged, 200)), zap.Uint64("base", oldest))
+	if s.headDamaged.CompareAndSwap(false, true) {
+		s.log.Error("the journal head is damaged; rebuilt from the entries",
+			zap.ByteString("head", truncateBytes(damaged, 200)), zap.Uint64("base", oldest))
+	}
 	return head{Format: headFormat, Seq: oldest - 1, Base: oldest, repaired: true}, nil
 }
 
@@ -224,6 +226,7 @@ func (s *Store) writeHead(ctx context.Context, h head) error {
 	if err := s.Storage().Store(ctx, headKey, b); err != nil {
 		return storageFailed("writing the journal head", err)
 	}
+	s.headDamaged.Store(false)
 	return nil
 }
 

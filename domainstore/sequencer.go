@@ -581,6 +581,13 @@ func (s *Store) follow() error {
 			err = s.catchUp(ctx, nil)
 		}
 	}
+	if err == nil && s.headDamaged.Load() {
+		// write the rebuilt head back rather than wait for a write
+		var sess *session
+		if sess, err = s.startSession(ctx); err == nil {
+			s.endSession(sess)
+		}
+	}
 	if err != nil {
 		if !s.syncFailing {
 			s.syncFailing = true

@@ -113,6 +113,8 @@ type Store struct {
 	reconciled   chan struct{}
 	recOnce      sync.Once
 
+	headDamaged atomic.Bool // the stored head was damaged and is not yet written back
+
 	snapMu   sync.Mutex    // one snapshot write at a time
 	snapSeq  atomic.Uint64 // the newest snapshot known
 	snapDone chan struct{}
