@@ -350,7 +350,7 @@ func testFleetACME(t *testing.T, challenge string, kind fleetStorage) {
 
 	var names []string
 	for _, n := range []string{"one", "two", "three"} {
-		names = append(names, n+"-"+challenge+"-"+string(kind)+".operator.test")
+		names = append(names, n+"-"+challenge+"-"+strings.ReplaceAll(string(kind), "_", "-")+".operator.test")
 	}
 	ids := map[string]string{}
 	for _, name := range names {
