@@ -183,6 +183,29 @@ func TestStorageFaults(t *testing.T) {
 	}
 }
 
+// TestSlowStorage runs writers against a storage that takes 5 ms per
+// operation (a networked store far away): every write succeeds, none
+// waits for long, and the writes of concurrent clients share journal
+// entries.
+func TestSlowStorage(t *testing.T) {
+	ctx := context.Background()
+	st := &faultStorage{Storage: new(memstorage.Storage)}
+	s := openWith(t, st, Options{Timeout: 5 * time.Second})
+	st.set(func(f *faultStorage) { f.latency = 5 * time.Millisecond })
+	before := s.position()
+	createDomains(t, s, 200, "slow-%d.example.test")
+	if d, _ := s.Len(); d != 200 {
+		t.Fatalf("%d domains; want 200", d)
+	}
+	if entries := s.position() - before; entries >= 200 {
+		t.Fatalf("200 concurrent creates took %d journal entries; want them batched", entries)
+	}
+	checkConsistent(t, s)
+	if _, err := s.GetDomain(ctx, s.Entries()[0].DomainID); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestInterruptedListings makes listings fail part way, as file_system's
 // do when a record is replaced during the walk: start-up and recovery
 // retry, and never take a partial listing for an empty directory.

@@ -3,11 +3,13 @@ package domainstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"go.uber.org/zap"
 
@@ -238,36 +240,76 @@ func (s *Store) applyToMemory(e *entry) []notice {
 // journal lock can apply again an entry whose writer crashed. The journal
 // lock must be held.
 func (s *Store) applyToStorage(ctx context.Context, e *entry) error {
+	// ops on different records touch different keys: they are applied side
+	// by side (a storage far away answers in milliseconds), each record's
+	// ops in their order
+	var order []string
+	groups := make(map[string][]*entryOp)
+	for i := range e.Ops {
+		op := &e.Ops[i]
+		if _, seen := groups[op.ID]; !seen {
+			order = append(order, op.ID)
+		}
+		groups[op.ID] = append(groups[op.ID], op)
+	}
+	apply := func(ops []*entryOp) error {
+		for _, op := range ops {
+			if err := s.applyOp(ctx, e.Seq, op); err != nil {
+				return storageFailed(fmt.Sprintf("writing the records of journal entry %d", e.Seq), err)
+			}
+		}
+		return nil
+	}
+	if len(order) == 1 {
+		return apply(groups[order[0]])
+	}
+	errs := make([]error, len(order))
+	sem := make(chan struct{}, applyParallel)
+	var wg sync.WaitGroup
+	for i, id := range order {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = apply(groups[id])
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// applyParallel is how many records applyToStorage writes at once.
+const applyParallel = 16
+
+// applyOp writes the records of one change of entry seq.
+func (s *Store) applyOp(ctx context.Context, seq uint64, op *entryOp) error {
 	st := s.Storage()
-	for _, op := range e.Ops {
-		var err error
-		switch op.Op {
-		case opPutDomain:
-			var b []byte
-			if b, err = json.Marshal(op.Domain); err == nil {
-				err = st.Store(ctx, domainRecordKey(op.ID, e.Seq), b)
-			}
-			if err == nil && op.Prev != 0 && op.Prev != e.Seq {
-				err = st.Delete(ctx, domainRecordKey(op.ID, op.Prev))
-			}
-		case opDelDomain:
-			if op.Prev != 0 {
-				err = st.Delete(ctx, domainRecordKey(op.ID, op.Prev))
-			}
-		case opPutCert:
-			var b []byte
-			if b, err = json.Marshal(op.Certificate); err == nil {
-				err = st.Store(ctx, certRecordKey(op.ID), b)
-			}
-		case opDelCert:
-			err = st.Delete(ctx, certRecordKey(op.ID))
-			if err == nil && op.DeleteKey {
-				err = st.Delete(ctx, CertificateKeyKey(op.ID))
-			}
+	switch op.Op {
+	case opPutDomain:
+		b, err := json.Marshal(op.Domain)
+		if err == nil {
+			err = st.Store(ctx, domainRecordKey(op.ID, seq), b)
 		}
-		if err != nil {
-			return storageFailed(fmt.Sprintf("writing the records of journal entry %d", e.Seq), err)
+		if err == nil && op.Prev != 0 && op.Prev != seq {
+			err = st.Delete(ctx, domainRecordKey(op.ID, op.Prev))
 		}
+		return err
+	case opDelDomain:
+		if op.Prev != 0 {
+			return st.Delete(ctx, domainRecordKey(op.ID, op.Prev))
+		}
+	case opPutCert:
+		b, err := json.Marshal(op.Certificate)
+		if err == nil {
+			err = st.Store(ctx, certRecordKey(op.ID), b)
+		}
+		return err
+	case opDelCert:
+		err := st.Delete(ctx, certRecordKey(op.ID))
+		if err == nil && op.DeleteKey {
+			err = st.Delete(ctx, CertificateKeyKey(op.ID))
+		}
+		return err
 	}
 	return nil
 }
