@@ -307,11 +307,7 @@ func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
 func (a *ACME) refresh(name string, policy domainstore.Policy) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cfg, err := a.config(policy, strings.HasPrefix(name, "*."))
-	if err != nil {
-		return
-	}
-	cert, err := cfg.CacheManagedCertificate(ctx, name)
+	_, cert, err := a.cacheStored(ctx, name, policy)
 	if err != nil || cert.Leaf == nil {
 		return
 	}
@@ -651,11 +647,7 @@ func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) e
 func (a *ACME) afterRenewal(id string, policy domainstore.Policy, name string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cfg, err := a.config(policy, strings.HasPrefix(name, "*."))
-	if err != nil {
-		return
-	}
-	cert, err := cfg.CacheManagedCertificate(ctx, name)
+	cfg, cert, err := a.cacheStored(ctx, name, policy)
 	if err != nil {
 		a.log.Error("loading renewed certificate", zap.String("domain", name), zap.Error(err))
 		return
@@ -663,6 +655,17 @@ func (a *ACME) afterRenewal(id string, policy domainstore.Policy, name string) {
 	if err := a.loaded(ctx, id, policy, cfg, name, cert); err != nil {
 		a.log.Error("recording renewed certificate", zap.String("domain", name), zap.Error(err))
 	}
+}
+
+// cacheStored loads the stored certificate of a managed name into the
+// cache and returns it with the config of its policy.
+func (a *ACME) cacheStored(ctx context.Context, name string, policy domainstore.Policy) (*certmagic.Config, certmagic.Certificate, error) {
+	cfg, err := a.config(policy, strings.HasPrefix(name, "*."))
+	if err != nil {
+		return nil, certmagic.Certificate{}, err
+	}
+	cert, err := cfg.CacheManagedCertificate(ctx, name)
+	return cfg, cert, err
 }
 
 // configForCert returns the config that manages cert, for the cache's

@@ -322,11 +322,17 @@ func (c *caddyProc) Stop() {
 	c.stop(true)
 }
 
-func (c *caddyProc) stop(report bool) {
+// take returns the running process and forgets it, or nil.
+func (c *caddyProc) take() (*exec.Cmd, chan struct{}) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	cmd, done := c.cmd, c.done
 	c.cmd = nil
-	c.mu.Unlock()
+	return cmd, done
+}
+
+func (c *caddyProc) stop(report bool) {
+	cmd, done := c.take()
 	if cmd == nil {
 		return
 	}
@@ -365,10 +371,7 @@ func (c *caddyProc) stop(report bool) {
 // Kill kills Caddy with SIGKILL, as a crash or kill -9 would: nothing is
 // flushed, no lock released. It waits for the process to exit.
 func (c *caddyProc) Kill() {
-	c.mu.Lock()
-	cmd, done := c.cmd, c.done
-	c.cmd = nil
-	c.mu.Unlock()
+	cmd, done := c.take()
 	if cmd == nil {
 		return
 	}
