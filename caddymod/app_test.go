@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 func TestValidate(t *testing.T) {
@@ -23,6 +26,10 @@ func TestValidate(t *testing.T) {
 		{"renewal ratio", App{DefaultAuthority: "letsencrypt", RenewalWindowRatio: 1}, "renewal_window_ratio"},
 		{"dns_server without zone", App{DefaultAuthority: "letsencrypt", DNSServer: &DNSServerConfig{}}, "dns_server needs challenge_zone"},
 		{"wildcard zone", App{DefaultAuthority: "letsencrypt", Zones: []string{"*.example.net"}}, "without a wildcard"},
+		{"sync_interval", App{DefaultAuthority: "letsencrypt", SyncInterval: caddy.Duration(500 * time.Millisecond), StorageTimeout: caddy.Duration(5 * time.Second)}, ""},
+		{"sync_interval too short", App{DefaultAuthority: "letsencrypt", SyncInterval: caddy.Duration(10 * time.Millisecond)}, "sync_interval must be at least 50ms"},
+		{"negative sync_interval", App{DefaultAuthority: "letsencrypt", SyncInterval: -1}, "sync_interval must be at least 50ms"},
+		{"negative storage_timeout", App{DefaultAuthority: "letsencrypt", StorageTimeout: -1}, "storage_timeout must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
