@@ -187,6 +187,7 @@ func (s *Store) readHead(ctx context.Context) (head, error) {
 	if err := json.Unmarshal(b, &h); err != nil || h.Format != headFormat || h.Base == 0 || h.Base > h.Seq+1 {
 		return s.repairHead(ctx, b)
 	}
+	s.headDamaged.Store(false) // sound, or written back by another instance
 	return h, nil
 }
 
@@ -210,8 +211,27 @@ func (s *Store) repairHead(ctx context.Context, damaged []byte) (head, error) {
 		}
 	}
 	if oldest == 0 {
-		// no entry at all: the journal ends where this instance is
-		oldest = s.position() + 1
+		// no entry at all: nothing was written since the journal started
+		// (compaction always keeps entries), so the journal ends at the
+		// highest record version or snapshot, the same for every instance
+		var last uint64
+		domains, err := listKeys(ctx, s.Storage(), domainsDir)
+		if err != nil {
+			return head{}, err
+		}
+		for _, k := range domains {
+			if _, v, ok := parseDomainKey(k); ok {
+				last = max(last, v)
+			}
+		}
+		snaps, err := s.listSnapshots(ctx)
+		if err != nil {
+			return head{}, err
+		}
+		if len(snaps) > 0 {
+			last = max(last, snaps[0])
+		}
+		oldest = last + 1
 	}
 	if s.headDamaged.CompareAndSwap(false, true) {
 		s.log.Error("the journal head is damaged; rebuilt from the entries",

@@ -31,9 +31,9 @@ var errPartialListing = errors.New("the listing was interrupted (records changed
 var listingRetries = 3
 
 // recoverFromListing rebuilds memory from a listing of the records: it
-// reads the head, lists, reads the domain records whose version differs
-// from memory, and sets memory's journal position to that head, so that
-// the entries written since are read next. Without the journal lock it
+// reads the head, lists, reads the domain records whose version memory
+// lacks, and sets memory's journal position to that head, so that the
+// entries written since are read next. Without the journal lock it
 // retries a listing that writers interrupt, then takes the lock.
 func (s *Store) recoverFromListing(ctx context.Context, locked bool) error {
 	for attempt := 1; ; attempt++ {
@@ -41,10 +41,7 @@ func (s *Store) recoverFromListing(ctx context.Context, locked bool) error {
 		if err != nil {
 			return err
 		}
-		if _, err = s.readListing(ctx); err == nil {
-			s.mu.Lock()
-			s.pos = h.Seq
-			s.mu.Unlock()
+		if _, err = s.readListing(ctx, h.Seq); err == nil {
 			return nil
 		}
 		if !errors.Is(err, errPartialListing) {
@@ -94,9 +91,10 @@ func listKeys(ctx context.Context, st certmagic.Storage, dir string) ([]string, 
 }
 
 // readListing lists the domain and certificate records and makes memory
-// match them (adopt). It returns the highest domain version listed. On
-// any error memory is left as it was.
-func (s *Store) readListing(ctx context.Context) (uint64, error) {
+// match them (adopt), at journal position pos: the entry the records are
+// known to reflect. It returns the highest domain version listed. On any
+// error memory is left as it was.
+func (s *Store) readListing(ctx context.Context, pos uint64) (uint64, error) {
 	st := s.Storage()
 	domKeys, err := listKeys(ctx, st, domainsDir)
 	if err != nil {
@@ -127,7 +125,7 @@ func (s *Store) readListing(ctx context.Context) (uint64, error) {
 			state.certs[id] = 0 // its version is unknown; the record is current
 		}
 	}
-	read, err := s.adopt(ctx, state)
+	read, err := s.adopt(ctx, state, pos)
 	if err != nil {
 		return 0, err
 	}
@@ -154,13 +152,13 @@ type adoptState struct {
 	damaged map[string]*Damaged
 }
 
-// adopt makes memory hold state, reading the domain records whose version
-// memory lacks (for their entries, or for listeners), and tells listeners
-// of every change. It returns how many records it read. On error memory
-// is left as it was. Two live domains with one name (left by an earlier
+// adopt makes memory hold state at journal position pos, reading the
+// domain records whose version memory lacks (for their entries, or for
+// listeners), and tells listeners of every change. It returns how many
+// records it read. On error memory is left as it was. Two live domains with one name (left by an earlier
 // version of the plugin) resolve as everywhere: the higher version keeps
 // the name, or the older ID at the same version; the other is damaged.
-func (s *Store) adopt(ctx context.Context, state adoptState) (int, error) {
+func (s *Store) adopt(ctx context.Context, state adoptState, pos uint64) (int, error) {
 	ids := make([]string, 0, len(state.versions))
 	for id := range state.versions {
 		ids = append(ids, id)
@@ -229,7 +227,9 @@ func (s *Store) adopt(ctx context.Context, state adoptState) (int, error) {
 		}
 		v := state.versions[id]
 		if r.damage != "" {
-			s.putDamagedLocked(id, v, r.damage)
+			if old := s.putDamagedLocked(id, v, r.damage); old != nil {
+				ns = append(ns, notice{old: formerDomain(old)})
+			}
 			if dm := state.damaged[id]; dm != nil && dm.Name != "" {
 				s.damaged[id].Name = dm.Name
 			}
@@ -238,13 +238,17 @@ func (s *Store) adopt(ctx context.Context, state adoptState) (int, error) {
 		if owner, taken := s.names[r.e.Name]; taken && owner != id {
 			ov := s.domains[owner].Version
 			if ov > v || (ov == v && owner < id) {
-				s.putDamagedLocked(id, v, "another domain ("+owner+") has the same name; delete one of them")
+				if old := s.putDamagedLocked(id, v, "another domain ("+owner+") has the same name; delete one of them"); old != nil {
+					ns = append(ns, notice{old: formerDomain(old)})
+				}
 				s.damaged[id].Name = r.e.Name
 				continue
 			}
-			s.markDamagedLocked(owner, "another domain ("+id+") has the same name; delete one of them")
+			if old := s.markDamagedLocked(owner, "another domain ("+id+") has the same name; delete one of them"); old != nil {
+				ns = append(ns, notice{old: formerDomain(old)})
+			}
 		}
-		old := s.putDomainLocked(r.e)
+		old, _ := s.putDomainLocked(r.e)
 		if r.d != nil {
 			ns = append(ns, notice{old: formerDomain(old), new: r.d})
 		}
@@ -265,24 +269,27 @@ func (s *Store) adopt(ctx context.Context, state adoptState) (int, error) {
 			s.damaged[id] = &d
 		}
 	}
+	s.pos = pos
 	s.mu.Unlock()
 	s.notify(ns)
 	return nread, nil
 }
 
 // putDamagedLocked records domain id as damaged at version v (it is
-// listed, never served). s.mu must be held.
-func (s *Store) putDamagedLocked(id string, v uint64, reason string) {
+// listed, never served) and returns its entry if it was live. s.mu must be
+// held.
+func (s *Store) putDamagedLocked(id string, v uint64, reason string) *Entry {
 	name := ""
-	if e := s.domains[id]; e != nil {
-		name = e.Name
-		s.markDamagedLocked(id, reason)
+	old := s.markDamagedLocked(id, reason)
+	if old != nil {
+		name = old.Name
 	} else if dm := s.damaged[id]; dm != nil {
 		name = dm.Name
 	} else {
 		s.domainIDs = insertSorted(s.domainIDs, id)
 	}
 	s.damaged[id] = &Damaged{ID: id, Name: name, Reason: reason, version: v}
+	return old
 }
 
 // errVersionGone means a record version no longer exists: it was replaced

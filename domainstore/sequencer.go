@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -27,6 +28,7 @@ type op struct {
 	deadline time.Time // past it, the write fails unless it is being committed
 	fn       func(*txn) error
 	done     chan error
+	started  atomic.Bool // its journal entry is being written
 }
 
 // Batching: how many writes share a journal entry, how long the sequencer
@@ -45,22 +47,28 @@ var (
 // storage did not confirm in time fails with errOutcomeUnknown.
 func (s *Store) submit(ctx context.Context, fn func(*txn) error) error {
 	o := &op{ctx: ctx, deadline: time.Now().Add(s.timeout()), fn: fn, done: make(chan error, 1)}
+	// the sequencer may be stuck on a storage that ignores contexts
+	// (file_system on a hung mount), or on a write it must settle: the
+	// caller gets an answer within twice the timeout anyway
+	hard := time.NewTimer(2 * s.timeout())
+	defer hard.Stop()
 	select {
 	case s.ops <- o:
 	case <-s.closing:
 		return errClosed
 	case <-ctx.Done():
 		return storageFailed("waiting for the store", ctx.Err())
+	case <-hard.C:
+		return errWaitedTooLong
 	}
-	// a storage that ignores contexts (file_system on a hung mount) can
-	// keep the sequencer from answering: the caller gets an answer anyway
-	hard := time.NewTimer(time.Until(o.deadline) + s.timeout())
-	defer hard.Stop()
 	select {
 	case err := <-o.done:
 		return err
 	case <-hard.C:
-		return errOutcomeUnknown
+		if o.started.Load() {
+			return errOutcomeUnknown
+		}
+		return errWaitedTooLong
 	case <-s.done:
 		select {
 		case err := <-o.done:
@@ -252,6 +260,13 @@ func (s *Store) lockedCatchUp(ctx context.Context) (*session, error) {
 		return nil, err
 	}
 	sess := &session{head: h, applied: h.Seq}
+	if h.repaired || s.position() > h.Seq+headCheckpoint {
+		// a long way to go (a head rebuilt from the entries): not bound by
+		// one write's deadline, and the head is written as it goes
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.Background(), recoveryTimeout)
+		defer cancel()
+	}
 	// memory may be past the head: entries this instance read while
 	// following, whose writer may not have applied them to the records
 	for seq := h.Seq + 1; seq <= s.position(); seq++ {
@@ -268,8 +283,8 @@ func (s *Store) lockedCatchUp(ctx context.Context) (*session, error) {
 		}
 		if aerr := s.applyToStorage(ctx, e); aerr != nil {
 			s.log.Error("applying a journal entry to the records", zap.Uint64("seq", seq), zap.Error(aerr))
-		} else if sess.applied == seq-1 {
-			sess.applied = seq
+		} else {
+			s.noteApplied(ctx, sess, seq)
 		}
 	}
 	if err := s.catchUp(ctx, sess); err != nil {
@@ -322,11 +337,11 @@ func (s *Store) catchUp(ctx context.Context, sess *session) error {
 		if err != nil {
 			return err
 		}
-		if sess != nil && seq > sess.head.Seq {
+		if sess != nil && seq > sess.applied {
 			if aerr := s.applyToStorage(ctx, e); aerr != nil {
 				s.log.Error("applying a journal entry to the records", zap.Uint64("seq", seq), zap.Error(aerr))
-			} else if sess.applied == seq-1 {
-				sess.applied = seq
+			} else {
+				s.noteApplied(ctx, sess, seq)
 			}
 		}
 		s.notify(s.applyToMemory(e))
@@ -367,6 +382,9 @@ func (s *Store) commit(sess *session, batch []*op) {
 		}
 		return
 	}
+	for _, o := range included {
+		o.started.Store(true)
+	}
 	var nonce [8]byte
 	_, _ = rand.Read(nonce[:])
 	e := &entry{Format: entryFormat, Seq: seq, Time: time.Now().UTC(), Writer: hex.EncodeToString(nonce[:]), Ops: tx.ops}
@@ -406,13 +424,36 @@ func (s *Store) commit(sess *session, batch []*op) {
 	for _, o := range included {
 		o.done <- nil
 	}
-	if err := s.applyToStorage(ctx, e); err != nil {
+	actx, acancel := context.WithTimeout(context.Background(), s.timeout())
+	defer acancel()
+	if err := s.applyToStorage(actx, e); err != nil {
 		// the entry holds the change; the next holder of the lock writes
 		// the records again
 		s.stats.storageErrors.Add(1)
 		s.log.Error("applying a journal entry to the records", zap.Uint64("seq", seq), zap.Error(err))
-	} else if sess.applied == seq-1 {
-		sess.applied = seq
+	} else {
+		s.noteApplied(actx, sess, seq)
+	}
+}
+
+// headCheckpoint is how many entries a session applies to the records
+// before it writes the head, so that a long catch-up (a head rebuilt from
+// the entries) that runs out of time keeps its progress.
+const headCheckpoint = 256
+
+// noteApplied records that entry seq is applied to the records.
+func (s *Store) noteApplied(ctx context.Context, sess *session, seq uint64) {
+	if sess.applied != seq-1 {
+		return
+	}
+	sess.applied = seq
+	if seq-sess.head.Seq < headCheckpoint {
+		return
+	}
+	h := sess.head
+	h.Seq, h.repaired = seq, false
+	if err := s.writeHead(ctx, h); err == nil {
+		sess.head = h
 	}
 }
 
@@ -576,16 +617,23 @@ func (s *Store) follow() error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
 	defer cancel()
 	err := s.catchUp(ctx, nil)
-	if errors.Is(err, errGap) || (err == nil && s.needRecovery) {
+	if errors.Is(err, errGap) {
 		if err = s.recoverGap(); err == nil {
 			err = s.catchUp(ctx, nil)
 		}
 	}
+	if err == nil && s.needRecovery {
+		err = s.recoverSkipped()
+	}
 	if err == nil && s.headDamaged.Load() {
-		// write the rebuilt head back rather than wait for a write
-		var sess *session
-		if sess, err = s.startSession(ctx); err == nil {
-			s.endSession(sess)
+		// write the rebuilt head back rather than wait for a write, unless
+		// another instance did already
+		var h head
+		if h, err = s.readHead(ctx); err == nil && h.repaired {
+			var sess *session
+			if sess, err = s.startSession(ctx); err == nil {
+				s.endSession(sess)
+			}
 		}
 	}
 	if err != nil {
@@ -616,7 +664,6 @@ func (s *Store) recoverGap() error {
 	ctx, cancel := context.WithTimeout(context.Background(), recoveryTimeout)
 	defer cancel()
 	start := time.Now()
-	s.needRecovery = false
 	if snap := s.loadSnapshot(ctx); snap != nil && snap.seq > s.position() {
 		n, err := s.applySnapshot(ctx, snap)
 		if err == nil {
@@ -628,4 +675,27 @@ func (s *Store) recoverGap() error {
 	}
 	s.log.Warn("listing the records to catch up")
 	return s.recoverFromListing(ctx, false)
+}
+
+// recoverSkipped reads the records once after this instance skipped a
+// damaged journal entry, so that it ends with what the entry's writer
+// applied. It lists them under the journal lock, once every entry is
+// applied to the records (the session's catch-up does that), so that no
+// writer is half way through.
+func (s *Store) recoverSkipped() error {
+	ctx, cancel := context.WithTimeout(context.Background(), recoveryTimeout)
+	defer cancel()
+	sess, err := s.startSession(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.endSession(sess)
+	if sess.applied < s.position() {
+		return errors.New("an entry could not be applied to the records; retrying")
+	}
+	if _, err := s.readListing(ctx, sess.applied); err != nil {
+		return err
+	}
+	s.needRecovery = false
+	return nil
 }

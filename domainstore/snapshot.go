@@ -123,7 +123,7 @@ func (s *Store) publishSnapshot(snap *snapshot) {
 	defer s.mu.Unlock()
 	s.resetStateLocked(len(snap.domains))
 	for _, e := range snap.domains {
-		s.putDomainLocked(e)
+		s.putDomainLocked(e) // a decoded snapshot has no duplicate names
 	}
 	for _, c := range snap.certs {
 		s.putCertLocked(c.id, c.version)
@@ -164,14 +164,7 @@ func (s *Store) applySnapshot(ctx context.Context, snap *snapshot) (int, error) 
 			state.certs[d.ID] = d.version
 		}
 	}
-	n, err := s.adopt(ctx, state)
-	if err != nil {
-		return 0, err
-	}
-	s.mu.Lock()
-	s.pos = snap.seq
-	s.mu.Unlock()
-	return n, nil
+	return s.adopt(ctx, state, snap.seq)
 }
 
 // decodeSnapshot parses a snapshot. A line it cannot parse, or two lines

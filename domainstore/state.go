@@ -81,10 +81,11 @@ func (s *Store) resetStateLocked(n int) {
 	s.index.Grow(n)
 }
 
-// putDomainLocked publishes e and returns the entry it replaced. s.mu
+// putDomainLocked publishes e and returns the entry it replaced, and the
+// live domain it took the name from (nil but for a damaged journal). s.mu
 // must be held.
-func (s *Store) putDomainLocked(e *Entry) *Entry {
-	old := s.domains[e.DomainID]
+func (s *Store) putDomainLocked(e *Entry) (old, evicted *Entry) {
+	old = s.domains[e.DomainID]
 	if old != nil {
 		s.unuseLocked(old.CertificateID)
 		if old.Name != e.Name { // names are immutable; only a damaged journal could do this
@@ -104,7 +105,7 @@ func (s *Store) putDomainLocked(e *Entry) *Entry {
 		// listed as damaged so that it can be deleted
 		s.log.Error("two domains have the same name; the later write keeps it",
 			zap.String("domain", e.Name), zap.String("domain_id", e.DomainID), zap.String("other_domain_id", other))
-		s.markDamagedLocked(other, "another domain ("+e.DomainID+") has the same name")
+		evicted = s.markDamagedLocked(other, "another domain ("+e.DomainID+") has the same name; delete one of them")
 	}
 	s.domains[e.DomainID] = e
 	s.names[e.Name] = e.DomainID
@@ -112,15 +113,15 @@ func (s *Store) putDomainLocked(e *Entry) *Entry {
 		s.certUse[e.CertificateID]++
 	}
 	s.index.Set(e.Name, e)
-	return old
+	return old, evicted
 }
 
-// markDamagedLocked turns a live domain into a damaged one. s.mu must be
-// held.
-func (s *Store) markDamagedLocked(id, reason string) {
+// markDamagedLocked turns a live domain into a damaged one and returns its
+// entry (nil if it was not live). s.mu must be held.
+func (s *Store) markDamagedLocked(id, reason string) *Entry {
 	e := s.domains[id]
 	if e == nil {
-		return
+		return nil
 	}
 	s.unuseLocked(e.CertificateID)
 	delete(s.domains, id)
@@ -129,6 +130,7 @@ func (s *Store) markDamagedLocked(id, reason string) {
 		s.index.Delete(e.Name)
 	}
 	s.damaged[id] = &Damaged{ID: id, Name: e.Name, Reason: reason, version: e.Version}
+	return e
 }
 
 // deleteDomainLocked removes domain id, live or damaged, and returns its
@@ -201,12 +203,15 @@ func (s *Store) applyToMemory(e *entry) []notice {
 		switch op.Op {
 		case opPutDomain:
 			d := op.Domain
-			old := s.putDomainLocked(entryFor(d, e.Seq))
+			old, evicted := s.putDomainLocked(entryFor(d, e.Seq))
 			prev := op.old
 			if prev == nil {
 				prev = formerDomain(old)
 			}
 			out = append(out, notice{old: prev, new: d.clone()})
+			if evicted != nil {
+				out = append(out, notice{old: formerDomain(evicted)})
+			}
 		case opDelDomain:
 			old := s.deleteDomainLocked(op.ID)
 			prev := op.old

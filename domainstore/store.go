@@ -219,7 +219,7 @@ func (s *Store) startJournal(ctx context.Context) error {
 	} else if !errors.Is(err, errNoEntry) {
 		return err
 	}
-	maxVersion, err := s.readListing(ctx)
+	maxVersion, err := s.readListing(ctx, 0)
 	if err != nil {
 		return fmt.Errorf("starting the journal: %w", err)
 	}
