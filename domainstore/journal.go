@@ -11,8 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
 	"go.uber.org/zap"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
 )
 
 // The journal is the ordered record of every change, in storage. Each
