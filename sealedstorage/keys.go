@@ -18,9 +18,62 @@ import (
 )
 
 // DevKeyPath returns where the development key lives when neither key nor
-// key_file is configured: <caddy.AppDataDir()>/domaincerts/seal.key.
+// key_file is configured: <caddy.AppConfigDir()>/domaincerts/seal.key. It
+// lies outside Caddy's data directory, which is where the default storage
+// is: a storage must never hold the key that opens it.
 func DevKeyPath() string {
+	return filepath.Join(caddy.AppConfigDir(), "domaincerts", "seal.key")
+}
+
+// legacyDevKeyPath is where earlier versions kept the development key:
+// inside the default storage, where it looked like a private key to seal.
+func legacyDevKeyPath() string {
 	return filepath.Join(caddy.AppDataDir(), "domaincerts", "seal.key")
+}
+
+// loadDevKey returns the development key, moving it out of the storage
+// from where earlier versions kept it, or creating it on first use.
+func loadDevKey(logger *zap.Logger) ([]byte, string, error) {
+	path := DevKeyPath()
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		if err := moveLegacyDevKey(path, logger); err != nil {
+			return nil, path, err
+		}
+	}
+	k, err := loadOrCreateDevKey(path, logger)
+	return k, path, err
+}
+
+// moveLegacyDevKey moves a development key kept inside the storage by an
+// earlier version to path. One that was sealed (with itself, by
+// seal-reseal) cannot be recovered, and is reported as such.
+func moveLegacyDevKey(path string, logger *zap.Logger) error {
+	old := legacyDevKeyPath()
+	b, err := os.ReadFile(old)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading the development key kept by an earlier version at %s: %w", old, err)
+	}
+	defer clear(b)
+	if seal.IsSealed(b) {
+		return fmt.Errorf("the development key at %s was sealed with itself (by `caddy seal-reseal` of an earlier version), so the values it sealed cannot be opened; restore that file from a backup, or move it away to start over with a new key (values sealed with the lost key must then be deleted and obtained again)", old)
+	}
+	k, err := seal.ParseKey(string(b))
+	if err != nil {
+		return fmt.Errorf("the development key kept by an earlier version at %s: %w", old, err)
+	}
+	defer clear(k)
+	if err := writeKeyFile(path, k); err != nil {
+		return fmt.Errorf("moving the development key to %s: %w", path, err)
+	}
+	if err := os.Remove(old); err != nil {
+		return fmt.Errorf("removing the development key from the storage at %s (it was copied to %s): %w", old, path, err)
+	}
+	logger.Info("moved the development seal key out of the storage",
+		zap.String("from", old), zap.String("to", path), zap.Stringer("key_id", seal.KeyIDOf(k)))
+	return nil
 }
 
 // loggerFor is ctx.Logger; tests replace it to read the logs.
@@ -52,8 +105,7 @@ func (s *SealedStorage) resolveKeys(logger *zap.Logger) (keys [][]byte, devKeyPa
 			return nil, "", fmt.Errorf("sealed storage: key_file: %w", err)
 		}
 	default:
-		devKeyPath = DevKeyPath()
-		if first, err = loadOrCreateDevKey(devKeyPath, logger); err != nil {
+		if first, devKeyPath, err = loadDevKey(logger); err != nil {
 			return nil, "", fmt.Errorf("sealed storage: development key: %w", err)
 		}
 	}
@@ -61,6 +113,12 @@ func (s *SealedStorage) resolveKeys(logger *zap.Logger) (keys [][]byte, devKeyPa
 	ids := map[seal.KeyID]string{seal.KeyIDOf(first): "key"}
 	for i, raw := range s.OldKeys {
 		field := fmt.Sprintf("old_keys[%d]", i)
+		if onlyPlaceholders(raw) && strings.TrimSpace(repl.ReplaceKnown(raw, "")) == "" {
+			// old keys are for rotation only: a placeholder for one that
+			// is not set (yet, or any more) leaves nothing to open with
+			logger.Info("sealed storage: an old key is empty after resolving placeholders; ignored", zap.String("field", field), zap.String("placeholder", raw))
+			continue
+		}
 		k, err := parseField(repl, field, raw)
 		if err != nil {
 			return nil, "", err
@@ -139,20 +197,32 @@ func loadOrCreateDevKey(path string, logger *zap.Logger) ([]byte, error) {
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return k, err
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
 	key, err := seal.GenerateKey()
 	if err != nil {
 		return nil, err
+	}
+	err = writeKeyFile(path, key)
+	if errors.Is(err, fs.ErrExist) {
+		clear(key)
+		return readKeyFile(path, logger)
+	}
+	return key, err
+}
+
+// writeKeyFile writes key in base64 to path, which must not exist (mode
+// 0600, directory 0700): a temporary file linked into place, or, without
+// hard links, an exclusive create. It returns fs.ErrExist if path exists.
+func writeKeyFile(path string, key []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
 	}
 	content := []byte(seal.EncodeKey(key) + "\n")
 	defer clear(content)
 
 	tmp, err := os.CreateTemp(dir, ".seal.key-*") // mode 0600
 	if err != nil {
-		return nil, err
+		return err
 	}
 	tmpName := tmp.Name()
 	defer os.Remove(tmpName)
@@ -164,29 +234,23 @@ func loadOrCreateDevKey(path string, logger *zap.Logger) ([]byte, error) {
 		err = cerr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("writing %s: %w", tmpName, err)
+		return fmt.Errorf("writing %s: %w", tmpName, err)
 	}
 	err = os.Link(tmpName, path)
-	switch {
-	case err == nil:
-		return key, nil
-	case errors.Is(err, fs.ErrExist):
-		return readKeyFile(path, logger)
+	if err == nil || errors.Is(err, fs.ErrExist) {
+		return err
 	}
 	// No hard links on this file system: create the file exclusively.
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return readKeyFile(path, logger)
-	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	_, err = f.Write(content)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("writing %s: %w", path, err)
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	return key, nil
+	return nil
 }

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -181,8 +183,9 @@ func TestProvisionErrors(t *testing.T) {
 }
 
 func TestDevKey(t *testing.T) {
-	data := t.TempDir()
+	data, config := t.TempDir(), t.TempDir()
 	t.Setenv("XDG_DATA_HOME", data)
+	t.Setenv("XDG_CONFIG_HOME", config)
 	logs := observeLogs(t)
 	inner := t.TempDir()
 
@@ -190,7 +193,9 @@ func TestDevKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(data, "caddy", "domaincerts", "seal.key")
+	// the key lives in Caddy's config directory, outside the data
+	// directory where the default storage is
+	path := filepath.Join(config, "caddy", "domaincerts", "seal.key")
 	if DevKeyPath() != path {
 		t.Fatalf("DevKeyPath = %s, want %s", DevKeyPath(), path)
 	}
@@ -348,5 +353,73 @@ func TestKeygen(t *testing.T) {
 	}
 	if k, err := seal.ParseKey(a.String()); err != nil || len(k) != 32 {
 		t.Fatalf("keygen output does not parse: %v", err)
+	}
+}
+
+// TestDevKeyMovedOutOfStorage starts on a development key that an earlier
+// version kept inside the default storage (Caddy's data directory): it is
+// moved to the config directory, the same key, and is gone from the
+// storage. One that seal-reseal sealed with itself is reported as lost.
+func TestDevKeyMovedOutOfStorage(t *testing.T) {
+	data, config := t.TempDir(), t.TempDir()
+	t.Setenv("XDG_DATA_HOME", data)
+	t.Setenv("XDG_CONFIG_HOME", config)
+	legacy := filepath.Join(data, "caddy", "domaincerts", "seal.key")
+	if err := os.MkdirAll(filepath.Dir(legacy), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	k := key(7)
+	if err := os.WriteFile(legacy, []byte(b64(k)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, err := provision(t, `{"module":"sealed"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Storage().KeyID() != seal.KeyIDOf(k) {
+		t.Fatal("the moved key is not the one in use")
+	}
+	if _, err := os.Stat(legacy); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the key is still in the storage: %v", err)
+	}
+	if b, err := os.ReadFile(DevKeyPath()); err != nil || strings.TrimSpace(string(b)) != b64(k) {
+		t.Fatalf("the key was not moved to %s: %v", DevKeyPath(), err)
+	}
+
+	// the key sealed with itself by an earlier seal-reseal: lost, said so
+	if err := os.Remove(DevKeyPath()); err != nil {
+		t.Fatal(err)
+	}
+	sealer, err := seal.NewSealer(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := sealer.Seal("domaincerts/seal.key", []byte(b64(k)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(legacy, sealed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := provision(t, `{"module":"sealed"}`); err == nil || !strings.Contains(err.Error(), "sealed with itself") {
+		t.Fatalf("provision with a self-sealed development key = %v", err)
+	}
+}
+
+// TestEmptyOldKeyIgnored: an old key whose placeholder is not set (there is
+// no rotation going on) is left out, not an error.
+func TestEmptyOldKeyIgnored(t *testing.T) {
+	t.Setenv("SEALTEST_KEY", b64(key(1)))
+	t.Setenv("SEALTEST_OLD_UNSET", "")
+	m, err := provision(t, `{"module":"sealed","key":"{env.SEALTEST_KEY}","old_keys":["{env.SEALTEST_OLD_UNSET}"],"inner":`+innerJSON(t.TempDir())+`}`)
+	if err != nil {
+		t.Fatalf("an unset old key placeholder: %v", err)
+	}
+	if ids := m.Storage().sealer.KeyIDs(); len(ids) != 1 {
+		t.Fatalf("%d keys; want only the current one", len(ids))
+	}
+	// a literal that is not a key is still an error
+	if _, err := provision(t, `{"module":"sealed","key":"{env.SEALTEST_KEY}","old_keys":["nope"],"inner":`+innerJSON(t.TempDir())+`}`); err == nil {
+		t.Fatal("a malformed old key was accepted")
 	}
 }

@@ -133,6 +133,10 @@ func (s *Storage) resealOne(ctx context.Context, key string, opts ResealOptions,
 			r.Skipped = append(r.Skipped, key)
 			return
 		}
+		if err := s.refuseSealKey(key, plaintext); err != nil {
+			r.Failed = append(r.Failed, Failure{key, err})
+			return
+		}
 		if opts.DryRun {
 			r.Resealed = append(r.Resealed, key)
 			return

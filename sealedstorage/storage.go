@@ -1,10 +1,12 @@
 package sealedstorage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/certmagic"
@@ -123,6 +125,9 @@ func (s *Storage) Seals(key string) bool { return s.sealAll || IsPrivateKeyPath(
 // it back unchanged.
 func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if s.Seals(key) || seal.IsSealed(value) {
+		if err := s.refuseSealKey(key, value); err != nil {
+			return err
+		}
 		sealed, err := s.sealer.Seal(cleanKey(key), value)
 		if err != nil {
 			return err
@@ -130,6 +135,30 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 		value = sealed
 	}
 	return s.inner.Store(ctx, key, value)
+}
+
+// ErrSealKeyInStorage is returned for a value that is one of the keys that
+// seal this storage: a storage must never hold the key that opens it (and
+// a key sealed with itself is lost).
+var ErrSealKeyInStorage = errors.New("the value is a key of this sealed storage")
+
+// refuseSealKey returns ErrSealKeyInStorage if value is one of the
+// storage's keys in base64, as a key file holds it.
+func (s *Storage) refuseSealKey(key string, value []byte) error {
+	v := bytes.TrimSpace(value)
+	if len(v) > 64 { // a key in base64 is 44 characters
+		return nil
+	}
+	k, err := seal.ParseKey(string(v))
+	if err != nil {
+		return nil
+	}
+	defer clear(k)
+	id := seal.KeyIDOf(k)
+	if slices.Contains(s.sealer.KeyIDs(), id) {
+		return fmt.Errorf("%w (key id %s) at %q: a storage must never hold the key that opens it; keep the key in a file outside the storage (key_file) and delete this value", ErrSealKeyInStorage, id, key)
+	}
+	return nil
 }
 
 // Load loads the value at key from the inner storage and opens it if it is

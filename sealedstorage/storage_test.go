@@ -532,3 +532,39 @@ func logged(f zap.Field) string {
 	}
 	return buf.String()
 }
+
+// TestSealKeyNeverStored: a value that is one of the storage's own keys is
+// never sealed into it (by a write, or by seal-reseal): a key sealed with
+// itself is lost, and the storage must not hold the key that opens it.
+func TestSealKeyNeverStored(t *testing.T) {
+	ctx := context.Background()
+	inner := &certmagic.FileStorage{Path: t.TempDir()}
+	st := mustNew(t, inner, Config{Keys: [][]byte{key(2), key(1)}})
+	for _, k := range [][]byte{key(2), key(1)} {
+		err := st.Store(ctx, "domaincerts/seal.key", []byte(b64(k)+"\n"))
+		if !errors.Is(err, ErrSealKeyInStorage) {
+			t.Fatalf("storing a seal key: %v; want ErrSealKeyInStorage", err)
+		}
+	}
+	// another key is just a value
+	if err := st.Store(ctx, "other/x.key", []byte(b64(key(3)))); err != nil {
+		t.Fatal(err)
+	}
+
+	// as an earlier version left it: the current key, unsealed, at a
+	// sealed path (allow_unsealed, as during a migration)
+	if err := inner.Store(ctx, "domaincerts/seal.key", []byte(b64(key(2))+"\n")); err != nil {
+		t.Fatal(err)
+	}
+	st = mustNew(t, inner, Config{Keys: [][]byte{key(2), key(1)}, AllowUnsealed: true})
+	r, err := st.Reseal(ctx, ResealOptions{})
+	if err == nil || len(r.Failed) != 1 || r.Failed[0].Path != "domaincerts/seal.key" || !errors.Is(r.Failed[0].Err, ErrSealKeyInStorage) {
+		t.Fatalf("reseal = %+v, %v; want the seal key refused", r, err)
+	}
+	if !strings.Contains(r.Failed[0].Err.Error(), "must never hold the key that opens it") {
+		t.Fatalf("the refusal does not say why: %v", r.Failed[0].Err)
+	}
+	if raw, _ := inner.Load(ctx, "domaincerts/seal.key"); seal.IsSealed(raw) {
+		t.Fatal("reseal sealed the key with itself")
+	}
+}
