@@ -2,6 +2,8 @@ package certsource
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/rsa"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -283,10 +285,8 @@ func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
 	j, running := a.jobs[new.ID]
 	changed := running && j.policy != *new.Policy
 	a.mu.Unlock()
-	if changed {
-		// the certificate obtained under the former policy must not be served
-		a.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: new.Domain}})
-	}
+	// a changed policy starts a job that obtains a certificate under it;
+	// the current certificate serves until then
 	if running && !changed && new.CertificateID != "" && (old == nil || old.CertificateID != new.CertificateID) {
 		// a new certificate (renewed, perhaps by another instance): serve it
 		a.mu.Lock()
@@ -303,7 +303,9 @@ func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
 }
 
 // refresh loads the stored certificate of a managed name into the cache
-// and drops the older ones cached for it.
+// and drops the others cached for it (those of a former policy, or
+// replaced by a renewal): the stored one is the one the domain's record
+// names.
 func (a *ACME) refresh(name string, policy domainstore.Policy) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -313,8 +315,7 @@ func (a *ACME) refresh(name string, policy domainstore.Policy) {
 	}
 	var stale []string
 	for _, c := range a.cache.AllMatchingCertificates(name) {
-		if c.Leaf != nil && slices.Contains(c.Names, name) && c.Leaf.SerialNumber.Cmp(cert.Leaf.SerialNumber) != 0 &&
-			c.Leaf.NotAfter.Before(cert.Leaf.NotAfter) {
+		if c.Leaf != nil && slices.Contains(c.Names, name) && c.Leaf.SerialNumber.Cmp(cert.Leaf.SerialNumber) != 0 {
 			stale = append(stale, c.Hash())
 		}
 	}
@@ -437,8 +438,27 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 	}
 	cert, err := cfg.CacheManagedCertificate(ctx, name)
 	switch {
-	case err == nil && !cert.NeedsRenewal(cfg):
+	case err == nil && !cert.NeedsRenewal(cfg) && keyTypeIs(cert, policy.PrivateKeyType):
 		return a.loaded(ctx, id, policy, cfg, name, cert)
+	case err == nil && !keyTypeIs(cert, policy.PrivateKeyType):
+		// the policy asks for another key type than the stored certificate
+		// has (it changed): obtain a new one; the stored one serves until
+		// then
+		unlock, err := a.lockJob(ctx, id)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		if err := a.precheck(ctx, auth, id, name); err != nil {
+			return err
+		}
+		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
+			Msg:       fmt.Sprintf("obtaining a certificate with a %s key from %s (the policy changed)", policy.PrivateKeyType, policy.Authority),
+			StartedAt: started,
+		}})
+		if err := cfg.RenewCertSync(ctx, name, true); err != nil {
+			return classify(fmt.Errorf("obtaining a certificate for %s from %s: %w", name, policy.Authority, err))
+		}
 	case err == nil:
 		// stored but due for renewal: renew now, then serve the new one
 		unlock, err := a.lockJob(ctx, id)
@@ -457,15 +477,8 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 			return err
 		}
 		defer unlock()
-		if auth.ValidatesNames {
-			if strings.HasPrefix(name, "*.") && a.inZones(name) && !a.opts.DNS01InZones {
-				return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf(
-					"%s is inside the operator's zones, so its DNS-01 record goes to _acme-challenge.%s, which the built-in dns_server does not serve; configure a dns_provider for the zone",
-					name, strings.TrimPrefix(name, "*."))}
-			}
-			if err := a.checkDNS(ctx, id); err != nil {
-				return err
-			}
+		if err := a.precheck(ctx, auth, id, name); err != nil {
+			return err
 		}
 		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 			Msg: fmt.Sprintf("obtaining a certificate from %s", policy.Authority), StartedAt: started,
@@ -479,6 +492,32 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading obtained certificate: %w", err)}
 	}
 	return a.loaded(ctx, id, policy, cfg, name, cert)
+}
+
+// precheck verifies what an order needs before it is placed: for an
+// authority that validates names, the domain's CNAMEs, and a DNS-01 path
+// for a wildcard.
+func (a *ACME) precheck(ctx context.Context, auth Authority, id, name string) error {
+	if !auth.ValidatesNames {
+		return nil
+	}
+	if strings.HasPrefix(name, "*.") && a.inZones(name) && !a.opts.DNS01InZones {
+		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf(
+			"%s is inside the operator's zones, so its DNS-01 record goes to _acme-challenge.%s, which the built-in dns_server does not serve; configure a dns_provider for the zone",
+			name, strings.TrimPrefix(name, "*."))}
+	}
+	return a.checkDNS(ctx, id)
+}
+
+// keyTypeIs reports whether cert's private key is of the policy's type.
+func keyTypeIs(cert certmagic.Certificate, keyType string) bool {
+	switch cert.PrivateKey.(type) {
+	case *rsa.PrivateKey:
+		return keyType == domainstore.KeyTypeRSA
+	case *ecdsa.PrivateKey:
+		return keyType == domainstore.KeyTypeECDSA
+	}
+	return false
 }
 
 // errJobBusy means another instance holds the domain's provisioning lock.

@@ -30,7 +30,9 @@ type DomainInput struct {
 
 // DomainPatch updates a domain; nil fields stay as they are. Setting
 // CertificateID attaches an uploaded certificate and ends management;
-// setting Policy starts management and detaches any uploaded certificate.
+// setting Policy starts management (or changes it): the current
+// certificate stays attached, and serving, until the policy's own is
+// issued.
 type DomainPatch struct {
 	Domain        *string
 	Description   *string
@@ -270,10 +272,10 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 			d.Status = nil
 		}
 		if policy != nil {
+			// the current certificate (an upload, or the one obtained
+			// under the former policy) stays until the policy's own is
+			// issued, and serves meanwhile
 			policyChanged := d.Policy == nil || *d.Policy != *policy
-			if d.Policy == nil {
-				d.CertificateID = "" // an uploaded certificate gives way to management
-			}
 			d.Policy = policy
 			if policyChanged {
 				d.Status = nil

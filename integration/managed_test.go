@@ -433,6 +433,57 @@ func TestManagedSurvivesRestart(t *testing.T) {
 	if n := pebbleOrders(m.p.LogSince(pebbleMark)); n != 0 {
 		t.Errorf("pebble got %d orders after the restart, want 0", n)
 	}
+	if ids := managedResources(t, m, id); len(ids) != 1 {
+		t.Errorf("certificate resources of the domain after the restart: %v; want one", ids)
+	}
+}
+
+// managedResources lists the IDs of the certificate resources that ACME
+// issued for domain id.
+func managedResources(t *testing.T, m *managed, id string) []string {
+	t.Helper()
+	var out []string
+	for _, c := range m.listAll(t, "/domaincerts/tls_certificates", "tls_certificates") {
+		if c["managed_domain_id"] == id {
+			out = append(out, c["id"].(string))
+		}
+	}
+	return out
+}
+
+// TestSwitchBackToManaged: a managed domain switched to an upload and back
+// to management gets its stored certificate again (no new order), as one
+// resource: the one it had went when the upload replaced it.
+func TestSwitchBackToManaged(t *testing.T) {
+	m := startManaged(t, nil)
+	const name = "back.operator.test"
+	id, _ := m.createManaged(t, name, nil)
+	first := m.getCert(t, certRef(m.waitIssued(t, id)))
+
+	ca := testpki.NewChain(t, "Back")
+	l := ca.Leaf(t, name)
+	m.patchDomain(t, id, map[string]any{"certificate_id": m.uploadLeaf(t, l)})
+	expectServes(t, m.caddyProc, name, l, ca.Roots())
+	if ids := managedResources(t, m, id); len(ids) != 0 {
+		t.Errorf("managed resources while the upload is attached: %v; want none", ids)
+	}
+
+	pebbleMark := m.p.logMark()
+	m.patchDomain(t, id, map[string]any{"certificate_management_policy": map[string]any{}})
+	d := m.waitDomain(t, id, "managed again", issueWithin, func(d map[string]any) bool {
+		return isIssued(d) && certRef(d) != "" && m.getCert(t, certRef(d))["managed_domain_id"] == id
+	})
+	again := m.getCert(t, certRef(d))
+	if again["serial_number"] != first["serial_number"] {
+		t.Errorf("managed again with serial %v; want the stored certificate %v", again["serial_number"], first["serial_number"])
+	}
+	m.expectServesManaged(t, name, again)
+	if ids := managedResources(t, m, id); len(ids) != 1 {
+		t.Errorf("managed resources: %v; want one", ids)
+	}
+	if n := pebbleOrders(m.p.LogSince(pebbleMark)); n != 0 {
+		t.Errorf("pebble got %d orders; the stored certificate was still good", n)
+	}
 }
 
 // TestManagedRenewal: a certificate from Pebble's short profile (valid
@@ -485,4 +536,92 @@ func TestManagedRenewal(t *testing.T) {
 	// the first certificate's resource went once the renewed one served
 	status, resp := m.api(t, "GET", "/domaincerts/tls_certificates/"+firstID, nil)
 	assertAPIError(t, status, resp, http.StatusNotFound, "NOT_FOUND")
+}
+
+// TestPolicyChangeObtainsNewCertificate: changing a managed domain's key
+// type from ecdsa to rsa obtains an RSA certificate; until it is issued
+// (here: until the customer's CNAME is back) the ECDSA one keeps serving
+// and the status shows the job. The old certificate's resource goes once
+// the new one serves, and the change holds over a restart.
+func TestPolicyChangeObtainsNewCertificate(t *testing.T) {
+	m := startManaged(t, nil)
+	const name = "policy.customer-a.test"
+	id, obj := m.createManaged(t, name, nil)
+	target := obj["cname_target"].(string)
+	m.setCNAME(t, name, target)
+	first := m.checkManagedCert(t, checkIssuedDomain(t, m.waitIssued(t, id), "pebble", "ecdsa"), name, "ecdsa")
+	m.expectServesManaged(t, name, first)
+
+	m.p.DNS.Delete(name) // the new order will have to wait
+	d := m.patchDomain(t, id, map[string]any{"certificate_management_policy": map[string]any{"authority": "pebble", "private_key_type": "rsa"}})
+	if pol, _ := d["certificate_management_policy"].(map[string]any); pol["private_key_type"] != "rsa" {
+		t.Fatalf("PATCH answered policy %v", d["certificate_management_policy"])
+	}
+	if certRef(d) != first["id"] {
+		t.Errorf("certificate = %v right after the change; want the current one %v until the new one is issued", d["certificate"], first["id"])
+	}
+	if jobOf(d) == nil {
+		t.Errorf("status %v right after the change; want a provisioning job", d["certificate_management_status"])
+	}
+	d = m.waitJobError(t, id, "DNS_ERROR", "create a DNS record")
+	if certRef(d) != first["id"] {
+		t.Errorf("certificate = %v while the new one cannot be issued; want %v", d["certificate"], first["id"])
+	}
+	state := m.expectServesManaged(t, name, first)
+	if _, ok := state.PeerCertificates[0].PublicKey.(*ecdsa.PublicKey); !ok {
+		t.Errorf("served a %T key while the RSA certificate is pending; want the ECDSA one", state.PeerCertificates[0].PublicKey)
+	}
+
+	m.setCNAME(t, name, target)
+	d = m.waitDomain(t, id, "issued under the new policy", issueWithin, func(d map[string]any) bool {
+		return isIssued(d) && certRef(d) != first["id"]
+	})
+	second := m.checkManagedCert(t, checkIssuedDomain(t, d, "pebble", "rsa"), name, "rsa")
+	state = m.expectServesManaged(t, name, second)
+	if k, ok := state.PeerCertificates[0].PublicKey.(*rsa.PublicKey); !ok || k.N.BitLen() != 4096 {
+		t.Errorf("served %T; want an RSA-4096 key", state.PeerCertificates[0].PublicKey)
+	}
+	status, resp := m.api(t, "GET", "/domaincerts/tls_certificates/"+first["id"].(string), nil)
+	assertAPIError(t, status, resp, http.StatusNotFound, "NOT_FOUND")
+
+	m.Restart()
+	m.waitIssued(t, id)
+	m.expectServesManaged(t, name, second)
+}
+
+// TestUploadToPolicyKeepsServing: a domain moving from an uploaded
+// certificate to a management policy keeps serving the upload, and names
+// it as its certificate, until the managed one is issued.
+func TestUploadToPolicyKeepsServing(t *testing.T) {
+	m := startManaged(t, nil)
+	const name = "move.customer-b.test"
+	ca := testpki.NewChain(t, "Move")
+	l := ca.Leaf(t, name)
+	uploadID := m.uploadLeaf(t, l)
+	id, _ := m.createDomain(t, name, uploadID)
+	expectServes(t, m.caddyProc, name, l, ca.Roots())
+
+	d := m.patchDomain(t, id, map[string]any{"certificate_management_policy": map[string]any{}})
+	if certRef(d) != uploadID {
+		t.Fatalf("certificate = %v after the switch; want the upload %s until the managed one is issued", d["certificate"], uploadID)
+	}
+	target, _ := d["cname_target"].(string)
+	if target == "" {
+		t.Fatalf("no cname_target after the switch: %s", jsonString(d))
+	}
+	d = m.waitJobError(t, id, "DNS_ERROR", "create a DNS record")
+	if certRef(d) != uploadID {
+		t.Errorf("certificate = %v while the managed one is pending; want the upload", d["certificate"])
+	}
+	expectServes(t, m.caddyProc, name, l, ca.Roots())
+
+	m.setCNAME(t, name, target)
+	d = m.waitDomain(t, id, "issued", issueWithin, func(d map[string]any) bool {
+		return isIssued(d) && certRef(d) != uploadID
+	})
+	managed := m.checkManagedCert(t, checkIssuedDomain(t, d, "pebble", "ecdsa"), name, "ecdsa")
+	m.expectServesManaged(t, name, managed)
+	// the upload is the user's: still there, and no longer in use
+	m.getCert(t, uploadID)
+	m.deleteCert(t, uploadID)
 }
