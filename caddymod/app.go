@@ -276,7 +276,7 @@ func (a *App) Start() error {
 	a.acme = certsource.NewACME(a.inst.store, a.inst.source,
 		certsource.ManagedCache(time.Duration(a.RenewCheckInterval), a.log.Named("cache")),
 		a.acmeOptions(authorities))
-	a.inst.store.SetPolicyOptions(a.DefaultAuthority, a.authorityNames(), a.acme.Decorate)
+	a.inst.store.SetPolicyOptions(a.DefaultAuthority, a.authorityNames(), a.acme.Decorate, a.acme.CheckPolicy)
 	a.acme.Start()
 	return nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
+	"github.com/domaincerts/caddy-domaincerts/internal/dnscheck"
 )
 
 // Authority is an issuer that a management policy can name.
@@ -95,15 +96,20 @@ type ACMEOptions struct {
 // The process-wide CertMagic cache of managed certificates. It outlives
 // config reloads; the running ACME manager answers its config lookups.
 var (
-	managedCacheOnce sync.Once
-	managedCache     *certmagic.Cache
-	currentACME      atomic.Pointer[ACME]
+	managedCacheOnce  sync.Once
+	managedCache      *certmagic.Cache
+	managedRenewCheck time.Duration // the cache's renewal check interval
+	currentACME       atomic.Pointer[ACME]
 )
 
 // ManagedCache returns the process-wide cache of managed certificates,
 // creating it with the given renewal check interval on first use.
 func ManagedCache(renewCheck time.Duration, log *zap.Logger) *certmagic.Cache {
 	managedCacheOnce.Do(func() {
+		if renewCheck <= 0 {
+			renewCheck = certmagic.DefaultRenewCheckInterval
+		}
+		managedRenewCheck = renewCheck
 		managedCache = certmagic.NewCache(certmagic.CacheOptions{
 			GetConfigForCert: func(c certmagic.Certificate) (*certmagic.Config, error) {
 				a := currentACME.Load()
@@ -242,6 +248,32 @@ func (a *ACME) Decorate(d *domainstore.Domain) {
 	}
 }
 
+// CheckPolicy refuses, with POLICY_UNSATISFIABLE, a policy that this
+// configuration can never satisfy for name: a wildcard from an authority
+// that validates names needs a DNS-01 path, which is a dns_provider for a
+// wildcard inside the operator's zones, and the challenge_zone (served by
+// the built-in DNS server or a dns_provider) for a customer's wildcard.
+// The store calls it when a domain is created with a policy or updated to
+// one.
+func (a *ACME) CheckPolicy(name string, p domainstore.Policy) error {
+	auth, ok := a.opts.Authorities[p.Authority]
+	base, wildcard := strings.CutPrefix(name, "*.")
+	if !ok || !auth.ValidatesNames || !wildcard {
+		return nil
+	}
+	switch {
+	case a.inZones(name) && !a.opts.DNS01InZones:
+		return dcerr.New(dcerr.PolicyUnsatisfiable,
+			"%s is inside the operator's zones, so %s can issue it only through a DNS-01 record at _acme-challenge.%s, which the built-in dns_server does not serve; configure a dns_provider for the zone, or upload a certificate",
+			name, p.Authority, base).WithDetail("authority", p.Authority)
+	case !a.inZones(name) && a.opts.ChallengeTarget == nil:
+		return dcerr.New(dcerr.PolicyUnsatisfiable,
+			"%s is a customer's wildcard, which %s can issue only through DNS-01, delegated with a CNAME into the challenge_zone; configure challenge_zone (and dns_server or a dns_provider), or upload a certificate",
+			name, p.Authority).WithDetail("authority", p.Authority)
+	}
+	return nil
+}
+
 // ManagedCertificate returns the managed certificate for an index entry
 // from the cache, or nil.
 func (a *ACME) ManagedCertificate(e *domainstore.Entry, _ string) *tls.Certificate {
@@ -361,8 +393,9 @@ func (a *ACME) stopJob(id string) bool {
 
 // jobError is a failed attempt: the status code to report and the cause.
 type jobError struct {
-	code string // "DNS_ERROR" or "INTERNAL_ERROR"
-	err  error
+	code  string // "DNS_ERROR" or "INTERNAL_ERROR"
+	err   error
+	final bool // retrying cannot help: the job ends
 }
 
 func (e *jobError) Error() string { return e.err.Error() }
@@ -408,8 +441,16 @@ func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Poli
 		if !errors.As(err, &je) {
 			je = &jobError{code: "INTERNAL_ERROR", err: err}
 		}
-		retry := ceilSecond(time.Now().Add(delay))
 		code := je.code
+		if je.final {
+			a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
+				ErrorCode: &code, Msg: je.err.Error(), StartedAt: started,
+			}})
+			log.Warn("provisioning certificate failed; not retrying until the configuration changes",
+				zap.String("error_code", code), zap.Error(je.err))
+			return
+		}
+		retry := ceilSecond(time.Now().Add(delay))
 		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 			ErrorCode: &code, Msg: je.err.Error(), StartedAt: started, RetriesAt: &retry,
 		}})
@@ -449,7 +490,7 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 			return err
 		}
 		defer unlock()
-		if err := a.precheck(ctx, auth, id, name); err != nil {
+		if err := a.precheck(ctx, auth, id, name, policy); err != nil {
 			return err
 		}
 		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
@@ -477,7 +518,7 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 			return err
 		}
 		defer unlock()
-		if err := a.precheck(ctx, auth, id, name); err != nil {
+		if err := a.precheck(ctx, auth, id, name, policy); err != nil {
 			return err
 		}
 		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
@@ -497,14 +538,14 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 // precheck verifies what an order needs before it is placed: for an
 // authority that validates names, the domain's CNAMEs, and a DNS-01 path
 // for a wildcard.
-func (a *ACME) precheck(ctx context.Context, auth Authority, id, name string) error {
+func (a *ACME) precheck(ctx context.Context, auth Authority, id, name string, policy domainstore.Policy) error {
 	if !auth.ValidatesNames {
 		return nil
 	}
-	if strings.HasPrefix(name, "*.") && a.inZones(name) && !a.opts.DNS01InZones {
-		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf(
-			"%s is inside the operator's zones, so its DNS-01 record goes to _acme-challenge.%s, which the built-in dns_server does not serve; configure a dns_provider for the zone",
-			name, strings.TrimPrefix(name, "*."))}
+	if err := a.CheckPolicy(name, policy); err != nil {
+		// a domain stored before the configuration changed: retrying
+		// cannot help; a config reload starts its job again
+		return &jobError{code: "INTERNAL_ERROR", err: err, final: true}
 	}
 	return a.checkDNS(ctx, id)
 }
@@ -570,16 +611,28 @@ func (a *ACME) checkDNS(ctx context.Context, id string) error {
 	}
 	if d.CNAMETarget != nil {
 		if err := a.opts.Checker.CheckCNAME(ctx, d.Domain, *d.CNAMETarget); err != nil {
-			return &jobError{code: "DNS_ERROR", err: err}
+			return dnsCheckError(err)
 		}
 	}
 	if d.ACMEChallengeCNAMETarget != nil {
 		base := strings.TrimPrefix(d.Domain, "*.")
 		if err := a.opts.Checker.CheckCNAME(ctx, "_acme-challenge."+base, *d.ACMEChallengeCNAMETarget); err != nil {
-			return &jobError{code: "DNS_ERROR", err: err}
+			return dnsCheckError(err)
 		}
 	}
 	return nil
+}
+
+// dnsCheckError maps a failed CNAME check to a status: DNS_ERROR only when
+// an answer showed the customer's record missing or wrong; a lookup that
+// no resolver answered is the operator's problem, INTERNAL_ERROR, with a
+// message that names the resolvers.
+func dnsCheckError(err error) *jobError {
+	var de *dnscheck.Error
+	if errors.As(err, &de) && de.Temporary {
+		return &jobError{code: "INTERNAL_ERROR", err: err}
+	}
+	return &jobError{code: "DNS_ERROR", err: err}
 }
 
 // loaded records a certificate that is now in the cache: a certificate
@@ -662,8 +715,9 @@ func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) e
 	}
 	switch event {
 	case "cert_obtaining":
+		started := renewals.started(name, time.Now())
 		a.setStatus(ctx, d.ID, *d.Policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
-			Msg: "renewing the certificate", StartedAt: time.Now().UTC().Truncate(time.Second),
+			Msg: "renewing the certificate", StartedAt: started.UTC().Truncate(time.Second),
 		}})
 	case "cert_failed":
 		code := "INTERNAL_ERROR"
@@ -671,11 +725,13 @@ func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) e
 		if err, ok := data["error"].(error); ok {
 			code, msg = classify(err).code, err.Error()
 		}
-		retry := time.Now().Add(certmagic.DefaultRenewCheckInterval).UTC().Truncate(time.Second)
+		started, retry := renewals.failed(name, time.Now(), managedRenewCheck)
+		retry = ceilSecond(retry)
 		a.setStatus(ctx, d.ID, *d.Policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
-			ErrorCode: &code, Msg: msg, StartedAt: time.Now().UTC().Truncate(time.Second), RetriesAt: &retry,
+			ErrorCode: &code, Msg: msg, StartedAt: started.UTC().Truncate(time.Second), RetriesAt: &retry,
 		}})
 	case "cert_obtained":
+		renewals.done(name)
 		// the cache reloads the renewed certificate after this event;
 		// record it once it is there
 		go a.afterRenewal(d.ID, *d.Policy, name)

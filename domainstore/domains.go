@@ -63,6 +63,9 @@ func (s *Store) CreateDomain(ctx context.Context, in DomainInput) (*Domain, erro
 		if policy, err = s.normalizePolicy(in.Policy); err != nil {
 			return nil, err
 		}
+		if err := s.checkPolicy(name, *policy); err != nil {
+			return nil, err
+		}
 	}
 	var out *Domain
 	err = s.submit(ctx, func(tx *txn) error {
@@ -272,6 +275,9 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 			d.Status = nil
 		}
 		if policy != nil {
+			if err := s.checkPolicy(cur.Domain, *policy); err != nil {
+				return err
+			}
 			// the current certificate (an upload, or the one obtained
 			// under the former policy) stays until the policy's own is
 			// issued, and serves meanwhile
@@ -527,6 +533,15 @@ func (s *Store) normalizePolicy(p *Policy) (*Policy, error) {
 			WithDetail("private_key_type", out.PrivateKeyType)
 	}
 	return &out, nil
+}
+
+// checkPolicy asks Options.CheckPolicy, if set, whether p can ever be
+// satisfied for name.
+func (s *Store) checkPolicy(name string, p Policy) error {
+	if check := s.options().CheckPolicy; check != nil {
+		return check(name, p)
+	}
+	return nil
 }
 
 func errCertNotFound(id string) error {

@@ -41,6 +41,12 @@ type Options struct {
 	// fields such as CNAME targets and the initial status.
 	Decorate func(*Domain)
 
+	// CheckPolicy, if set, is asked whether a management policy can ever
+	// be satisfied for a name, when a domain is created with the policy
+	// or updated to it. It returns nil, or an error (a POLICY_UNSATISFIABLE
+	// *dcerr.Error that says what to configure) that refuses the change.
+	CheckPolicy func(name string, p Policy) error
+
 	// SyncInterval is how often the store reads the journal for changes
 	// that other instances on the same storage made. Each look costs one
 	// or two small reads. Default: DefaultSyncInterval.
@@ -265,8 +271,9 @@ func (s *Store) listenersSnapshot() []Listener {
 
 // SetPolicyOptions changes the policy options of a loaded store, for a
 // config reload: the default authority, the authorities a policy may
-// name, and the decorator of new and re-managed domains.
-func (s *Store) SetPolicyOptions(defaultAuthority string, authorities []string, decorate func(*Domain)) {
+// name, the decorator of new and re-managed domains, and the check of
+// policies (see Options).
+func (s *Store) SetPolicyOptions(defaultAuthority string, authorities []string, decorate func(*Domain), checkPolicy func(string, Policy) error) {
 	s.optMu.Lock()
 	defer s.optMu.Unlock()
 	if defaultAuthority != "" {
@@ -277,6 +284,7 @@ func (s *Store) SetPolicyOptions(defaultAuthority string, authorities []string, 
 		s.opts.Authorities = []string{s.opts.DefaultAuthority}
 	}
 	s.opts.Decorate = decorate
+	s.opts.CheckPolicy = checkPolicy
 }
 
 func (s *Store) options() Options {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -43,13 +44,18 @@ type Error struct {
 	// Found is the CNAME target it has instead; empty when it has none or
 	// the lookup failed.
 	Found string
-	// Temporary is true when the lookup failed for a reason that may go
-	// away by itself (timeouts, SERVFAIL, network errors): retry later
-	// rather than asking the customer to change their DNS.
+	// Temporary is true when no resolver gave a definite answer
+	// (timeouts, network errors, SERVFAIL, REFUSED and the like): the
+	// lookup failed on the operator's side, says nothing about the
+	// customer's records, and is retried rather than reported to the
+	// customer.
 	Temporary bool
-	// Msg is the whole message, e.g. "create a DNS record:
-	// app.customer.com CNAME 3f8k2.cname.example.net (found no CNAME
-	// record)".
+	// Msg is the whole message: for a definite answer it says which
+	// record to create, e.g. "create a DNS record: app.customer.com
+	// CNAME 3f8k2.cname.example.net (found no CNAME record)"; for a
+	// failed lookup it names the resolvers and what each did, e.g.
+	// "could not check app.customer.com CNAME 3f8k2.cname.example.net:
+	// no resolver answered (timeout from 127.0.0.1:53)".
 	Msg string
 
 	err error // the cause, for errors.Is (e.g. context.Canceled)
@@ -84,16 +90,13 @@ func (c *Checker) CheckCNAME(ctx context.Context, name, target string) error {
 	var failures []string
 	for _, addr := range c.resolvers() {
 		if err := ctx.Err(); err != nil {
-			e.Temporary = true
-			return e.fail("lookup failed: "+err.Error(), err)
+			return e.lookupFailed(err.Error(), err)
 		}
 		resp, err := c.query(ctx, addr, qname)
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
-				e.Temporary = true
-				return e.fail("lookup failed: "+ctxErr.Error(), ctxErr)
+				return e.lookupFailed(ctxErr.Error(), ctxErr)
 			}
-			e.Temporary = true
 			e.err = err
 			failures = append(failures, describe(err, addr))
 			continue
@@ -115,19 +118,35 @@ func (c *Checker) CheckCNAME(ctx context.Context, name, target string) error {
 			return e.fail("found no CNAME record", nil)
 		case dns.RcodeNameError:
 			return e.fail("found no CNAME record; "+e.Name+" does not exist", nil)
-		case dns.RcodeServerFailure:
-			e.Temporary = true
 		}
-		failures = append(failures, dns.RcodeToString[resp.Rcode]+" from "+addr)
+		failures = append(failures, rcodeString(resp.Rcode)+" from "+addr)
 	}
-	return e.fail("lookup failed: "+strings.Join(failures, "; "), e.err)
+	return e.lookupFailed("no resolver answered ("+strings.Join(failures, "; ")+")", e.err)
 }
 
-// fail completes e with its message and returns it.
+// fail completes e, a definite answer that shows the record missing or
+// wrong, with its message and returns it.
 func (e *Error) fail(found string, cause error) *Error {
 	e.err = cause
 	e.Msg = "create a DNS record: " + e.Name + " CNAME " + e.Want + " (" + found + ")"
 	return e
+}
+
+// lookupFailed completes e, a lookup that got no definite answer, with its
+// message and returns it.
+func (e *Error) lookupFailed(why string, cause error) *Error {
+	e.err = cause
+	e.Temporary = true
+	e.Msg = "could not check " + e.Name + " CNAME " + e.Want + ": " + why
+	return e
+}
+
+// rcodeString names a response code, also one miekg/dns has no name for.
+func rcodeString(rcode int) string {
+	if s, ok := dns.RcodeToString[rcode]; ok {
+		return s
+	}
+	return "RCODE " + strconv.Itoa(rcode)
 }
 
 // query asks addr for the CNAME records of qname over UDP, and over TCP

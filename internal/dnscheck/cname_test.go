@@ -165,16 +165,17 @@ func TestCheckCNAME(t *testing.T) {
 		},
 		{
 			name: "servfail", resolvers: []string{servfail}, qname: "app.customer.com", target: target,
-			wantErr:   "create a DNS record: app.customer.com CNAME " + target + " (lookup failed: SERVFAIL from " + servfail + ")",
+			wantErr:   "could not check app.customer.com CNAME " + target + ": no resolver answered (SERVFAIL from " + servfail + ")",
 			temporary: true,
 		},
 		{
-			name: "refused is not temporary", resolvers: []string{good}, qname: "refused.customer.com", target: target,
-			wantErr: "(lookup failed: REFUSED from " + good + ")",
+			name: "refused is the resolver's failure", resolvers: []string{good}, qname: "refused.customer.com", target: target,
+			wantErr:   "could not check refused.customer.com CNAME " + target + ": no resolver answered (REFUSED from " + good + ")",
+			temporary: true,
 		},
 		{
 			name: "unreachable", resolvers: []string{down}, qname: "app.customer.com", target: target,
-			wantErr:   "(lookup failed: connection refused by " + down + ")",
+			wantErr:   ": no resolver answered (connection refused by " + down + ")",
 			temporary: true,
 		},
 		{name: "unreachable then good", resolvers: []string{down, good}, qname: "app.customer.com", target: target},
@@ -185,7 +186,7 @@ func TestCheckCNAME(t *testing.T) {
 		},
 		{
 			name: "all fail", resolvers: []string{down, servfail}, qname: "app.customer.com", target: target,
-			wantErr:   "(lookup failed: connection refused by " + down + "; SERVFAIL from " + servfail + ")",
+			wantErr:   ": no resolver answered (connection refused by " + down + "; SERVFAIL from " + servfail + ")",
 			temporary: true,
 		},
 		{
