@@ -79,6 +79,10 @@ func (h *handler) createDomain(w http.ResponseWriter, r *http.Request) error {
 		Domain: req.Domain, Description: req.Description, Metadata: req.Metadata, Policy: req.Policy,
 	}
 	if req.CertificateID != nil {
+		if *req.CertificateID == "" {
+			return dcerr.New(dcerr.BadRequest,
+				"certificate_id is empty; give the ID of an uploaded certificate, or leave certificate_id out for automated certificates")
+		}
 		in.CertificateID = *req.CertificateID
 	}
 	d, err := h.store.CreateDomain(r.Context(), in)

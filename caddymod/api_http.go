@@ -51,7 +51,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // decodeBody decodes a JSON request body into v, strictly: unknown fields,
-// wrong types, trailing data and an empty body are BAD_REQUEST; a body over
+// wrong types, trailing data, an empty body, a key twice in one object,
+// invalid UTF-8 and unpaired surrogate escapes are BAD_REQUEST; a body over
 // the limit is BODY_TOO_LARGE.
 func decodeBody(r *http.Request, v any) error {
 	body, err := io.ReadAll(r.Body)
@@ -72,6 +73,9 @@ func decodeBody(r *http.Request, v any) error {
 	}
 	if dec.More() {
 		return dcerr.New(dcerr.BadRequest, "the request body has data after the JSON object; send one object")
+	}
+	if err := checkJSONText(body); err != nil {
+		return dcerr.New(dcerr.BadRequest, "the request body is not valid: %v", err)
 	}
 	return nil
 }

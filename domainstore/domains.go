@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -577,6 +578,10 @@ func page(ids []string, limit int, beforeID string) ([]string, bool) {
 }
 
 func checkText(field, v string, limit int) error {
+	if !utf8.ValidString(v) {
+		return dcerr.New(dcerr.BadRequest, "%s is not valid UTF-8; send text as UTF-8", field).
+			WithDetail("field", field)
+	}
 	if len(v) > limit {
 		return dcerr.New(dcerr.FieldTooLarge, "%s is %d bytes; the limit is %d bytes", field, len(v), limit).
 			WithDetail("field", field)

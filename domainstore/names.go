@@ -3,23 +3,50 @@ package domainstore
 import (
 	"net/netip"
 	"strings"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
 // NormalizeDomain validates a domain name as the API accepts it and returns
-// its canonical form: lowercase, no trailing dot. A wildcard is "*." followed
-// by a name of at least two labels. Names must be ASCII (use the IDNA
-// "xn--" form for internationalized names); underscores, empty labels,
-// IP addresses and misplaced wildcards are rejected with DOMAIN_INVALID.
+// its canonical form: lowercase ASCII, no trailing dot. A wildcard is "*."
+// followed by a name of at least two labels. Internationalized names are
+// accepted in Unicode (U-label) form and returned as A-labels ("xn--"),
+// mapped by the IDNA rules that browsers use to look names up (UTS #46,
+// nontransitional): uppercase and compatibility forms map to what they
+// stand for, so "BÜCHER.example" is "xn--bcher-kva.example" and the
+// KELVIN SIGN in "\u212aelvin.example" is a "k". A-labels must decode to a
+// valid name. Underscores, empty labels, IP addresses, misplaced wildcards
+// and names IDNA refuses are rejected with DOMAIN_INVALID.
 func NormalizeDomain(name string) (string, error) {
 	orig := name
-	name = strings.ToLower(strings.TrimSuffix(name, "."))
 	fail := func(why string) (string, error) {
 		return "", dcerr.New(dcerr.DomainInvalid,
 			"domain %q is not a valid DNS name: %s; use a name like app.example.com or *.example.com", orig, why).
 			WithDetail("domain", orig)
 	}
+	if len(name) > 4*253 {
+		// longer than any name could be in A-labels; not worth mapping
+		return fail("it is longer than 253 characters")
+	}
+	if !utf8.ValidString(name) {
+		return fail("it is not valid UTF-8")
+	}
+	name = strings.TrimSuffix(name, ".")
+	if needsIDNA(name) {
+		prefix, base := "", name
+		if rest, ok := strings.CutPrefix(name, "*."); ok {
+			prefix, base = "*.", rest
+		}
+		a, err := idnaProfile.ToASCII(base)
+		if err != nil {
+			return fail("it is not a valid internationalized name (" + err.Error() + ")")
+		}
+		name = prefix + strings.TrimSuffix(a, ".")
+	}
+	name = lowerASCII(name)
 	if name == "" {
 		return fail("it is empty")
 	}
@@ -71,6 +98,40 @@ func NormalizeDomain(name string) (string, error) {
 	return name, nil
 }
 
+// idnaProfile maps and checks internationalized names: UTS #46 mapping
+// for lookup, nontransitional (ß stays ß), the Bidi rule, and DNS lengths.
+var idnaProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false), idna.VerifyDNSLength(true))
+
+// needsIDNA reports whether name has non-ASCII characters or an A-label
+// ("xn--") to check.
+func needsIDNA(name string) bool {
+	for i := 0; i < len(name); i++ {
+		if name[i] >= utf8.RuneSelf {
+			return true
+		}
+	}
+	l := lowerASCII(name)
+	return strings.HasPrefix(l, "xn--") || strings.Contains(l, ".xn--")
+}
+
+// lowerASCII lowercases the ASCII letters of s and leaves every other
+// byte as it is (strings.ToLower would fold characters such as the KELVIN
+// SIGN into ASCII letters).
+func lowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; 'A' <= c && c <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if c := b[j]; 'A' <= c && c <= 'Z' {
+					b[j] = c + 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}
+
 func sniNormalize(name string) string {
-	return strings.ToLower(strings.TrimSuffix(name, "."))
+	return lowerASCII(strings.TrimSuffix(name, "."))
 }

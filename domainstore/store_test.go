@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/certmagic"
 
@@ -444,7 +445,20 @@ func TestNormalizeDomain(t *testing.T) {
 		{"192.168.1.1", "", false},
 		{"::1", "", false},
 		{"[::1]", "", false},
-		{"bücher.example", "", false},
+		{"bücher.example", "xn--bcher-kva.example", true},
+		{"BÜCHER.Example.", "xn--bcher-kva.example", true},
+		{"*.bücher.example", "*.xn--bcher-kva.example", true},
+		{"\u212aelvin.example", "kelvin.example", true}, // IDNA maps the KELVIN SIGN to k
+		{"ß.example", "xn--zca.example", true},          // nontransitional: ß stays
+		{"ａｂｃ.example", "abc.example", true},            // fullwidth forms
+		{"a\u3002b.example", "a.b.example", true},       // ideographic full stop
+		{"xn--zz.example", "", false},                   // not punycode of a valid label
+		{"XN--ZZ.example", "", false},
+		{"\u200d.example", "", false}, // a joiner alone
+		{"bü_cher.example", "", false},
+		{"\xff.example", "", false},           // not UTF-8
+		{"１２７.０.０.１", "", false},              // an IP address in fullwidth digits
+		{"*.\u0627\u0061.example", "", false}, // breaks the Bidi rule
 		{"a b.example.com", "", false},
 		{"example.123", "", false},
 		{strings.Repeat("a", 64) + ".example.com", "", false},
@@ -465,7 +479,7 @@ func TestNormalizeDomain(t *testing.T) {
 }
 
 func FuzzNormalizeDomain(f *testing.F) {
-	for _, s := range []string{"a.example.com", "*.example.com", "A.B.", "_x.y", "1.2.3.4", "*.*.x", ""} {
+	for _, s := range []string{"a.example.com", "*.example.com", "A.B.", "_x.y", "1.2.3.4", "*.*.x", "", "bücher.example", "xn--bcher-kva.example", "\u212aelvin.example"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
@@ -479,6 +493,11 @@ func FuzzNormalizeDomain(f *testing.F) {
 		again, err := NormalizeDomain(got)
 		if err != nil || again != got {
 			t.Fatalf("not idempotent: %q -> %q -> %q, %v", in, got, again, err)
+		}
+		for i := 0; i < len(got); i++ {
+			if c := got[i]; c >= utf8.RuneSelf || ('A' <= c && c <= 'Z') {
+				t.Fatalf("%q -> %q: not lowercase ASCII", in, got)
+			}
 		}
 	})
 }

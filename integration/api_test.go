@@ -148,14 +148,15 @@ func (c *caddyProc) uploadLeaf(t testing.TB, l *testpki.ChainLeaf) string {
 	return id
 }
 
-// createDomain creates a domain with an attached certificate and returns its
-// ID and object.
+// createDomain creates a domain with an attached certificate (none, so
+// managed, when certID is empty) and returns its ID and object.
 func (c *caddyProc) createDomain(t testing.TB, name, certID string) (string, map[string]any) {
 	t.Helper()
-	obj := c.mustAPI(t, http.StatusCreated, "POST", "/domaincerts/domains", map[string]any{
-		"domain":         name,
-		"certificate_id": certID,
-	})
+	req := map[string]any{"domain": name}
+	if certID != "" {
+		req["certificate_id"] = certID
+	}
+	obj := c.mustAPI(t, http.StatusCreated, "POST", "/domaincerts/domains", req)
 	id, _ := obj["id"].(string)
 	if id == "" {
 		t.Fatalf("created domain has no id: %v", obj)

@@ -344,6 +344,18 @@ func TestAPIErrors(t *testing.T) {
 		{"unknown certificate GET", "GET", "/domaincerts/tls_certificates/cert_doesnotexist0000000000", nil, 404, "NOT_FOUND"},
 		{"patch unknown domain", "PATCH", "/domaincerts/domains/rd_doesnotexist0000000000", map[string]any{"description": "x"}, 404, "NOT_FOUND"},
 		{"unknown path", "GET", "/domaincerts/nothing_here", nil, 404, "NOT_FOUND"},
+		{"empty certificate_id on create", "POST", "/domaincerts/domains", map[string]any{"domain": "err2.example.test", "certificate_id": ""}, 400, "BAD_REQUEST"},
+		{"empty certificate_id on patch", "PATCH", "/domaincerts/domains/" + domainID, map[string]any{"certificate_id": ""}, 400, "BAD_REQUEST"},
+		{"duplicate key", "POST", "/domaincerts/domains",
+			`{"domain": "err2.example.test", "certificate_id": "` + certID + `", "domain": "other.example.test"}`, 400, "BAD_REQUEST"},
+		{"duplicate key in a patch", "PATCH", "/domaincerts/domains/" + domainID, `{"description": "a", "description": "b"}`, 400, "BAD_REQUEST"},
+		{"duplicate key in an upload", "POST", "/domaincerts/tls_certificates",
+			`{"certificate_pem": ` + jsonString(l.ChainPEM) + `, "private_key_pem": ` + jsonString(l.KeyPEM) + `, "private_key_pem": "x"}`, 400, "BAD_REQUEST"},
+		{"invalid UTF-8 in description", "POST", "/domaincerts/domains",
+			[]byte("{\"domain\": \"err2.example.test\", \"certificate_id\": \"" + certID + "\", \"description\": \"caf\xe9\"}"), 400, "BAD_REQUEST"},
+		{"invalid UTF-8 in metadata", "PATCH", "/domaincerts/domains/" + domainID, []byte("{\"metadata\": \"\xff\xfe\"}"), 400, "BAD_REQUEST"},
+		{"unpaired surrogate in description", "PATCH", "/domaincerts/domains/" + domainID, `{"description": "\ud800"}`, 400, "BAD_REQUEST"},
+		{"invalid A-label", "POST", "/domaincerts/domains", map[string]any{"domain": "xn--zz.example.test", "certificate_id": certID}, 400, "DOMAIN_INVALID"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -704,4 +716,40 @@ func containsAny(list []any, s string) bool {
 
 func sortedKeys[V any](m map[string]V) []string {
 	return slices.Sorted(maps.Keys(m))
+}
+
+// TestInternationalizedNames: a name given in Unicode is registered, shown
+// and served as its A-label; IDNA maps compatibility forms (the KELVIN SIGN
+// is a k) and refuses what it does not allow, with DOMAIN_INVALID.
+func TestInternationalizedNames(t *testing.T) {
+	ca := testpki.NewChain(t, "IDNA")
+	c := startCaddy(t, caddyOpts{})
+	const alabel = "xn--bcher-kva.example.test"
+	l := ca.Leaf(t, alabel, "kelvin.example.test")
+	certID := c.uploadLeaf(t, l)
+
+	id, obj := c.createDomain(t, "BÜCHER.example.test", certID)
+	if obj["domain"] != alabel {
+		t.Errorf("domain = %v, want the A-label %s", obj["domain"], alabel)
+	}
+	expectServes(t, c, alabel, l, ca.Roots())
+	status, resp := c.api(t, "POST", "/domaincerts/domains", map[string]any{"domain": alabel, "certificate_id": certID})
+	assertAPIError(t, status, resp, http.StatusConflict, "DOMAIN_EXISTS")
+	if d, _ := resp["details"].(map[string]any); d["domain_id"] != id {
+		t.Errorf("DOMAIN_EXISTS details = %v, want domain_id %s", resp["details"], id)
+	}
+
+	_, obj = c.createDomain(t, "\u212aelvin.example.test", certID)
+	if obj["domain"] != "kelvin.example.test" {
+		t.Errorf("domain = %v, want kelvin.example.test (IDNA maps the KELVIN SIGN to k)", obj["domain"])
+	}
+	expectServes(t, c, "kelvin.example.test", l, ca.Roots())
+
+	for _, name := range []string{"a\u200db.example.test", "xn--a.example.test", "bü_cher.example.test"} {
+		status, resp := c.api(t, "POST", "/domaincerts/domains", map[string]any{"domain": name, "certificate_id": certID})
+		assertAPIError(t, status, resp, http.StatusBadRequest, "DOMAIN_INVALID")
+	}
+	if n := c.count(t, "domains"); n != 2 {
+		t.Errorf("%d domains, want 2", n)
+	}
 }

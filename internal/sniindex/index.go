@@ -54,12 +54,26 @@ func (ix *Index[V]) Grow(n int) {
 	}
 }
 
-// Normalize returns name as the index stores and looks it up: lowercased
-// and without a trailing dot. It allocates only when name has uppercase
-// letters.
+// Normalize returns name as the index stores and looks it up: ASCII
+// letters lowercased, without a trailing dot. Other bytes are left as they
+// are, so that a server name with non-ASCII characters (which no client
+// should send: names go on the wire as A-labels) matches nothing rather
+// than an ASCII name it case-folds into. It allocates only when name has
+// uppercase letters.
 func Normalize(name string) string {
 	name = strings.TrimSuffix(name, ".")
-	return strings.ToLower(name)
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; 'A' <= c && c <= 'Z' {
+			b := []byte(name)
+			for j := i; j < len(b); j++ {
+				if c := b[j]; 'A' <= c && c <= 'Z' {
+					b[j] = c + 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return name
 }
 
 // Lookup returns the value for server name sni: the exact name if present,

@@ -191,3 +191,22 @@ func BenchmarkMemory(b *testing.B) {
 		runtime.KeepAlive(ix)
 	}
 }
+
+func TestNormalizeFoldsASCIIOnly(t *testing.T) {
+	for in, want := range map[string]string{
+		"App.Example.COM.":      "app.example.com",
+		"app.example.com":       "app.example.com",
+		"\u212aelvin.example":   "\u212aelvin.example", // the KELVIN SIGN is not a K
+		"ÄPFEL.example":         "Äpfel.example",
+		"xn--bcher-kva.EXAMPLE": "xn--bcher-kva.example",
+	} {
+		if got := Normalize(in); got != want {
+			t.Errorf("Normalize(%q) = %q, want %q", in, got, want)
+		}
+	}
+	ix := New[int]()
+	ix.Set("kelvin.example", 1)
+	if _, ok := ix.Lookup("\u212aelvin.example"); ok {
+		t.Errorf("a server name with the KELVIN SIGN matched kelvin.example")
+	}
+}
