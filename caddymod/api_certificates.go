@@ -2,18 +2,44 @@ package caddymod
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
+	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
 )
 
-// certificateView is the API object of a TLS certificate.
+// certificateView is the API object of a TLS certificate: the contract's
+// fields, and managed_domain_id for a certificate that ACME issued. It is
+// its own type so that what the store keeps about a record (where a
+// managed key lives, for one) never reaches a response by accident.
 type certificateView struct {
-	*domainstore.Certificate
-	URI string `json:"uri"`
+	ID             string    `json:"id"`
+	URI            string    `json:"uri"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
+	Description    string    `json:"description"`
+	Metadata       string    `json:"metadata"`
+	CertificatePEM string    `json:"certificate_pem"`
+	bundle.CertInfo
+	IssuedAt        *time.Time `json:"issued_at"`
+	PrivateKeyType  string     `json:"private_key_type"`
+	ManagedDomainID string     `json:"managed_domain_id,omitempty"`
 }
 
 func viewCertificate(c *domainstore.Certificate) certificateView {
-	return certificateView{Certificate: c, URI: certificatesPath + "/" + c.ID}
+	return certificateView{
+		ID:              c.ID,
+		URI:             certificatesPath + "/" + c.ID,
+		CreatedAt:       c.CreatedAt,
+		UpdatedAt:       c.UpdatedAt,
+		Description:     c.Description,
+		Metadata:        c.Metadata,
+		CertificatePEM:  c.CertificatePEM,
+		CertInfo:        c.CertInfo,
+		IssuedAt:        c.IssuedAt,
+		PrivateKeyType:  c.PrivateKeyType,
+		ManagedDomainID: c.ManagedDomainID,
+	}
 }
 
 // createCertificateRequest is the upload body.

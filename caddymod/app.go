@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
 	"github.com/domaincerts/caddy-domaincerts/certsource"
@@ -56,7 +58,7 @@ type App struct {
 	// {"module": "internal"}. ACME issuers answer HTTP-01 and TLS-ALPN-01
 	// challenges on Caddy's own HTTP and HTTPS ports unless they name
 	// others. Default: {"letsencrypt": {"module": "acme"}}.
-	Issuers map[string]json.RawMessage `json:"issuers,omitempty"`
+	Issuers map[string]json.RawMessage `json:"issuers,omitempty" caddy:"namespace=tls.issuance inline_key=module"`
 
 	// The authority of the default management policy, which domains
 	// created without a certificate get. It must name one of Issuers.
@@ -132,6 +134,10 @@ type App struct {
 	dnsProvider any
 	dnsKey      string
 	log         *zap.Logger
+
+	issuerNames []string                    // sorted
+	issuerMods  map[string]certmagic.Issuer // provisioned, by name
+	proxies     map[string]proxyFunc        // ACME issuers' network_proxy, by name
 }
 
 // CaddyModule returns the Caddy module information.
@@ -142,27 +148,24 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision loads the domain store from Caddy's storage, or reuses the one
-// already loaded by the running config. Issuers are loaded in Start, when
-// Caddy's ports are known.
+// Provision loads and provisions the issuers (so that `caddy validate`
+// finds a bad one; their challenge ports are set in Start, when Caddy's
+// ports are known), and loads the domain store from Caddy's storage, or
+// reuses the one already loaded by the running config.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.log = ctx.Logger()
 	if a.CacheCapacity == 0 {
 		a.CacheCapacity = certsource.DefaultCacheCapacity
 	}
-	issuers := a.issuers()
+	if len(a.Issuers) == 0 {
+		a.Issuers = maps.Clone(defaultIssuers)
+	}
+	a.issuerNames = slices.Sorted(maps.Keys(a.Issuers))
 	if a.DefaultAuthority == "" {
 		a.DefaultAuthority = "letsencrypt"
-		if len(issuers) == 1 {
-			for name := range issuers {
-				a.DefaultAuthority = name
-			}
-		}
-	}
-	for name, raw := range issuers {
-		if _, _, err := issuerModule(raw); err != nil {
-			return fmt.Errorf("issuer %q: %w", name, err)
+		if len(a.issuerNames) == 1 {
+			a.DefaultAuthority = a.issuerNames[0]
 		}
 	}
 	if a.DNSProviderRaw != nil {
@@ -203,25 +206,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry(), inst); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	return nil
+	// last: an issuer may provision the tls app, whose get_certificate
+	// manager then finds this app ready
+	return a.loadIssuers(ctx)
 }
 
-// issuers returns the configured issuers, or the default.
-func (a *App) issuers() map[string]json.RawMessage {
-	if len(a.Issuers) == 0 {
-		return defaultIssuers
-	}
-	return a.Issuers
-}
-
-func (a *App) authorityNames() []string {
-	var names []string
-	for name := range a.issuers() {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return names
-}
+func (a *App) authorityNames() []string { return slices.Clone(a.issuerNames) }
 
 // minCacheMemory is the smallest cache_memory accepted: about 300 ECDSA
 // certificates. Smaller values are most likely a unit mistake (512 meant
@@ -239,7 +229,7 @@ func (a *App) Validate() error {
 	if a.CacheMemory > 0 && a.CacheMemory < minCacheMemory {
 		return fmt.Errorf("cache_memory %d bytes would hold only a few certificates; it is in bytes, e.g. 536870912 or, in a Caddyfile, 512MiB (at least 1MiB)", a.CacheMemory)
 	}
-	if _, ok := a.issuers()[a.DefaultAuthority]; !ok {
+	if !slices.Contains(a.issuerNames, a.DefaultAuthority) {
 		return fmt.Errorf("default_authority %q names no issuer; configure it under issuers (have %v)", a.DefaultAuthority, a.authorityNames())
 	}
 	if a.RenewalWindowRatio < 0 || a.RenewalWindowRatio >= 1 {

@@ -2,6 +2,8 @@ package caddymod
 
 import (
 	"encoding/json"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +35,11 @@ func TestValidate(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// what Provision sets: the names of the issuers, or the default
+			tt.app.issuerNames = slices.Sorted(maps.Keys(tt.app.Issuers))
+			if len(tt.app.issuerNames) == 0 {
+				tt.app.issuerNames = []string{"letsencrypt"}
+			}
 			err := tt.app.Validate()
 			if tt.wantErr == "" {
 				if err != nil {

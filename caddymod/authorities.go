@@ -5,7 +5,10 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"time"
@@ -22,51 +25,106 @@ import (
 // defaultIssuers is used when the app configures none: Let's Encrypt.
 var defaultIssuers = map[string]json.RawMessage{"letsencrypt": json.RawMessage(`{"module": "acme"}`)}
 
-// issuerModule splits an issuer's JSON into its module name and the rest.
-func issuerModule(raw json.RawMessage) (string, json.RawMessage, error) {
+// proxyFunc is a network proxy of an ACME issuer (its "network_proxy").
+type proxyFunc = func(*http.Request) (*url.URL, error)
+
+// issuerModule returns the module name of an issuer's JSON.
+func issuerModule(raw json.RawMessage) (string, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &fields); err != nil {
-		return "", nil, fmt.Errorf("decoding issuer: %w", err)
+		return "", fmt.Errorf("decoding issuer: %w", err)
 	}
 	var name string
 	if err := json.Unmarshal(fields["module"], &name); err != nil || name == "" {
-		return "", nil, fmt.Errorf(`issuer needs a "module" naming a tls.issuance module, such as "acme" or "internal"`)
+		return "", fmt.Errorf(`issuer needs a "module" naming a tls.issuance module, such as "acme" or "internal"`)
 	}
-	delete(fields, "module")
-	rest, err := json.Marshal(fields)
-	return name, rest, err
+	return name, nil
 }
 
-// loadAuthorities loads the configured issuers as authorities. ACME
-// issuers get Caddy's HTTP and HTTPS ports as their challenge ports, so
+// loadIssuers loads and provisions the configured issuers (Provision has
+// put the default in when none are), so that a configuration error shows
+// in `caddy validate`. The
+// ACME issuers' challenge ports are set in Start (loadAuthorities).
+func (a *App) loadIssuers(ctx caddy.Context) error {
+	a.proxies = make(map[string]proxyFunc)
+	for _, name := range a.issuerNames {
+		mod, err := issuerModule(a.Issuers[name])
+		if err != nil {
+			return fmt.Errorf("issuer %q: %w", name, err)
+		}
+		if mod == "acme" {
+			// CertMagic's DNS-01 issuer, built from the ACME issuer,
+			// needs the proxy, which the issuer keeps to itself
+			proxy, err := loadNetworkProxy(ctx, a.Issuers[name])
+			if err != nil {
+				return fmt.Errorf("issuer %q: %w", name, err)
+			}
+			a.proxies[name] = proxy
+		}
+	}
+	vals, err := ctx.LoadModule(a, "Issuers")
+	if err != nil {
+		return fmt.Errorf("loading issuers: %w", err)
+	}
+	a.issuerMods = make(map[string]certmagic.Issuer)
+	for name, val := range vals.(map[string]any) {
+		iss, ok := val.(certmagic.Issuer)
+		if !ok {
+			return fmt.Errorf("issuer %q: %T is not an issuer", name, val)
+		}
+		a.issuerMods[name] = iss
+	}
+	return nil
+}
+
+// loadNetworkProxy loads the network_proxy of an ACME issuer's JSON, if it
+// has one.
+func loadNetworkProxy(ctx caddy.Context, raw json.RawMessage) (proxyFunc, error) {
+	var fields struct {
+		NetworkProxy json.RawMessage `json:"network_proxy"`
+	}
+	if err := json.Unmarshal(raw, &fields); err != nil || len(fields.NetworkProxy) == 0 {
+		return nil, nil
+	}
+	var from struct {
+		From string `json:"from"`
+	}
+	if err := json.Unmarshal(fields.NetworkProxy, &from); err != nil || from.From == "" {
+		return nil, errors.New(`network_proxy needs "from" naming a caddy.network_proxy module, such as "url" or "none"`)
+	}
+	var rest map[string]json.RawMessage
+	_ = json.Unmarshal(fields.NetworkProxy, &rest)
+	delete(rest, "from")
+	restJSON, err := json.Marshal(rest)
+	if err != nil {
+		return nil, err
+	}
+	val, err := ctx.LoadModuleByID("caddy.network_proxy."+from.From, restJSON)
+	if err != nil {
+		return nil, fmt.Errorf("loading network_proxy: %w", err)
+	}
+	p, ok := val.(caddy.ProxyFuncProducer)
+	if !ok {
+		return nil, fmt.Errorf("network_proxy module %q does not produce a proxy", from.From)
+	}
+	return p.ProxyFunc(), nil
+}
+
+// loadAuthorities makes authorities of the issuers that Provision loaded.
+// ACME issuers get Caddy's HTTP and HTTPS ports as their challenge ports
+// (unless they name their own) and are provisioned again with them, so
 // that Caddy's own servers answer HTTP-01 and TLS-ALPN-01 challenges.
 func (a *App) loadAuthorities(ctx caddy.Context) (map[string]certsource.Authority, error) {
 	httpPort, httpsPort := serverPorts(ctx)
 	out := make(map[string]certsource.Authority)
-	for name, raw := range a.issuers() {
-		mod, rest, err := issuerModule(raw)
-		if err != nil {
-			return nil, fmt.Errorf("issuer %q: %w", name, err)
-		}
-		if mod == "acme" {
-			iss := new(caddytls.ACMEIssuer)
-			if err := caddy.StrictUnmarshalJSON(rest, iss); err != nil {
-				return nil, fmt.Errorf("issuer %q: decoding acme issuer: %w", name, err)
-			}
-			setChallengePorts(iss, httpPort, httpsPort)
-			if err := iss.Provision(ctx); err != nil {
+	for name, iss := range a.issuerMods {
+		if acmeIss, ok := iss.(*caddytls.ACMEIssuer); ok {
+			setChallengePorts(acmeIss, httpPort, httpsPort)
+			if err := acmeIss.Provision(ctx); err != nil {
 				return nil, fmt.Errorf("issuer %q: provisioning acme issuer: %w", name, err)
 			}
-			out[name] = acmeAuthority(name, iss)
+			out[name] = acmeAuthority(name, acmeIss, a.proxies[name])
 			continue
-		}
-		val, err := ctx.LoadModuleByID("tls.issuance."+mod, rest)
-		if err != nil {
-			return nil, fmt.Errorf("issuer %q: loading tls.issuance.%s: %w", name, mod, err)
-		}
-		iss, ok := val.(certmagic.Issuer)
-		if !ok {
-			return nil, fmt.Errorf("issuer %q: tls.issuance.%s is not an issuer", name, mod)
 		}
 		out[name] = certsource.Authority{
 			Name: name,
@@ -84,7 +142,7 @@ func (a *App) loadAuthorities(ctx caddy.Context) (map[string]certsource.Authorit
 // acmeAuthority builds issuers from a provisioned Caddy ACME issuer: a
 // copy of it for HTTP-01 and TLS-ALPN-01, or a CertMagic ACME issuer with
 // the same CA and account settings and the given DNS-01 solver.
-func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer) certsource.Authority {
+func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer, proxy proxyFunc) certsource.Authority {
 	return certsource.Authority{
 		Name:           name,
 		ValidatesNames: true,
@@ -98,6 +156,10 @@ func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer) certsource.Authority 
 			if err != nil {
 				return nil, err
 			}
+			var chains certmagic.ChainPreference
+			if p := tmpl.PreferredChains; p != nil {
+				chains = certmagic.ChainPreference{Smallest: p.Smallest, AnyCommonName: p.AnyCommonName, RootCommonName: p.RootCommonName}
+			}
 			iss := certmagic.NewACMEIssuer(cfg, certmagic.ACMEIssuer{
 				CA:                tmpl.CA,
 				TestCA:            tmpl.TestCA,
@@ -107,6 +169,9 @@ func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer) certsource.Authority 
 				Agreed:            true,
 				ExternalAccount:   tmpl.ExternalAccount,
 				CertObtainTimeout: time.Duration(tmpl.ACMETimeout),
+				NotAfter:          time.Duration(tmpl.CertificateLifetime),
+				PreferredChains:   chains,
+				HTTPProxy:         proxy,
 				TrustedRoots:      roots,
 				DNS01Solver:       dns01,
 				Logger:            cfg.Logger,

@@ -18,7 +18,7 @@ import (
 //	domaincerts {
 //		cache_capacity <n>
 //		cache_memory <size>
-//		fallback_certificate <cert_id>
+//		fallback_certificate_id <cert_id>
 //		default_authority <name>
 //		issuer <name> <module> [<module args...>] {
 //			<module options>
@@ -32,15 +32,19 @@ import (
 //		}
 //		dns_provider <module> [<module args...>] { <module options> }
 //		resolvers <host:port...>
-//		retry_interval <min> [<max>]
+//		retry_min_interval <duration>
+//		retry_max_interval <duration>
 //		renew_check_interval <duration>
 //		renewal_window_ratio <ratio>
 //		sync_interval <duration>
 //		storage_timeout <duration>
 //	}
 //
-// issuer and zones/resolvers may repeat; every other option may appear
-// once.
+// Options have the names of the JSON fields (issuer, repeated, fills
+// issuers). issuer and zones/resolvers may repeat; every other option may
+// appear once. Older spellings are accepted: fallback_certificate for
+// fallback_certificate_id, and retry_interval <min> [<max>] for the two
+// retry options.
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume option name
 	if d.NextArg() {
@@ -49,11 +53,14 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for d.NextBlock(0) {
 		opt := d.Val()
+		if alias, ok := optionAliases[opt]; ok {
+			opt = alias
+		}
 		switch opt {
 		case "issuer", "zones", "resolvers":
 		default:
 			if seen[opt] {
-				return d.Errf("duplicate domaincerts option '%s'", opt)
+				return d.Errf("duplicate domaincerts option '%s'", d.Val())
 			}
 		}
 		seen[opt] = true
@@ -63,7 +70,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = parseInt(d, &a.CacheCapacity)
 		case "cache_memory":
 			err = parseSize(d, &a.CacheMemory)
-		case "fallback_certificate":
+		case "fallback_certificate_id":
 			err = oneArg(d, &a.FallbackCertificateID)
 		case "default_authority":
 			err = oneArg(d, &a.DefaultAuthority)
@@ -84,7 +91,19 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "resolvers":
 			a.Resolvers, err = appendArgs(d, a.Resolvers)
 		case "retry_interval":
+			if seen["retry_min_interval"] || seen["retry_max_interval"] {
+				return d.Err("retry_interval sets retry_min_interval and retry_max_interval; give one or the others")
+			}
 			err = parseRetry(d, a)
+		case "retry_min_interval", "retry_max_interval":
+			if seen["retry_interval"] {
+				return d.Err("retry_interval sets retry_min_interval and retry_max_interval; give one or the others")
+			}
+			dst := &a.RetryMinInterval
+			if opt == "retry_max_interval" {
+				dst = &a.RetryMaxInterval
+			}
+			err = parseDuration(d, dst)
 		case "renew_check_interval":
 			err = parseDuration(d, &a.RenewCheckInterval)
 		case "sync_interval":
@@ -106,6 +125,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// optionAliases maps older Caddyfile spellings to the option names, which
+// are the JSON field names.
+var optionAliases = map[string]string{
+	"fallback_certificate": "fallback_certificate_id",
 }
 
 func (a *App) parseIssuer(d *caddyfile.Dispenser) error {

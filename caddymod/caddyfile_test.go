@@ -19,7 +19,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"options", `domaincerts {
 			cache_capacity 7
 			cache_memory 512MiB
-			fallback_certificate cert_x
+			fallback_certificate_id cert_x
 			zones a.test b.test
 			zones c.test
 			cname_target edge.a.test
@@ -28,7 +28,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				ns ns1.a.test
 			}
 			resolvers 127.0.0.1:53
-			retry_interval 2s 10s
+			retry_min_interval 2s
+			retry_max_interval 10s
 			renew_check_interval 1m
 			renewal_window_ratio 0.25
 			sync_interval 30s
@@ -42,6 +43,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"cache_memory negative", "domaincerts {\n cache_memory -1\n}", "", "not a size in bytes"},
 		{"ratio not a number", "domaincerts {\n renewal_window_ratio half\n}", "", "renewal_window_ratio"},
 		{"retry three args", "domaincerts {\n retry_interval 1s 2s 3s\n}", "", "wrong argument count"},
+		{"older spellings", "domaincerts {\n fallback_certificate cert_x\n retry_interval 2s 10s\n}",
+			`{"fallback_certificate_id":"cert_x","retry_min_interval":2000000000,"retry_max_interval":10000000000}`, ""},
+		{"retry_interval only min", "domaincerts {\n retry_interval 2s\n}", `{"retry_min_interval":2000000000}`, ""},
+		{"both spellings of one option", "domaincerts {\n fallback_certificate a\n fallback_certificate_id b\n}", "", "duplicate domaincerts option 'fallback_certificate_id'"},
+		{"retry_interval and retry_min_interval", "domaincerts {\n retry_min_interval 1s\n retry_interval 2s\n}", "", "give one or the others"},
+		{"retry_max_interval after retry_interval", "domaincerts {\n retry_interval 2s\n retry_max_interval 5s\n}", "", "give one or the others"},
 		{"dns_server dup ns", "domaincerts {\n dns_server {\n ns a\n ns b\n }\n}", "", "duplicate dns_server option 'ns'"},
 	}
 	for _, tt := range tests {

@@ -3,6 +3,7 @@ package caddymod
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
@@ -45,7 +46,11 @@ func (m *Manager) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("getting domaincerts app: %w", err)
 	}
-	m.source = appIface.(*App).Source()
+	app := appIface.(*App)
+	if app.inst == nil {
+		return errors.New("the domaincerts app failed to provision")
+	}
+	m.source = app.Source()
 	return nil
 }
 

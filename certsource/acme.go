@@ -406,6 +406,7 @@ func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Poli
 	log := a.log.With(zap.String("domain_id", id), zap.String("domain", name))
 	started := time.Now().UTC().Truncate(time.Second)
 	delay := a.opts.RetryMin
+	lastFailure := ""
 	for attempt := 0; ; attempt++ {
 		// instances on one storage keep one schedule: the last attempt,
 		// whoever made it, set retries_at
@@ -454,7 +455,18 @@ func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Poli
 		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 			ErrorCode: &code, Msg: je.err.Error(), StartedAt: started, RetriesAt: &retry,
 		}})
-		log.Warn("provisioning certificate failed; will retry",
+		// said once per distinct failure: a customer who has not set up
+		// DNS yet is not the operator's problem, and a retry that fails
+		// the same way adds nothing
+		level := zap.DebugLevel
+		if msg := code + " " + je.err.Error(); msg != lastFailure {
+			lastFailure = msg
+			level = zap.WarnLevel
+			if code == "DNS_ERROR" {
+				level = zap.InfoLevel
+			}
+		}
+		log.Log(level, "provisioning certificate failed; will retry",
 			zap.String("error_code", code), zap.Int("attempt", attempt+1),
 			zap.Time("retries_at", retry), zap.Error(je.err))
 		select {

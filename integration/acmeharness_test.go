@@ -232,6 +232,7 @@ func checkIssuedDomain(t *testing.T, d map[string]any, authority, keyType string
 func (m *managed) checkManagedCert(t *testing.T, id, name, keyType string) map[string]any {
 	t.Helper()
 	obj := m.getCert(t, id)
+	checkCertFields(t, obj, true)
 	if obj["id"] != id {
 		t.Errorf("certificate id = %v, want %s", obj["id"], id)
 	}

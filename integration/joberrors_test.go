@@ -47,6 +47,22 @@ func TestResolverDownIsNotDNSError(t *testing.T) {
 	if n := pebbleOrders(m.p.LogSince(pebbleMark)); n != 0 {
 		t.Errorf("pebble got %d orders while DNS could not be checked, want 0", n)
 	}
+	// a failure that repeats is logged at WARN once, not on every retry
+	if n := countLogLines(m.Log(), "warn", "provisioning certificate failed"); n != 1 {
+		t.Errorf("%d WARN lines for the failing job after two attempts, want 1", n)
+	}
+}
+
+// countLogLines counts the JSON log lines of a level whose message
+// contains msg.
+func countLogLines(log, level, msg string) int {
+	n := 0
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, `"level":"`+level+`"`) && strings.Contains(line, msg) {
+			n++
+		}
+	}
+	return n
 }
 
 // TestUnsatisfiablePolicyRefused: a managed wildcard that the configuration

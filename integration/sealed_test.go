@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -286,15 +287,27 @@ func TestDevKeyResealExport(t *testing.T) {
 	if err != nil || strings.Contains(out, "failed:") || !strings.Contains(out, "failed 0") {
 		t.Fatalf("seal-reseal: %v\n%s", err, out)
 	}
+	expectNoStackTrace(t, "seal-reseal", out)
 	tarball := filepath.Join(c.HomeDir, "export.tar")
-	if out, err := c.runCaddy(t, "storage", "export", "--config", c.ConfigFile, "--output", tarball); err != nil {
+	out, err = c.runCaddy(t, "storage", "export", "--config", c.ConfigFile, "--output", tarball)
+	if err != nil {
 		t.Fatalf("storage export: %v\n%s", err, out)
 	}
+	expectNoStackTrace(t, "storage export", out)
 	if fi, err := os.Stat(tarball); err != nil || fi.Size() == 0 {
 		t.Fatalf("export wrote nothing: %v", err)
 	}
 	c.Start()
 	expectServedSerials(t, c, served, "after reseal and export")
+}
+
+// expectNoStackTrace fails the test if a command's output has a Go stack
+// trace (a function line followed by a tab-indented file:line).
+func expectNoStackTrace(t *testing.T, cmd, out string) {
+	t.Helper()
+	if regexp.MustCompile(`(?m)^\S+\(.*\)?\n\t\S+\.go:\d+`).MatchString(out) {
+		t.Errorf("%s printed a stack trace:\n%s", cmd, out)
+	}
 }
 
 // TestDevKeyRotation follows docs/sealed-storage.md from the development

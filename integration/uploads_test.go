@@ -576,10 +576,43 @@ func TestOpenSSLAndCurl(t *testing.T) {
 	c.assertNoIssuance(t)
 }
 
+// certFields are the fields of a TLS certificate object: the contract's,
+// and managed_domain_id for a certificate that ACME issued.
+var certFields = []string{"id", "uri", "created_at", "updated_at", "description", "metadata", "certificate_pem",
+	"subject_common_name", "subject_alternative_names", "issued_at", "not_before", "not_after", "key_usages",
+	"extended_key_usages", "private_key_type", "issuer_common_name", "serial_number", "subject_organization",
+	"subject_organizational_unit", "subject_locality", "subject_province", "subject_country"}
+
+// checkCertFields checks that a TLS certificate object has exactly the
+// contract's fields (and managed_domain_id when managed): nothing the
+// store keeps about the record, such as where a key lives, is shown.
+func checkCertFields(t *testing.T, obj map[string]any, managed bool) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, f := range certFields {
+		want[f] = true
+		if _, ok := obj[f]; !ok {
+			t.Errorf("certificate object has no %q", f)
+		}
+	}
+	if managed {
+		want["managed_domain_id"] = true
+		if id, _ := obj["managed_domain_id"].(string); !strings.HasPrefix(id, "rd_") {
+			t.Errorf("managed_domain_id = %v, want the domain's ID", obj["managed_domain_id"])
+		}
+	}
+	for f := range obj {
+		if !want[f] {
+			t.Errorf("certificate object has %q, which is not an API field (value %v)", f, obj[f])
+		}
+	}
+}
+
 // checkCertObject checks a TLS certificate object against the leaf it was
 // uploaded from and returns its ID.
 func checkCertObject(t *testing.T, obj map[string]any, l *testpki.ChainLeaf, ca *testpki.Chain, keyType string) string {
 	t.Helper()
+	checkCertFields(t, obj, false)
 	id := checkID(t, "certificate id", obj["id"], "cert_")
 	if obj["uri"] != "/domaincerts/tls_certificates/"+id {
 		t.Errorf("uri = %v", obj["uri"])

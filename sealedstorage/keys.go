@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/seal"
 )
@@ -76,8 +77,13 @@ func moveLegacyDevKey(path string, logger *zap.Logger) error {
 	return nil
 }
 
-// loggerFor is ctx.Logger; tests replace it to read the logs.
-var loggerFor = func(ctx caddy.Context) *zap.Logger { return ctx.Logger() }
+// loggerFor is ctx.Logger without stack traces; tests replace it to read
+// the logs. Caddy's commands that load the storage outside a running
+// config (`caddy storage export`, `caddy seal-reseal`) give a development
+// logger, which would print a stack trace under every warning.
+var loggerFor = func(ctx caddy.Context) *zap.Logger {
+	return ctx.Logger().WithOptions(zap.AddStacktrace(zapcore.FatalLevel))
+}
 
 // placeholderRE matches a value that has a placeholder in it, such as
 // {env.X} or {file./path}. A base64 key has no braces.

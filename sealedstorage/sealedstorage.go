@@ -46,7 +46,8 @@ type SealedStorage struct {
 	// when the module is provisioned, so the key need not appear in the
 	// config. Required, unless key_file is set; when neither is set, a
 	// development key is generated once into
-	// <caddy data dir>/domaincerts/seal.key and a warning is logged.
+	// <caddy config dir>/domaincerts/seal.key (outside the storage it
+	// opens) and a warning is logged.
 	Key string `json:"key,omitempty"`
 
 	// OldKeys are keys that still open values but no longer seal, in the

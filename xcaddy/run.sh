@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds Caddy with the plugin (xcaddy/build.sh) and runs it on the offline
 # example config: local file storage sealed with a generated development
-# key, Caddy's internal issuer, HTTPS on :8443 and the admin API on
-# localhost:2019. Data goes to ./.caddy-data (not your home directory).
+# key, Caddy's internal issuer; HTTPS on :8443, HTTP on :8080 and the admin
+# API on localhost:2019 (DOMAINCERTS_HTTPS_PORT, DOMAINCERTS_HTTP_PORT and
+# DOMAINCERTS_ADMIN change them). Data goes to ./.caddy-data (not your home
+# directory).
 #
 #   xcaddy/run.sh [config]      default config: examples/Caddyfile
 set -euo pipefail
