@@ -16,6 +16,20 @@ for tool in go gcc openssl curl redis-server; do
 done
 go version
 
+step "go.mod"
+# every `xcaddy build --with` this plugin inherits its go directive: it must
+# not ask for more than Caddy itself does
+ours=$(go list -m -f '{{.GoVersion}}')
+caddys=$(go list -m -f '{{.GoVersion}}' github.com/caddyserver/caddy/v2)
+if [ "$ours" != "$caddys" ]; then
+	echo "go.mod says go $ours; Caddy needs go $caddys: use that (go mod edit -go=$caddys)" >&2
+	exit 1
+fi
+if go list -m all | grep -q 'letsencrypt/pebble'; then
+	echo "Pebble is in the plugin's module graph; keep test-only modules in integration/go.mod" >&2
+	exit 1
+fi
+
 step "gofmt and go vet"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then
@@ -37,7 +51,7 @@ FUZZTIME=${FUZZTIME:-4s} ./scripts/fuzz.sh
 step "xcaddy build"
 ./xcaddy/build.sh "$work/caddy"
 modules=$("$work/caddy" list-modules)
-for id in domaincerts tls.get_certificate.domaincerts tls.certificates.domaincerts caddy.storage.sealed admin.api.domaincerts; do
+for id in domaincerts tls.get_certificate.domaincerts tls.certificates.domaincerts tls.permission.domaincerts caddy.storage.sealed admin.api.domaincerts; do
 	grep -qx "$id" <<<"$modules" || { echo "module $id missing from the xcaddy build" >&2; exit 1; }
 done
 "$work/caddy" build-info | grep -q 'github.com/domaincerts/caddy-domaincerts' || { echo "plugin missing from build-info" >&2; exit 1; }
