@@ -65,7 +65,7 @@ if grep -q -- '--- SKIP' "$work/integration.log"; then
 	exit 1
 fi
 passed=$(grep -c -- '^--- PASS: Test' "$work/integration.log" || true)
-min=32
+min=45
 if [ "$passed" -lt "$min" ]; then
 	echo "only $passed integration tests passed; expected at least $min" >&2
 	exit 1
