@@ -134,6 +134,7 @@ type App struct {
 	dnsProvider any
 	dnsKey      string
 	log         *zap.Logger
+	storage     certmagic.Storage // this config's storage, applied in Start
 
 	issuerNames []string                    // sorted
 	issuerMods  map[string]certmagic.Issuer // provisioned, by name
@@ -190,19 +191,15 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading domain store: %w", err)
 	}
-	a.key, a.inst = key, inst
-	// the bounds of this config, also when the instance outlives a reload
-	inst.source.Cache().SetCapacity(a.CacheCapacity)
-	inst.source.Cache().SetMaxBytes(a.CacheMemory)
+	a.key, a.inst, a.storage = key, inst, st
+	// Provision changes nothing the running config shares (the instance
+	// outlives reloads): a config that fails to load must leave it as it
+	// was. This config's settings are applied in Start.
 	if id := a.FallbackCertificateID; id != "" {
 		if _, err := inst.store.GetCertificate(ctx, id); err != nil {
 			return fmt.Errorf("fallback_certificate_id %q: %w; upload it first or remove the option", id, err)
 		}
 	}
-	a.inst.source.SetFallback(a.FallbackCertificateID)
-	// this config's timings, also when the store outlives a reload
-	inst.store.SetSyncInterval(time.Duration(a.SyncInterval))
-	inst.store.SetTimeout(time.Duration(a.StorageTimeout))
 	if err := registerMetrics(ctx.GetMetricsRegistry(), inst); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -263,6 +260,14 @@ func (a *App) Start() error {
 	if err := a.startDNSServer(); err != nil {
 		return err
 	}
+	// this config's storage value, bounds and timings, also when the
+	// instance outlives a reload (nothing below fails)
+	a.inst.store.SetStorage(a.storage)
+	a.inst.source.Cache().SetCapacity(a.CacheCapacity)
+	a.inst.source.Cache().SetMaxBytes(a.CacheMemory)
+	a.inst.source.SetFallback(a.FallbackCertificateID)
+	a.inst.store.SetSyncInterval(time.Duration(a.SyncInterval))
+	a.inst.store.SetTimeout(time.Duration(a.StorageTimeout))
 	a.acme = certsource.NewACME(a.inst.store, a.inst.source,
 		certsource.ManagedCache(time.Duration(a.RenewCheckInterval), a.log.Named("cache")),
 		a.acmeOptions(authorities))

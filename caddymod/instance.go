@@ -53,9 +53,6 @@ func acquireInstance(ctx caddy.Context, st certmagic.Storage, opts domainstore.O
 	if err != nil {
 		return "", nil, err
 	}
-	inst := val.(*instance)
-	if loaded {
-		inst.store.SetStorage(st)
-	}
-	return key, inst, nil
+	_ = loaded // a loaded instance takes this config's storage value in Start
+	return key, val.(*instance), nil
 }

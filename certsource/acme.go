@@ -140,6 +140,11 @@ type ACME struct {
 	// and the CA
 	attempts chan struct{}
 
+	// jobRenewals holds the names that a provisioning job is renewing
+	// itself (RenewCertSync): CertMagic reports those as renewals too,
+	// and onEvent leaves them to the job
+	jobRenewals sync.Map // name -> struct{}
+
 	mu      sync.Mutex
 	configs map[configKey]*certmagic.Config
 	jobs    map[string]*job // by domain ID
@@ -509,8 +514,8 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 			Msg:       fmt.Sprintf("obtaining a certificate with a %s key from %s (the policy changed)", policy.PrivateKeyType, policy.Authority),
 			StartedAt: started,
 		}})
-		if err := cfg.RenewCertSync(ctx, name, true); err != nil {
-			return classify(fmt.Errorf("obtaining a certificate for %s from %s: %w", name, policy.Authority, err))
+		if err := a.renewSync(ctx, cfg, name, true); err != nil {
+			return a.classify(fmt.Errorf("obtaining a certificate for %s from %s: %w", name, policy.Authority, err), name)
 		}
 	case err == nil:
 		// stored but due for renewal: renew now, then serve the new one
@@ -519,8 +524,8 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 			return err
 		}
 		defer unlock()
-		if err := cfg.RenewCertSync(ctx, name, false); err != nil {
-			return classify(fmt.Errorf("renewing the certificate for %s from %s: %w", name, policy.Authority, err))
+		if err := a.renewSync(ctx, cfg, name, false); err != nil {
+			return a.classify(fmt.Errorf("renewing the certificate for %s from %s: %w", name, policy.Authority, err), name)
 		}
 	case !errors.Is(err, fs.ErrNotExist):
 		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading stored certificate: %w", err)}
@@ -537,7 +542,7 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 			Msg: fmt.Sprintf("obtaining a certificate from %s", policy.Authority), StartedAt: started,
 		}})
 		if err := cfg.ObtainCertSync(ctx, name); err != nil {
-			return classify(fmt.Errorf("obtaining a certificate for %s from %s: %w", name, policy.Authority, err))
+			return a.classify(fmt.Errorf("obtaining a certificate for %s from %s: %w", name, policy.Authority, err), name)
 		}
 	}
 	cert, err = cfg.CacheManagedCertificate(ctx, name)
@@ -714,6 +719,14 @@ func (a *ACME) setStatus(ctx context.Context, id string, policy domainstore.Poli
 	}
 }
 
+// renewSync renews name for a provisioning job, which reports the outcome
+// itself: onEvent ignores CertMagic's renewal events for it meanwhile.
+func (a *ACME) renewSync(ctx context.Context, cfg *certmagic.Config, name string, force bool) error {
+	a.jobRenewals.Store(name, struct{}{})
+	defer a.jobRenewals.Delete(name)
+	return cfg.RenewCertSync(ctx, name, force)
+}
+
 // onEvent follows renewals that CertMagic's maintenance runs.
 func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) error {
 	renewal, _ := data["renewal"].(bool)
@@ -721,6 +734,9 @@ func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) e
 		return nil
 	}
 	name, _ := data["identifier"].(string)
+	if _, ok := a.jobRenewals.Load(name); ok {
+		return nil
+	}
 	d, ok := a.store.DomainByName(ctx, name)
 	if !ok || d.Policy == nil {
 		return nil
@@ -735,7 +751,7 @@ func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) e
 		code := "INTERNAL_ERROR"
 		msg := "renewing the certificate failed"
 		if err, ok := data["error"].(error); ok {
-			code, msg = classify(err).code, err.Error()
+			code, msg = a.classify(err, name).code, err.Error()
 		}
 		started, retry := renewals.failed(name, time.Now(), managedRenewCheck)
 		retry = ceilSecond(retry)
@@ -873,9 +889,16 @@ func ceilSecond(t time.Time) time.Time {
 	return t
 }
 
-// classify maps an ACME failure to a status code: problems the domain's
-// owner must fix in DNS are DNS_ERROR, everything else INTERNAL_ERROR.
-func classify(err error) *jobError {
+// classify maps an ACME failure for name to a status code: problems the
+// domain's owner must fix in DNS are DNS_ERROR, everything else
+// INTERNAL_ERROR. CAA records that forbid the CA are always the owner's.
+// A CA that could not resolve or reach the name, or reached the wrong
+// server, points at the owner's records only when nothing checked them:
+// for a name in the operator's zones, or whose CNAME (and, for a
+// wildcard, _acme-challenge CNAME) was checked before the order, the
+// failure is on the operator's side (firewall, the edge's own records,
+// the challenge DNS server).
+func (a *ACME) classify(err error, name string) *jobError {
 	var prob acme.Problem
 	var probPtr *acme.Problem
 	if errors.As(err, &probPtr) && probPtr != nil {
@@ -883,11 +906,28 @@ func classify(err error) *jobError {
 	}
 	if prob.Type != "" || errors.As(err, &prob) {
 		switch strings.TrimPrefix(prob.Type, "urn:ietf:params:acme:error:") {
-		case "dns", "caa", "connection", "unauthorized", "incorrectResponse", "rejectedIdentifier":
+		case "caa":
 			return &jobError{code: "DNS_ERROR", err: err}
+		case "dns", "connection", "unauthorized", "incorrectResponse":
+			if !a.customerDNSChecked(name) {
+				return &jobError{code: "DNS_ERROR", err: err}
+			}
 		}
 	}
 	return &jobError{code: "INTERNAL_ERROR", err: err}
+}
+
+// customerDNSChecked reports whether what the CA validates for name is the
+// operator's: a name in the operator's zones, or one whose CNAMEs the job
+// checks before ordering.
+func (a *ACME) customerDNSChecked(name string) bool {
+	if a.inZones(name) {
+		return true
+	}
+	if a.opts.Checker == nil || a.opts.CNAMETarget == nil {
+		return false
+	}
+	return !strings.HasPrefix(name, "*.") || a.opts.ChallengeTarget != nil
 }
 
 // Interface guards

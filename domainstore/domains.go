@@ -325,16 +325,31 @@ func (s *Store) DetachCertificate(ctx context.Context, id string) error {
 }
 
 // DetachPolicy ends certificate management for a domain: renewals stop and
-// the managed certificate is no longer served.
+// the managed certificate is no longer served. An uploaded certificate that
+// was serving until the policy's own was issued stays attached.
 func (s *Store) DetachPolicy(ctx context.Context, id string) error {
-	return s.mutateDomain(ctx, id, func(d *Domain) (bool, error) {
-		if d.Policy == nil {
-			return false, nil
+	return s.submit(ctx, func(tx *txn) error {
+		cur, err := tx.domain(id)
+		if err != nil || cur.Policy == nil {
+			return err
 		}
-		d.Policy = nil
-		d.Status = nil
-		d.CertificateID = ""
-		return true, nil
+		d := cur.clone()
+		d.Policy, d.Status = nil, nil
+		if d.CertificateID != "" {
+			c, err := tx.certificate(d.CertificateID)
+			if err != nil && dcerr.CodeOf(err) != dcerr.NotFound {
+				return err
+			}
+			if err != nil || c.ManagedDomainID != "" {
+				d.CertificateID = ""
+			}
+		}
+		d.UpdatedAt = now()
+		if err := dropManagedCertificate(tx, cur, d); err != nil {
+			return err
+		}
+		tx.putDomain(d, cur)
+		return nil
 	})
 }
 

@@ -151,7 +151,7 @@ func (op *entryOp) check() error {
 		if op.Domain == nil || op.Domain.ID != op.ID || !validID(DomainPrefix, op.ID) {
 			return errors.New("put_domain needs a domain record with its id")
 		}
-		if _, err := NormalizeDomain(op.Domain.Domain); err != nil {
+		if _, err := lexicalName(op.Domain.Domain, op.Domain.Domain); err != nil {
 			return fmt.Errorf("put_domain: %w", err)
 		}
 		if c := op.Domain.CertificateID; c != "" && !validID(CertificatePrefix, c) {

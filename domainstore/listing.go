@@ -336,7 +336,7 @@ func decodeDomain(b []byte, id string) (*Domain, error) {
 	if d.ID != id {
 		return nil, fmt.Errorf("decoding domain %s: record holds id %q", id, d.ID)
 	}
-	if _, err := NormalizeDomain(d.Domain); err != nil {
+	if _, err := lexicalName(d.Domain, d.Domain); err != nil {
 		return nil, fmt.Errorf("decoding domain %s: %w", id, err)
 	}
 	return &d, nil

@@ -34,7 +34,6 @@ func NormalizeDomain(name string) (string, error) {
 	if !utf8.ValidString(name) {
 		return fail("it is not valid UTF-8")
 	}
-	name = strings.TrimSuffix(name, ".")
 	if needsIDNA(name) {
 		prefix, base := "", name
 		if rest, ok := strings.CutPrefix(name, "*."); ok {
@@ -44,9 +43,32 @@ func NormalizeDomain(name string) (string, error) {
 		if err != nil {
 			return fail("it is not a valid internationalized name (" + err.Error() + ")")
 		}
-		name = prefix + strings.TrimSuffix(a, ".")
+		name = prefix + a
 	}
-	name = lowerASCII(name)
+	return lexicalName(orig, name)
+}
+
+// storedName reports whether name is a domain name as the store keeps it:
+// what lexicalName returns unchanged. Snapshots are checked with it, and
+// records and journal entries with lexicalName, not with NormalizeDomain,
+// so that a name an earlier version accepted stays readable.
+func storedName(name string) bool {
+	n, err := lexicalName(name, name)
+	return err == nil && n == name
+}
+
+// lexicalName checks an ASCII name and returns it lowercased without its
+// trailing dot: labels of a-z, 0-9 and hyphens, at most 63 characters,
+// not starting or ending with a hyphen, a non-numeric last label, at least
+// two labels, a wildcard only as the whole first label. orig is the name
+// as given, for the error.
+func lexicalName(orig, name string) (string, error) {
+	fail := func(why string) (string, error) {
+		return "", dcerr.New(dcerr.DomainInvalid,
+			"domain %q is not a valid DNS name: %s; use a name like app.example.com or *.example.com", orig, why).
+			WithDetail("domain", orig)
+	}
+	name = lowerASCII(strings.TrimSuffix(name, "."))
 	if name == "" {
 		return fail("it is empty")
 	}
@@ -99,8 +121,10 @@ func NormalizeDomain(name string) (string, error) {
 }
 
 // idnaProfile maps and checks internationalized names: UTS #46 mapping
-// for lookup, nontransitional (ß stays ß), the Bidi rule, and DNS lengths.
-var idnaProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false), idna.VerifyDNSLength(true))
+// for lookup, nontransitional (ß stays ß), the Bidi rule, and DNS lengths;
+// "--" in the third and fourth position is allowed, as in ASCII labels.
+var idnaProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false), idna.VerifyDNSLength(true),
+	idna.CheckHyphens(false)) // hyphens are checked for every label alike, by lexicalName
 
 // needsIDNA reports whether name has non-ASCII characters or an A-label
 // ("xn--") to check.

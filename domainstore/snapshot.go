@@ -250,7 +250,7 @@ func parseSnapshotDomain(fields string) (*Entry, bool) {
 	if err != nil {
 		return nil, false
 	}
-	if n, err := NormalizeDomain(f[2]); err != nil || n != f[2] {
+	if !storedName(f[2]) {
 		return nil, false
 	}
 	e := &Entry{DomainID: f[0], Version: v, Name: f[2], Managed: f[4] == "m"}
@@ -278,7 +278,7 @@ func parseSnapshotDamaged(fields string) (*Damaged, bool) {
 	}
 	if name == "-" {
 		name = ""
-	} else if n, err := NormalizeDomain(name); err != nil || n != name {
+	} else if !storedName(name) {
 		return nil, false
 	}
 	return &Damaged{ID: id, Name: name, Reason: reason, version: v}, true

@@ -270,6 +270,20 @@ func TestDomainLifecycleAndIndex(t *testing.T) {
 	if e, _ := s.Lookup("m.example.org"); e.Managed {
 		t.Fatal("still managed after DetachPolicy")
 	}
+	// an upload serving until the policy's certificate is issued stays
+	// attached when the policy is detached
+	if d, err := s.UpdateDomain(ctx, da.ID, DomainPatch{Policy: &Policy{Authority: "local"}}); err != nil || d.CertificateID != wild.ID {
+		t.Fatalf("upload to policy = %+v, %v; want the upload still attached", d, err)
+	}
+	if err := s.DetachPolicy(ctx, da.ID); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := s.Lookup("a.example.test"); e.Managed || e.CertificateID != wild.ID {
+		t.Fatalf("after detaching the pending policy: %+v; want the upload %s, unmanaged", e, wild.ID)
+	}
+	if d, err := s.GetDomain(ctx, da.ID); err != nil || d.CertificateID != wild.ID || d.Policy != nil {
+		t.Fatalf("record after detaching the pending policy: %+v, %v", d, err)
+	}
 
 	if err := s.DeleteDomain(ctx, dw.ID); err != nil {
 		t.Fatal(err)
@@ -459,6 +473,11 @@ func TestNormalizeDomain(t *testing.T) {
 		{"\xff.example", "", false},           // not UTF-8
 		{"１２７.０.０.１", "", false},              // an IP address in fullwidth digits
 		{"*.\u0627\u0061.example", "", false}, // breaks the Bidi rule
+		{"bücher.example..", "", false},       // an empty label, as for ASCII names
+		{"a.example..", "", false},
+		{"bücher.example.", "xn--bcher-kva.example", true},
+		{"ab--cd.example", "ab--cd.example", true}, // hyphens alike for ASCII and IDN labels
+		{"bücher.ab--cd.example", "xn--bcher-kva.ab--cd.example", true},
 		{"a b.example.com", "", false},
 		{"example.123", "", false},
 		{strings.Repeat("a", 64) + ".example.com", "", false},
@@ -475,6 +494,25 @@ func TestNormalizeDomain(t *testing.T) {
 			}
 			wantCode(t, err, dcerr.DomainInvalid)
 		})
+	}
+}
+
+// TestStoredNamesStayReadable: a name that an earlier version stored
+// (checked lexically, without IDNA) is still read back from a record, even
+// where IDNA would now refuse it as input.
+func TestStoredNamesStayReadable(t *testing.T) {
+	for _, name := range []string{"xn--zz.example", "app.example.com", "*.example.com", "xn--bcher-kva.example"} {
+		if !storedName(name) {
+			t.Errorf("storedName(%q) = false, want true", name)
+		}
+	}
+	if _, err := NormalizeDomain("xn--zz.example"); err == nil {
+		t.Error("NormalizeDomain accepts xn--zz.example as new input")
+	}
+	for _, name := range []string{"App.example.com", "a..example", "under_score.example"} {
+		if storedName(name) {
+			t.Errorf("storedName(%q) = true, want false", name)
+		}
 	}
 }
 

@@ -191,3 +191,38 @@ func TestUnsatisfiableAfterReload(t *testing.T) {
 	m.mustAPI(t, http.StatusOK, "POST", "/load", cfg)
 	m.waitJobError(t, id, "DNS_ERROR", "create a DNS record")
 }
+
+// TestPolicyAuthorityChange: moving a managed domain to another authority
+// obtains a certificate from it; the first one serves until then, and its
+// resource goes once the new one serves, leaving one.
+func TestPolicyAuthorityChange(t *testing.T) {
+	m := startManagedWith(t, caddyOpts{Mutate: func(cfg map[string]any, c *caddyProc) {
+		cfg["apps"].(map[string]any)["pki"] = map[string]any{
+			"certificate_authorities": map[string]any{"local": map[string]any{"install_trust": false}},
+		}
+	}}, func(app map[string]any) {
+		app["issuers"].(map[string]any)["local"] = map[string]any{"module": "internal"}
+	})
+	const name = "authority.operator.test"
+	id, _ := m.createManaged(t, name, nil)
+	first := m.checkManagedCert(t, checkIssuedDomain(t, m.waitIssued(t, id), "pebble", "ecdsa"), name, "ecdsa")
+	m.expectServesManaged(t, name, first)
+
+	m.patchDomain(t, id, map[string]any{"certificate_management_policy": map[string]any{"authority": "local"}})
+	d := m.waitDomain(t, id, "issued by local", issueWithin, func(d map[string]any) bool {
+		return isIssued(d) && certRef(d) != first["id"]
+	})
+	checkIssuedDomain(t, d, "local", "ecdsa")
+	second := m.getCert(t, certRef(d))
+	if ic, _ := second["issuer_common_name"].(string); !strings.Contains(ic, "Caddy Local Authority") {
+		t.Errorf("issuer_common_name = %q, want Caddy's internal CA", ic)
+	}
+	if got := servedSerial(t, m.caddyProc, name); got != second["serial_number"] {
+		t.Errorf("%s serves %s, want the new certificate %v", name, got, second["serial_number"])
+	}
+	status, resp := m.api(t, "GET", "/domaincerts/tls_certificates/"+first["id"].(string), nil)
+	assertAPIError(t, status, resp, http.StatusNotFound, "NOT_FOUND")
+	if res := managedResources(t, m, id); len(res) != 1 || res[0] != certRef(d) {
+		t.Errorf("managed resources %v, want only %s", res, certRef(d))
+	}
+}

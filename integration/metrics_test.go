@@ -24,6 +24,31 @@ func TestMetricsEndpoint(t *testing.T) {
 		expectServes(t, c, "metrics.example.test", l, ca.Roots())
 	}
 
+	values := metricValues(t, c)
+	for name, ok := range map[string]func(float64) bool{
+		"domaincerts_domains":               func(v float64) bool { return v == 1 },
+		"domaincerts_cache_entries":         func(v float64) bool { return v == 1 },
+		"domaincerts_cache_capacity":        func(v float64) bool { return v == 10000 },
+		"domaincerts_cache_hits_total":      func(v float64) bool { return v >= 3 },
+		"domaincerts_cache_misses_total":    func(v float64) bool { return v == 0 },
+		"domaincerts_cache_evictions_total": func(v float64) bool { return v == 0 },
+		"domaincerts_cache_max_bytes":       func(v float64) bool { return v == cacheMemory },
+		// one ECDSA certificate: about 3 KB
+		"domaincerts_cache_bytes": func(v float64) bool { return v > 2000 && v < 5000 },
+	} {
+		if v, present := values[name]; !present || !ok(v) {
+			t.Errorf("%s = %v (present %v)", name, v, present)
+		}
+	}
+	if t.Failed() {
+		t.Logf("domaincerts metrics: %v", values)
+	}
+}
+
+// metricValues scrapes Caddy's /metrics on the admin endpoint and returns
+// the domaincerts metrics without labels, by name.
+func metricValues(t *testing.T, c *caddyProc) map[string]float64 {
+	t.Helper()
 	resp, err := adminClient.Get("http://" + c.AdminAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -48,22 +73,5 @@ func TestMetricsEndpoint(t *testing.T) {
 		}
 		values[name] = v
 	}
-	for name, ok := range map[string]func(float64) bool{
-		"domaincerts_domains":               func(v float64) bool { return v == 1 },
-		"domaincerts_cache_entries":         func(v float64) bool { return v == 1 },
-		"domaincerts_cache_capacity":        func(v float64) bool { return v == 10000 },
-		"domaincerts_cache_hits_total":      func(v float64) bool { return v >= 3 },
-		"domaincerts_cache_misses_total":    func(v float64) bool { return v == 0 },
-		"domaincerts_cache_evictions_total": func(v float64) bool { return v == 0 },
-		"domaincerts_cache_max_bytes":       func(v float64) bool { return v == cacheMemory },
-		// one ECDSA certificate: about 3 KB
-		"domaincerts_cache_bytes": func(v float64) bool { return v > 2000 && v < 5000 },
-	} {
-		if v, present := values[name]; !present || !ok(v) {
-			t.Errorf("%s = %v (present %v)", name, v, present)
-		}
-	}
-	if t.Failed() {
-		t.Logf("domaincerts metrics: %v", values)
-	}
+	return values
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
 // TestValidateChecksIssuers: `caddy validate` provisions the app's issuers,
@@ -107,5 +109,35 @@ func TestExamplesValidate(t *testing.T) {
 	out, err = c.runCaddy(t, "validate", "--config", file)
 	if err != nil || !strings.Contains(out, "Valid configuration") {
 		t.Fatalf("examples/domaincerts.json: %v\n%s", err, out)
+	}
+}
+
+// TestFailedReloadChangesNothing: a config that Caddy refuses to load (here
+// an issuer that cannot provision) leaves the running one as it was, also
+// the settings the domaincerts app shares across reloads: the refused
+// config's fallback certificate is not served.
+func TestFailedReloadChangesNothing(t *testing.T) {
+	ca := testpki.NewChain(t, "Reload")
+	c := startCaddy(t, caddyOpts{})
+	l := ca.Leaf(t, "fallback.example.test")
+	certID := c.uploadLeaf(t, l)
+	expectFails(t, c, "unknown.example.test")
+
+	var cfg map[string]any
+	raw, _ := json.Marshal(c.Config)
+	_ = json.Unmarshal(raw, &cfg)
+	cfg["apps"].(map[string]any)["domaincerts"] = map[string]any{
+		"fallback_certificate_id": certID,
+		"cache_capacity":          5,
+		"issuers": map[string]any{"bad": map[string]any{"module": "acme",
+			"challenges": map[string]any{"dns": map[string]any{}}}},
+	}
+	status, resp := c.api(t, "POST", "/load", cfg)
+	if status < 400 {
+		t.Fatalf("POST /load of a config with a bad issuer: %d %v, want an error", status, resp)
+	}
+	expectFails(t, c, "unknown.example.test")
+	if n := metricValues(t, c)["domaincerts_cache_capacity"]; n != 10000 {
+		t.Errorf("domaincerts_cache_capacity = %v after the refused load, want the running config's 10000", n)
 	}
 }

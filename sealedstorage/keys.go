@@ -66,11 +66,16 @@ func moveLegacyDevKey(path string, logger *zap.Logger) error {
 		return fmt.Errorf("the development key kept by an earlier version at %s: %w", old, err)
 	}
 	defer clear(k)
-	if err := writeKeyFile(path, k); err != nil {
+	// another process starting at the same time may have moved it first
+	if err := writeKeyFile(path, k); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("moving the development key to %s: %w", path, err)
 	}
-	if err := os.Remove(old); err != nil {
-		return fmt.Errorf("removing the development key from the storage at %s (it was copied to %s): %w", old, path, err)
+	if err := os.Remove(old); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// the key is safe at path; the copy in the storage is only untidy
+		// (and never sealed: it is a configured key)
+		logger.Warn("could not remove the development key from the storage after copying it out; remove it by hand",
+			zap.String("from", old), zap.String("to", path), zap.Error(err))
+		return nil
 	}
 	logger.Info("moved the development seal key out of the storage",
 		zap.String("from", old), zap.String("to", path), zap.Stringer("key_id", seal.KeyIDOf(k)))
@@ -122,7 +127,7 @@ func (s *SealedStorage) resolveKeys(logger *zap.Logger) (keys [][]byte, devKeyPa
 		if onlyPlaceholders(raw) && strings.TrimSpace(repl.ReplaceKnown(raw, "")) == "" {
 			// old keys are for rotation only: a placeholder for one that
 			// is not set (yet, or any more) leaves nothing to open with
-			logger.Info("sealed storage: an old key is empty after resolving placeholders; ignored", zap.String("field", field), zap.String("placeholder", raw))
+			logger.Warn("sealed storage: an old key is empty after resolving placeholders; ignored (if a rotation is under way, values sealed with it will not open)", zap.String("field", field), zap.String("placeholder", raw))
 			continue
 		}
 		k, err := parseField(repl, field, raw)

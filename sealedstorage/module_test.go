@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -421,5 +422,62 @@ func TestEmptyOldKeyIgnored(t *testing.T) {
 	// a literal that is not a key is still an error
 	if _, err := provision(t, `{"module":"sealed","key":"{env.SEALTEST_KEY}","old_keys":["nope"],"inner":`+innerJSON(t.TempDir())+`}`); err == nil {
 		t.Fatal("a malformed old key was accepted")
+	}
+}
+
+// TestDevKeyMoveRace: when another process moved the development key out
+// of the storage between this one's checks (the key is already at its new
+// path), provisioning uses it and tidies the storage copy.
+func TestDevKeyMoveRace(t *testing.T) {
+	data, config := t.TempDir(), t.TempDir()
+	t.Setenv("XDG_DATA_HOME", data)
+	t.Setenv("XDG_CONFIG_HOME", config)
+	legacy := filepath.Join(data, "caddy", "domaincerts", "seal.key")
+	k := key(9)
+	for _, p := range []string{legacy, DevKeyPath()} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(b64(k)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// what the other process had not done yet when this one looked
+	if err := moveLegacyDevKey(DevKeyPath(), zap.NewNop()); err != nil {
+		t.Fatalf("moving a key that is already at its new path: %v", err)
+	}
+	if _, err := os.Stat(legacy); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the storage copy is still there: %v", err)
+	}
+	m, err := provision(t, `{"module":"sealed"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Storage().KeyID() != seal.KeyIDOf(k) {
+		t.Fatal("the moved key is not the one in use")
+	}
+}
+
+// TestDevKeyInsideFileStorage: a file_system root that contains Caddy's
+// config directory (a service user whose home is the storage root) puts
+// the development key inside the storage; Provision says so.
+func TestDevKeyInsideFileStorage(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("XDG_DATA_HOME", filepath.Join(home, "data"))
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(home, "config"))
+	logs := observeLogs(t)
+	if _, err := provision(t, `{"module":"sealed","inner":{"module":"file_system","root":`+strconv.Quote(home)+`}}`); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(allLogs(logs), "the development key lies inside the storage it opens") {
+		t.Errorf("no warning for a development key inside the storage root; logs:\n%s", allLogs(logs))
+	}
+	// a root of its own: no such warning
+	logs = observeLogs(t)
+	if _, err := provision(t, `{"module":"sealed","inner":{"module":"file_system","root":`+strconv.Quote(filepath.Join(home, "storage"))+`}}`); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(allLogs(logs), "inside the storage it opens") {
+		t.Errorf("warned for a storage root that does not hold the key:\n%s", allLogs(logs))
 	}
 }

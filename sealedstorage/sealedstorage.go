@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -135,6 +137,10 @@ func (s *SealedStorage) Provision(ctx caddy.Context) error {
 	if devKeyPath != "" {
 		logger.Warn("sealed storage uses a development key generated on this machine; for production, set key or key_file (generate a key with `caddy seal-keygen`)",
 			zap.String("key_file", devKeyPath), zap.Stringer("key_id", st.KeyID()))
+		if fs, ok := inner.(*certmagic.FileStorage); ok && pathWithin(devKeyPath, fs.Path) {
+			logger.Warn("the development key lies inside the storage it opens (Caddy's config directory is under the file_system root); a backup of the storage then holds its key: set key or key_file, or give the storage a root of its own",
+				zap.String("key_file", devKeyPath), zap.String("storage_root", fs.Path))
+		}
 	}
 	if s.AllowUnsealed {
 		logger.Warn("allow_unsealed is on: values found unsealed at sealed paths are accepted; turn it off once `caddy seal-reseal` has sealed them")
@@ -145,6 +151,12 @@ func (s *SealedStorage) Provision(ctx caddy.Context) error {
 		zap.Int("old_keys", len(keys)-1),
 		zap.Bool("seal_all", s.SealAll))
 	return nil
+}
+
+// pathWithin reports whether path lies in dir or below it.
+func pathWithin(path, dir string) bool {
+	rel, err := filepath.Rel(filepath.Clean(dir), filepath.Clean(path))
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }
 
 // Validate checks the configuration and that Provision built the storage.
