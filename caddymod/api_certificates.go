@@ -13,13 +13,8 @@ import (
 // its own type so that what the store keeps about a record (where a
 // managed key lives, for one) never reaches a response by accident.
 type certificateView struct {
-	ID             string    `json:"id"`
-	URI            string    `json:"uri"`
-	CreatedAt      time.Time `json:"created_at"`
-	UpdatedAt      time.Time `json:"updated_at"`
-	Description    string    `json:"description"`
-	Metadata       string    `json:"metadata"`
-	CertificatePEM string    `json:"certificate_pem"`
+	resourceView
+	CertificatePEM string `json:"certificate_pem"`
 	bundle.CertInfo
 	IssuedAt        *time.Time `json:"issued_at"`
 	PrivateKeyType  string     `json:"private_key_type"`
@@ -28,12 +23,11 @@ type certificateView struct {
 
 func viewCertificate(c *domainstore.Certificate) certificateView {
 	return certificateView{
-		ID:              c.ID,
-		URI:             certificatesPath + "/" + c.ID,
-		CreatedAt:       c.CreatedAt,
-		UpdatedAt:       c.UpdatedAt,
-		Description:     c.Description,
-		Metadata:        c.Metadata,
+		resourceView: resourceView{
+			ID: c.ID, URI: certificatesPath + "/" + c.ID,
+			CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt,
+			Description: c.Description, Metadata: c.Metadata,
+		},
 		CertificatePEM:  c.CertificatePEM,
 		CertInfo:        c.CertInfo,
 		IssuedAt:        c.IssuedAt,

@@ -8,14 +8,19 @@ import (
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
+// resourceView holds the fields every API object starts with.
+type resourceView struct {
+	ID          string    `json:"id"`
+	URI         string    `json:"uri"`
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
+	Description string    `json:"description"`
+	Metadata    string    `json:"metadata"`
+}
+
 // domainView is the API object of a domain.
 type domainView struct {
-	ID                       string              `json:"id"`
-	URI                      string              `json:"uri"`
-	CreatedAt                time.Time           `json:"created_at"`
-	UpdatedAt                time.Time           `json:"updated_at"`
-	Description              string              `json:"description"`
-	Metadata                 string              `json:"metadata"`
+	resourceView
 	Domain                   string              `json:"domain"`
 	CNAMETarget              *string             `json:"cname_target"`
 	Certificate              *reference          `json:"certificate"`
@@ -48,9 +53,11 @@ type reference struct {
 
 func viewDomain(d *domainstore.Domain) domainView {
 	v := domainView{
-		ID: d.ID, URI: domainsPath + "/" + d.ID,
-		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
-		Description: d.Description, Metadata: d.Metadata,
+		resourceView: resourceView{
+			ID: d.ID, URI: domainsPath + "/" + d.ID,
+			CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
+			Description: d.Description, Metadata: d.Metadata,
+		},
 		Domain: d.Domain, CNAMETarget: d.CNAMETarget,
 		Policy: d.Policy, Status: d.Status,
 		ACMEChallengeCNAMETarget: d.ACMEChallengeCNAMETarget,

@@ -502,18 +502,12 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 		// the policy asks for another key type than the stored certificate
 		// has (it changed): obtain a new one; the stored one serves until
 		// then
-		unlock, err := a.lockJob(ctx, id)
+		unlock, err := a.beforeOrder(ctx, auth, id, name, policy, started,
+			fmt.Sprintf("obtaining a certificate with a %s key from %s (the policy changed)", policy.PrivateKeyType, policy.Authority))
 		if err != nil {
 			return err
 		}
 		defer unlock()
-		if err := a.precheck(ctx, auth, id, name, policy); err != nil {
-			return err
-		}
-		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
-			Msg:       fmt.Sprintf("obtaining a certificate with a %s key from %s (the policy changed)", policy.PrivateKeyType, policy.Authority),
-			StartedAt: started,
-		}})
 		if err := a.renewSync(ctx, cfg, name, true); err != nil {
 			return a.classify(fmt.Errorf("obtaining a certificate for %s from %s: %w", name, policy.Authority, err), name)
 		}
@@ -530,17 +524,12 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 	case !errors.Is(err, fs.ErrNotExist):
 		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading stored certificate: %w", err)}
 	default:
-		unlock, err := a.lockJob(ctx, id)
+		unlock, err := a.beforeOrder(ctx, auth, id, name, policy, started,
+			fmt.Sprintf("obtaining a certificate from %s", policy.Authority))
 		if err != nil {
 			return err
 		}
 		defer unlock()
-		if err := a.precheck(ctx, auth, id, name, policy); err != nil {
-			return err
-		}
-		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
-			Msg: fmt.Sprintf("obtaining a certificate from %s", policy.Authority), StartedAt: started,
-		}})
 		if err := cfg.ObtainCertSync(ctx, name); err != nil {
 			return a.classify(fmt.Errorf("obtaining a certificate for %s from %s: %w", name, policy.Authority, err), name)
 		}
@@ -550,6 +539,24 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading obtained certificate: %w", err)}
 	}
 	return a.loaded(ctx, id, policy, cfg, name, cert)
+}
+
+// beforeOrder takes the domain's provisioning lock, runs the pre-checks
+// and reports msg in the status; the caller then orders, and releases the
+// lock with the returned func.
+func (a *ACME) beforeOrder(ctx context.Context, auth Authority, id, name string, policy domainstore.Policy, started time.Time, msg string) (func(), error) {
+	unlock, err := a.lockJob(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.precheck(ctx, auth, id, name, policy); err != nil {
+		unlock()
+		return nil, err
+	}
+	a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
+		Msg: msg, StartedAt: started,
+	}})
+	return unlock, nil
 }
 
 // precheck verifies what an order needs before it is placed: for an

@@ -7,6 +7,8 @@ import (
 
 	"golang.org/x/net/idna"
 
+	"github.com/domaincerts/caddy-domaincerts/internal/sniindex"
+
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
@@ -68,7 +70,7 @@ func lexicalName(orig, name string) (string, error) {
 			"domain %q is not a valid DNS name: %s; use a name like app.example.com or *.example.com", orig, why).
 			WithDetail("domain", orig)
 	}
-	name = lowerASCII(strings.TrimSuffix(name, "."))
+	name = sniindex.LowerASCII(strings.TrimSuffix(name, "."))
 	if name == "" {
 		return fail("it is empty")
 	}
@@ -134,28 +136,8 @@ func needsIDNA(name string) bool {
 			return true
 		}
 	}
-	l := lowerASCII(name)
+	l := sniindex.LowerASCII(name)
 	return strings.HasPrefix(l, "xn--") || strings.Contains(l, ".xn--")
 }
 
-// lowerASCII lowercases the ASCII letters of s and leaves every other
-// byte as it is (strings.ToLower would fold characters such as the KELVIN
-// SIGN into ASCII letters).
-func lowerASCII(s string) string {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; 'A' <= c && c <= 'Z' {
-			b := []byte(s)
-			for j := i; j < len(b); j++ {
-				if c := b[j]; 'A' <= c && c <= 'Z' {
-					b[j] = c + 'a' - 'A'
-				}
-			}
-			return string(b)
-		}
-	}
-	return s
-}
-
-func sniNormalize(name string) string {
-	return lowerASCII(strings.TrimSuffix(name, "."))
-}
+func sniNormalize(name string) string { return sniindex.Normalize(name) }

@@ -61,10 +61,16 @@ func (ix *Index[V]) Grow(n int) {
 // than an ASCII name it case-folds into. It allocates only when name has
 // uppercase letters.
 func Normalize(name string) string {
-	name = strings.TrimSuffix(name, ".")
-	for i := 0; i < len(name); i++ {
-		if c := name[i]; 'A' <= c && c <= 'Z' {
-			b := []byte(name)
+	return LowerASCII(strings.TrimSuffix(name, "."))
+}
+
+// LowerASCII lowercases the ASCII letters of s and leaves every other byte
+// as it is (strings.ToLower would fold characters such as the KELVIN SIGN
+// into ASCII letters). It allocates only when s has uppercase letters.
+func LowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; 'A' <= c && c <= 'Z' {
+			b := []byte(s)
 			for j := i; j < len(b); j++ {
 				if c := b[j]; 'A' <= c && c <= 'Z' {
 					b[j] = c + 'a' - 'A'
@@ -73,7 +79,7 @@ func Normalize(name string) string {
 			return string(b)
 		}
 	}
-	return name
+	return s
 }
 
 // Lookup returns the value for server name sni: the exact name if present,
