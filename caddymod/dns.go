@@ -93,11 +93,11 @@ func (a *App) acmeOptions(authorities map[string]certsource.Authority) certsourc
 		opts.CNAMETarget = func(string) string { return target }
 	case a.CNAMEZone != "":
 		zone := strings.ToLower(strings.TrimSuffix(a.CNAMEZone, "."))
-		opts.CNAMETarget = func(domain string) string { return dnscheck.Target(zone, domain) }
+		opts.CNAMETarget = func(string) string { return dnscheck.RandomTarget(zone) }
 	}
 	if a.ChallengeZone != "" {
 		zone := strings.ToLower(strings.TrimSuffix(a.ChallengeZone, "."))
-		opts.ChallengeTarget = func(base string) string { return dnscheck.ChallengeTarget(zone, base) }
+		opts.ChallengeTarget = func(string) string { return dnscheck.RandomTarget(zone) }
 	}
 	switch {
 	case a.dnsProvider != nil:

@@ -5,7 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -229,24 +231,26 @@ func (a *ACME) Stop() {
 	currentACME.CompareAndSwap(a, nil)
 }
 
-// Decorate fills in a domain's CNAME targets. The store calls it for new
-// domains and for domains whose policy changes.
+// Decorate fills in a domain's CNAME targets and initial status. The store
+// calls it for new domains and for domains whose policy changes. Targets
+// are new (random, from ACMEOptions) for a record that has none; a record
+// keeps the ones it was given, since its customer's DNS points there.
 func (a *ACME) Decorate(d *domainstore.Domain) {
-	d.CNAMETarget, d.ACMEChallengeCNAMETarget = nil, nil
 	if d.Policy != nil && d.Status == nil {
 		d.Status = &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 			Msg: "provisioning job queued", StartedAt: time.Now().UTC().Truncate(time.Second),
 		}}
 	}
 	if a.inZones(d.Domain) {
+		d.CNAMETarget, d.ACMEChallengeCNAMETarget = nil, nil
 		return
 	}
-	if a.opts.CNAMETarget != nil {
+	if d.CNAMETarget == nil && a.opts.CNAMETarget != nil {
 		if t := a.opts.CNAMETarget(d.Domain); t != "" {
 			d.CNAMETarget = &t
 		}
 	}
-	if base, ok := strings.CutPrefix(d.Domain, "*."); ok && a.opts.ChallengeTarget != nil {
+	if base, ok := strings.CutPrefix(d.Domain, "*."); ok && d.ACMEChallengeCNAMETarget == nil && a.opts.ChallengeTarget != nil {
 		if t := a.opts.ChallengeTarget(base); t != "" {
 			d.ACMEChallengeCNAMETarget = &t
 		}
@@ -494,6 +498,9 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 	if err != nil {
 		return err
 	}
+	if err := a.checkStoredOwner(ctx, auth, cfg, id, name, policy); err != nil {
+		return err
+	}
 	cert, err := cfg.CacheManagedCertificate(ctx, name)
 	switch {
 	case err == nil && !cert.NeedsRenewal(cfg) && keyTypeIs(cert, policy.PrivateKeyType):
@@ -539,6 +546,46 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading obtained certificate: %w", err)}
 	}
 	return a.loaded(ctx, id, policy, cfg, name, cert)
+}
+
+// checkStoredOwner runs the pre-checks before a certificate stored for
+// name is loaded (and served) when the domain's record does not know it:
+// it was obtained for an earlier registration of the name, whose CNAME a
+// former customer may have left in place, or before records kept serials.
+// The record's own certificate (a restart, a switch back to management)
+// loads without them.
+func (a *ACME) checkStoredOwner(ctx context.Context, auth Authority, cfg *certmagic.Config, id, name string, policy domainstore.Policy) error {
+	if len(cfg.Issuers) == 0 {
+		return nil
+	}
+	pemBytes, err := cfg.Storage.Load(ctx, certmagic.StorageKeys.SiteCert(cfg.Issuers[0].IssuerKey(), name))
+	if err != nil {
+		return nil // none stored (or unreadable: loading it will say so)
+	}
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		return nil
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil
+	}
+	d, err := a.store.GetDomain(ctx, id)
+	if dcerr.CodeOf(err) == dcerr.NotFound {
+		return errDomainGone
+	}
+	if err != nil {
+		return &jobError{code: "INTERNAL_ERROR", err: err}
+	}
+	if d.ManagedSerial == leaf.SerialNumber.Text(16) {
+		return nil
+	}
+	unlock, err := a.lockJob(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return a.precheck(ctx, auth, id, name, policy)
 }
 
 // beforeOrder takes the domain's provisioning lock, runs the pre-checks

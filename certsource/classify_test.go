@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/mholt/acmez/v3/acme"
 )
 
@@ -51,5 +52,41 @@ func TestClassify(t *testing.T) {
 				t.Errorf("classify = %s, want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestDecorateTargets(t *testing.T) {
+	n := 0
+	a := &ACME{opts: ACMEOptions{
+		Zones:           []string{"operator.test"},
+		CNAMETarget:     func(string) string { n++; return fmt.Sprintf("t%d.cname.operator.test", n) },
+		ChallengeTarget: func(string) string { n++; return fmt.Sprintf("t%d.acme.operator.test", n) },
+	}}
+	d := &domainstore.Domain{Domain: "*.customer.test", Policy: &domainstore.Policy{Authority: "le"}}
+	a.Decorate(d)
+	if d.CNAMETarget == nil || d.ACMEChallengeCNAMETarget == nil || *d.CNAMETarget == *d.ACMEChallengeCNAMETarget {
+		t.Fatalf("new wildcard: targets %v, %v; want two distinct ones", d.CNAMETarget, d.ACMEChallengeCNAMETarget)
+	}
+	if d.Status == nil || d.Status.ProvisioningJob == nil {
+		t.Errorf("new managed domain: status %+v, want a queued job", d.Status)
+	}
+	// a policy change keeps the targets the customer's DNS points to
+	cname, acme := *d.CNAMETarget, *d.ACMEChallengeCNAMETarget
+	d.Status = nil
+	a.Decorate(d)
+	if *d.CNAMETarget != cname || *d.ACMEChallengeCNAMETarget != acme {
+		t.Errorf("targets changed from %s, %s to %s, %s", cname, acme, *d.CNAMETarget, *d.ACMEChallengeCNAMETarget)
+	}
+	// the operator's own names have none
+	own := &domainstore.Domain{Domain: "app.operator.test", CNAMETarget: &cname}
+	a.Decorate(own)
+	if own.CNAMETarget != nil || own.ACMEChallengeCNAMETarget != nil {
+		t.Errorf("a name in the operator's zones kept targets %v, %v", own.CNAMETarget, own.ACMEChallengeCNAMETarget)
+	}
+	// an upload-only domain gets its traffic target too, no status
+	up := &domainstore.Domain{Domain: "shop.customer.test", CertificateID: "cert_x"}
+	a.Decorate(up)
+	if up.CNAMETarget == nil || up.ACMEChallengeCNAMETarget != nil || up.Status != nil {
+		t.Errorf("upload: %+v", up)
 	}
 }

@@ -401,7 +401,10 @@ func (s *Store) SetManagedState(ctx context.Context, id string, policy Policy, s
 			d.CertificateID = c.ID
 			recorded = &c
 		}
-		if d.CertificateID == cur.CertificateID && sameStatus(d.Status, cur.Status) {
+		if chainInfo != nil {
+			d.ManagedSerial = chainInfo.SerialNumber
+		}
+		if d.CertificateID == cur.CertificateID && d.ManagedSerial == cur.ManagedSerial && sameStatus(d.Status, cur.Status) {
 			return nil // an unchanged status is not rewritten (nor is updated_at bumped)
 		}
 		d.UpdatedAt = now()

@@ -103,6 +103,13 @@ type Domain struct {
 	// to, for wildcard domains outside the operator's zones; else nil.
 	ACMEChallengeCNAMETarget *string `json:"acme_challenge_cname_target"`
 
+	// ManagedSerial is the serial number (lowercase hex) of the last
+	// certificate that ACME issued for this record. A certificate stored
+	// for the name with another serial was obtained for an earlier
+	// registration of the name, and is not served before this one's
+	// DNS records are checked. Not part of the API object.
+	ManagedSerial string `json:"managed_serial,omitempty"`
+
 	// Damage is set, in lists, for a record that exists but cannot be
 	// read; only ID (and Domain, when known) is set then. It is never
 	// stored.

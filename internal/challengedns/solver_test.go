@@ -17,8 +17,8 @@ import (
 
 const zone = "acme.example.net"
 
-// testTarget maps identifiers to one label under zone, as the real Target
-// (dnscheck.ChallengeTarget) does.
+// testTarget maps identifiers to one label under zone, as the stored
+// acme_challenge_cname_target of the identifier's domain does.
 func testTarget(identifier string) (string, error) {
 	if identifier == "fail.example" {
 		return "", errors.New("unknown domain")

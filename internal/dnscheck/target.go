@@ -1,7 +1,7 @@
 package dnscheck
 
 import (
-	"crypto/sha256"
+	"crypto/rand"
 	"encoding/base32"
 	"strings"
 )
@@ -10,30 +10,16 @@ import (
 // digits 2–7, so every label it makes is a valid DNS label.
 var labelEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
-// Target returns the name under zone that the customer domain name must
-// CNAME to (the cname_target): a 16-character label unique to name,
-// followed by zone. The label is the lowercase base32 of the first 10
-// bytes of SHA-256("domaincerts-cname\x00" + name).
-//
-// Both name and zone are normalized first (lowercased, trailing dot
-// removed), so "App.Customer.com." and "app.customer.com" share a target.
-// The result has no trailing dot. It is stable across releases: changing
-// it would break every customer's DNS.
-func Target(zone, name string) string {
-	return label("domaincerts-cname\x00", name) + "." + normalize(zone)
-}
-
-// ChallengeTarget returns the name under zone that
-// "_acme-challenge.<base>" must CNAME to (the acme_challenge_cname_target)
-// for a wildcard customer domain "*.<base>". It is built like Target, from
-// "domaincerts-acme\x00" + base, so it never equals a Target.
-func ChallengeTarget(zone, base string) string {
-	return label("domaincerts-acme\x00", base) + "." + normalize(zone)
-}
-
-func label(prefix, name string) string {
-	sum := sha256.Sum256([]byte(prefix + normalize(name)))
-	return labelEncoding.EncodeToString(sum[:10])
+// RandomTarget returns a new name under zone for a customer's record to
+// point to (a cname_target or an acme_challenge_cname_target): a label of
+// 16 base32 characters, 80 random bits, followed by zone (normalized:
+// lowercase, no trailing dot). Nothing about a domain can be derived from
+// it, and a name registered again gets a new one, so a CNAME that a former
+// customer left in place does not validate for the next one.
+func RandomTarget(zone string) string {
+	var b [10]byte
+	rand.Read(b[:]) // never fails (crypto/rand)
+	return labelEncoding.EncodeToString(b[:]) + "." + normalize(zone)
 }
 
 // normalize lowercases name and removes one trailing dot.
