@@ -8,6 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/domaincerts/caddy-domaincerts/certsource"
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
@@ -57,13 +58,13 @@ func (a *adminAPI) Routes() []caddy.AdminRoute {
 // the contract's shape, so the handler returns nil except when writing
 // fails.
 func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
-	store, err := runningStore()
+	app, err := runningApp()
 	if err != nil {
 		writeError(w, err)
 		return nil
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxRequestBodyBytes)
-	h := &handler{store: store, log: a.log}
+	h := &handler{store: app.inst.store, acme: app.acme, log: a.log}
 	err = h.route(w, r)
 	if err != nil {
 		switch code := dcerr.CodeOf(err); code {
@@ -80,8 +81,8 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// runningStore finds the store of the running config's domaincerts app.
-func runningStore() (*domainstore.Store, error) {
+// runningApp finds the running config's domaincerts app.
+func runningApp() (*App, error) {
 	appIface, err := caddy.ActiveContext().AppIfConfigured("domaincerts")
 	if err != nil {
 		if errors.Is(err, caddy.ErrNotConfigured) {
@@ -94,11 +95,12 @@ func runningStore() (*domainstore.Store, error) {
 	if !ok || app.inst == nil {
 		return nil, errors.New("domaincerts app is not provisioned")
 	}
-	return app.inst.store, nil
+	return app, nil
 }
 
 type handler struct {
 	store *domainstore.Store
+	acme  *certsource.ACME // nil until the app has started
 	log   *zap.Logger
 }
 
@@ -157,6 +159,11 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) error {
 				return methodNotAllowed(w, "DELETE")
 			}
 			return h.noContent(w, h.store.DetachPolicy(r.Context(), id))
+		case "provision":
+			if r.Method != http.MethodPost {
+				return methodNotAllowed(w, "POST")
+			}
+			return h.provisionDomain(w, r, id)
 		}
 	}
 	return dcerr.New(dcerr.NotFound, "no such resource: %s", r.URL.Path)

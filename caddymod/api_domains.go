@@ -1,6 +1,9 @@
 package caddymod
 
 import (
+	"bytes"
+	"errors"
+	"io"
 	"net/http"
 	"time"
 
@@ -163,4 +166,34 @@ func (h *handler) updateDomain(w http.ResponseWriter, r *http.Request, id string
 
 func (h *handler) deleteDomain(w http.ResponseWriter, r *http.Request, id string) error {
 	return h.noContent(w, h.store.DeleteDomain(r.Context(), id))
+}
+
+// provisionDomain runs the domain's provisioning job now (or as soon as
+// the per-domain rate limit allows) and answers 202 with the domain, whose
+// status shows when the attempt starts. A body, if any, must be an empty
+// JSON object.
+func (h *handler) provisionDomain(w http.ResponseWriter, r *http.Request, id string) error {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return dcerr.New(dcerr.BadRequest, "reading the request body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) > 0 {
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		var req struct{}
+		if err := decodeBody(r, &req); err != nil {
+			return err
+		}
+	}
+	if h.acme == nil {
+		return errors.New("certificate management has not started")
+	}
+	if _, err := h.acme.Provision(r.Context(), id); err != nil {
+		return err
+	}
+	d, err := h.store.GetDomain(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusAccepted, viewDomain(d))
+	return nil
 }

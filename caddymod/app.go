@@ -106,6 +106,14 @@ type App struct {
 	// The longest wait between attempts. Default: 1h.
 	RetryMaxInterval caddy.Duration `json:"retry_max_interval,omitempty"`
 
+	// How long a domain's first certificate may keep failing to be issued
+	// before its job stops retrying: the status keeps the error, with
+	// retries_at null, until POST /domaincerts/domains/{id}/provision or a
+	// policy change asks again. A domain whose certificate is still valid
+	// (a renewal, a policy change) keeps retrying until it expires.
+	// Default: 168h (7 days).
+	ProvisioningTimeout caddy.Duration `json:"provisioning_timeout,omitempty"`
+
 	// How often managed certificates are checked for renewal. It takes
 	// effect when the process first loads the app. Default: 10m.
 	RenewCheckInterval caddy.Duration `json:"renew_check_interval,omitempty"`
@@ -234,6 +242,9 @@ func (a *App) Validate() error {
 	}
 	if a.SyncInterval < 0 || (a.SyncInterval > 0 && time.Duration(a.SyncInterval) < 50*time.Millisecond) {
 		return fmt.Errorf("sync_interval must be at least 50ms, got %s", time.Duration(a.SyncInterval))
+	}
+	if a.ProvisioningTimeout < 0 {
+		return fmt.Errorf("provisioning_timeout must not be negative, got %s", time.Duration(a.ProvisioningTimeout))
 	}
 	if a.StorageTimeout < 0 {
 		return fmt.Errorf("storage_timeout must not be negative, got %s", time.Duration(a.StorageTimeout))

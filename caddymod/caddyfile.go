@@ -34,6 +34,7 @@ import (
 //		resolvers <host:port...>
 //		retry_min_interval <duration>
 //		retry_max_interval <duration>
+//		provisioning_timeout <duration>
 //		renew_check_interval <duration>
 //		renewal_window_ratio <ratio>
 //		sync_interval <duration>
@@ -104,6 +105,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				dst = &a.RetryMaxInterval
 			}
 			err = parseDuration(d, dst)
+		case "provisioning_timeout":
+			err = parseDuration(d, &a.ProvisioningTimeout)
 		case "renew_check_interval":
 			err = parseDuration(d, &a.RenewCheckInterval)
 		case "sync_interval":

@@ -78,14 +78,15 @@ func (a *App) txtStore() *challengedns.TXTStore {
 // acmeOptions assembles the options of the ACME manager.
 func (a *App) acmeOptions(authorities map[string]certsource.Authority) certsource.ACMEOptions {
 	opts := certsource.ACMEOptions{
-		Authorities:        authorities,
-		Zones:              a.Zones,
-		Checker:            &dnscheck.Checker{Resolvers: a.Resolvers},
-		RetryMin:           time.Duration(a.RetryMinInterval),
-		RetryMax:           time.Duration(a.RetryMaxInterval),
-		RenewalWindowRatio: a.RenewalWindowRatio,
-		Storage:            certsource.ChallengeMirror(a.inst.store.Storage(), policyIssuerKeys(a.ctx)),
-		Logger:             a.log.Named("acme"),
+		Authorities:         authorities,
+		Zones:               a.Zones,
+		Checker:             &dnscheck.Checker{Resolvers: a.Resolvers},
+		RetryMin:            time.Duration(a.RetryMinInterval),
+		RetryMax:            time.Duration(a.RetryMaxInterval),
+		ProvisioningTimeout: time.Duration(a.ProvisioningTimeout),
+		RenewalWindowRatio:  a.RenewalWindowRatio,
+		Storage:             certsource.ChallengeMirror(a.inst.store.Storage(), policyIssuerKeys(a.ctx)),
+		Logger:              a.log.Named("acme"),
 	}
 	switch {
 	case a.CNAMETarget != "":

@@ -81,6 +81,12 @@ type ACMEOptions struct {
 	// Checker verifies CNAMEs. Nil skips the checks.
 	Checker CNAMEChecker
 
+	// ProvisioningTimeout is how long a first issuance may keep failing
+	// before its job stops retrying (until an attempt is requested through
+	// Provision). A domain whose certificate is still valid keeps
+	// retrying. Default: DefaultProvisioningTimeout.
+	ProvisioningTimeout time.Duration
+
 	// RetryMin and RetryMax bound the backoff between attempts of a
 	// provisioning job. Defaults: 30s and 1h.
 	RetryMin, RetryMax time.Duration
@@ -159,11 +165,6 @@ type configKey struct {
 	dns01              bool
 }
 
-type job struct {
-	cancel context.CancelFunc
-	policy domainstore.Policy
-}
-
 // NewACME returns an ACME manager; Start begins managing.
 func NewACME(store *domainstore.Store, source *Source, cache *certmagic.Cache, opts ACMEOptions) *ACME {
 	if opts.RetryMin <= 0 {
@@ -171,6 +172,9 @@ func NewACME(store *domainstore.Store, source *Source, cache *certmagic.Cache, o
 	}
 	if opts.RetryMax < opts.RetryMin {
 		opts.RetryMax = max(time.Hour, opts.RetryMin)
+	}
+	if opts.ProvisioningTimeout <= 0 {
+		opts.ProvisioningTimeout = DefaultProvisioningTimeout
 	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
@@ -370,22 +374,10 @@ func (a *ACME) refresh(name string, policy domainstore.Policy) {
 func (a *ACME) startJob(d *domainstore.Domain) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.stopped {
+	if j, ok := a.jobs[d.ID]; ok && j.policy == *d.Policy {
 		return
 	}
-	if j, ok := a.jobs[d.ID]; ok {
-		if j.policy == *d.Policy {
-			return
-		}
-		j.cancel()
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	a.jobs[d.ID] = &job{cancel: cancel, policy: *d.Policy}
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		a.run(ctx, d.ID, d.Domain, *d.Policy)
-	}()
+	a.launchLocked(d, false)
 }
 
 // stopJob stops managing the domain id and reports whether it was managed.
@@ -410,27 +402,67 @@ type jobError struct {
 func (e *jobError) Error() string { return e.err.Error() }
 
 // run is a domain's provisioning job: it retries with backoff until the
-// domain has a certificate under management, or the job is cancelled.
-func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Policy) {
+// domain has a certificate under management, or the job is cancelled. An
+// attempt requested through Provision (j.wake) starts at once, or as soon
+// as the rate limit allows. A first issuance that keeps failing for
+// ProvisioningTimeout stops until such a request; so does a policy this
+// configuration cannot satisfy.
+func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainstore.Policy, requested bool) {
 	log := a.log.With(zap.String("domain_id", id), zap.String("domain", name))
 	started := time.Now().UTC().Truncate(time.Second)
+	stopped := false
+	if d, err := a.store.GetDomain(ctx, id); err == nil && d.Status != nil && d.Status.ProvisioningJob != nil {
+		if pj := d.Status.ProvisioningJob; pj.ErrorCode != nil {
+			// a series of failures goes on across restarts and reloads
+			started = pj.StartedAt
+			stopped = pj.RetriesAt == nil && time.Since(started) >= a.opts.ProvisioningTimeout
+		}
+	}
 	delay := a.opts.RetryMin
 	lastFailure := ""
 	for attempt := 0; ; attempt++ {
-		// instances on one storage keep one schedule: the last attempt,
-		// whoever made it, set retries_at
-		if wait := a.sharedRetryWait(ctx, id); wait > 0 {
+		switch {
+		case stopped && !requested:
+			// wait for a request through the API
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(wait):
+			case <-j.wake:
+				requested = true
 			}
+		case !requested:
+			// instances on one storage keep one schedule: the last attempt,
+			// whoever made it, set retries_at
+			if wait := a.sharedRetryWait(ctx, id); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				case <-j.wake:
+					requested = true
+				}
+			}
+		}
+		if requested {
+			if stopped {
+				// a new series: the timeout counts from here
+				started, delay, stopped = time.Now().UTC().Truncate(time.Second), a.opts.RetryMin, false
+			}
+			if wait := time.Until(j.nextRequested()); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
+			requested = false
 		}
 		select {
 		case a.attempts <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
+		j.attempted(time.Now())
 		err := a.provision(ctx, id, name, policy, started)
 		<-a.attempts
 		if err == nil || ctx.Err() != nil || errors.Is(err, errDomainGone) {
@@ -458,7 +490,19 @@ func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Poli
 			}})
 			log.Warn("provisioning certificate failed; not retrying until the configuration changes",
 				zap.String("error_code", code), zap.Error(je.err))
-			return
+			stopped = true
+			continue
+		}
+		if time.Since(started) >= a.opts.ProvisioningTimeout && !a.inUse(ctx, id) {
+			a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
+				ErrorCode: &code, StartedAt: started,
+				Msg: fmt.Sprintf("%s; no more attempts after %s of failures: fix the cause, then POST /domaincerts/domains/%s/provision (or PATCH its certificate_management_policy) to try again",
+					je.err.Error(), a.opts.ProvisioningTimeout, id),
+			}})
+			log.Warn("provisioning certificate failed for longer than provisioning_timeout; stopped retrying",
+				zap.String("error_code", code), zap.Time("started_at", started), zap.Error(je.err))
+			stopped = true
+			continue
 		}
 		retry := ceilSecond(time.Now().Add(delay))
 		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
@@ -482,6 +526,8 @@ func (a *ACME) run(ctx context.Context, id, name string, policy domainstore.Poli
 		case <-ctx.Done():
 			return
 		case <-time.After(time.Until(retry)):
+		case <-j.wake:
+			requested = true
 		}
 		delay = min(delay*2, a.opts.RetryMax)
 	}

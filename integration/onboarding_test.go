@@ -4,6 +4,9 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
 // TestRandomTargets: cname_target and acme_challenge_cname_target are
@@ -54,4 +57,95 @@ func TestRandomTargets(t *testing.T) {
 	}
 	status, resp := m.api(t, "GET", "/domaincerts/domains/"+idA, nil)
 	assertAPIError(t, status, resp, http.StatusNotFound, "NOT_FOUND")
+}
+
+// TestProvisionNow: a customer domain waiting on its CNAME, with retries an
+// hour apart, is issued within seconds of the CNAME being added when
+// provision is called. A domain without a policy is NOT_MANAGED; requests
+// closer than the rate limit to the previous attempt start that much later.
+func TestProvisionNow(t *testing.T) {
+	m := startManaged(t, func(app map[string]any) {
+		app["retry_min_interval"], app["retry_max_interval"] = "1h", "1h"
+	})
+	const name = "now.provision.test"
+	id, obj := m.createManaged(t, name, nil)
+	target := obj["cname_target"].(string)
+	d := m.waitJobError(t, id, "DNS_ERROR", "create a DNS record")
+	if r := checkTimestamp(t, "retries_at", jobOf(d)["retries_at"]); time.Until(r) < 50*time.Minute {
+		t.Fatalf("retries_at %s, want about an hour away", r)
+	}
+
+	// rate limit: the first attempt started moments ago
+	before := time.Now()
+	d = m.mustAPI(t, http.StatusAccepted, "POST", "/domaincerts/domains/"+id+"/provision", nil)
+	if d["id"] != id {
+		t.Fatalf("provision answered %v, want the domain", d)
+	}
+	r := checkTimestamp(t, "retries_at", jobOf(d)["retries_at"])
+	if r.Before(before.Add(2*time.Second)) || r.After(before.Add(11*time.Second)) {
+		t.Errorf("retries_at %s after a request right after an attempt; want up to 10 s after that attempt", r.Format(time.RFC3339))
+	}
+	// that attempt still finds no CNAME
+	d = m.waitDomain(t, id, "failed again", 20*time.Second, func(d map[string]any) bool {
+		rt, _ := jobOf(d)["retries_at"].(string)
+		return jobCode(d) == "DNS_ERROR" && rt != "" && rt > time.Now().Add(50*time.Minute).UTC().Format(time.RFC3339)
+	})
+
+	// the customer fixes DNS and asks again: issued in seconds
+	m.setCNAME(t, name, target)
+	start := time.Now()
+	m.mustAPI(t, http.StatusAccepted, "POST", "/domaincerts/domains/"+id+"/provision", map[string]any{})
+	d = m.waitDomain(t, id, "issued after provision", 30*time.Second, isIssued)
+	t.Logf("issued %s after the provision call", time.Since(start).Round(time.Millisecond))
+	cert := m.checkManagedCert(t, checkIssuedDomain(t, d, "pebble", "ecdsa"), name, "ecdsa")
+	m.expectServesManaged(t, name, cert)
+
+	// no policy: NOT_MANAGED
+	ca := testpki.NewChain(t, "Provision")
+	l := ca.Leaf(t, "upload.provision.test")
+	upID, _ := m.createDomain(t, "upload.provision.test", m.uploadLeaf(t, l))
+	status, resp := m.api(t, "POST", "/domaincerts/domains/"+upID+"/provision", nil)
+	assertAPIError(t, status, resp, http.StatusBadRequest, "NOT_MANAGED")
+	status, resp = m.api(t, "POST", "/domaincerts/domains/rd_doesnotexist0000000000/provision", nil)
+	assertAPIError(t, status, resp, http.StatusNotFound, "NOT_FOUND")
+	status, resp = m.api(t, "GET", "/domaincerts/domains/"+id+"/provision", nil)
+	assertAPIError(t, status, resp, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED")
+	status, resp = m.api(t, "POST", "/domaincerts/domains/"+id+"/provision", map[string]any{"now": true})
+	assertAPIError(t, status, resp, http.StatusBadRequest, "BAD_REQUEST")
+}
+
+// TestProvisioningTimeout: a first issuance that keeps failing for
+// provisioning_timeout stops retrying (retries_at null, the error kept, msg
+// saying how to try again) and makes no more attempts; provision starts it
+// again and it is issued.
+func TestProvisioningTimeout(t *testing.T) {
+	m := startManaged(t, func(app map[string]any) {
+		app["retry_min_interval"], app["retry_max_interval"] = "1s", "1s"
+		app["provisioning_timeout"] = "3s"
+	})
+	const name = "timeout.provision.test"
+	id, obj := m.createManaged(t, name, nil)
+	d := m.waitDomain(t, id, "stopped", 30*time.Second, func(d map[string]any) bool {
+		job := jobOf(d)
+		return jobCode(d) == "DNS_ERROR" && job["retries_at"] == nil
+	})
+	msg, _ := jobOf(d)["msg"].(string)
+	for _, want := range []string{"create a DNS record", "POST /domaincerts/domains/" + id + "/provision"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("msg %q, want it to say %q", msg, want)
+		}
+	}
+	mark := m.p.logMark()
+	time.Sleep(3 * time.Second)
+	if after := m.getDomain(t, id); after["updated_at"] != d["updated_at"] {
+		t.Errorf("the stopped job still writes: updated_at %v then %v", d["updated_at"], after["updated_at"])
+	}
+	if strings.Contains(m.p.LogSince(mark), name) {
+		t.Errorf("the stopped job still looks up %s:\n%s", name, m.p.LogSince(mark))
+	}
+
+	m.setCNAME(t, name, obj["cname_target"].(string))
+	m.mustAPI(t, http.StatusAccepted, "POST", "/domaincerts/domains/"+id+"/provision", nil)
+	d = m.waitDomain(t, id, "issued after provision", 30*time.Second, isIssued)
+	m.checkManagedCert(t, checkIssuedDomain(t, d, "pebble", "ecdsa"), name, "ecdsa")
 }

@@ -40,6 +40,7 @@ const (
 	CertAndPolicy       Code = "CERT_AND_POLICY"
 	PolicyInvalid       Code = "POLICY_INVALID"
 	PolicyUnsatisfiable Code = "POLICY_UNSATISFIABLE"
+	NotManaged          Code = "NOT_MANAGED"
 	CertNotFound        Code = "CERT_NOT_FOUND"
 	CertDomainMismatch  Code = "CERT_DOMAIN_MISMATCH"
 	DetachManaged       Code = "DETACH_MANAGED"
