@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -69,6 +70,13 @@ type App struct {
 	// CNAME (their cname_target is null); all others must CNAME to their
 	// cname_target before a certificate is ordered.
 	Zones []string `json:"zones,omitempty"`
+
+	// The edge's public IP addresses. A domain outside zones whose CNAME
+	// to its cname_target is not in place also passes the DNS check when
+	// it has A/AAAA records and all of them are among these: a zone apex
+	// (example.com) cannot be a CNAME. Default: none (only the CNAME
+	// passes).
+	EdgeAddresses []string `json:"edge_addresses,omitempty"`
 
 	// The host that customer domains must CNAME to, the same for all.
 	// Default: none (see cname_zone).
@@ -251,6 +259,11 @@ func (a *App) Validate() error {
 	}
 	if a.DNSServer != nil && a.ChallengeZone == "" {
 		return errors.New("dns_server needs challenge_zone, the zone it answers for")
+	}
+	for _, ip := range a.EdgeAddresses {
+		if _, err := netip.ParseAddr(ip); err != nil {
+			return fmt.Errorf("edge_addresses: %q is not an IP address", ip)
+		}
 	}
 	for _, z := range a.Zones {
 		if strings.HasPrefix(z, "*") {

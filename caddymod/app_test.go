@@ -32,6 +32,9 @@ func TestValidate(t *testing.T) {
 		{"sync_interval too short", App{DefaultAuthority: "letsencrypt", SyncInterval: caddy.Duration(10 * time.Millisecond)}, "sync_interval must be at least 50ms"},
 		{"negative sync_interval", App{DefaultAuthority: "letsencrypt", SyncInterval: -1}, "sync_interval must be at least 50ms"},
 		{"negative storage_timeout", App{DefaultAuthority: "letsencrypt", StorageTimeout: -1}, "storage_timeout must not be negative"},
+		{"edge addresses", App{DefaultAuthority: "letsencrypt", EdgeAddresses: []string{"203.0.113.10", "2001:db8::10"}}, ""},
+		{"edge address not an IP", App{DefaultAuthority: "letsencrypt", EdgeAddresses: []string{"edge.example.net"}}, `edge_addresses: "edge.example.net" is not an IP address`},
+		{"negative provisioning_timeout", App{DefaultAuthority: "letsencrypt", ProvisioningTimeout: -1}, "provisioning_timeout must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

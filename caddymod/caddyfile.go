@@ -24,6 +24,7 @@ import (
 //			<module options>
 //		}
 //		zones <zone...>
+//		edge_addresses <ip...>
 //		cname_target <host>
 //		cname_zone <zone>
 //		challenge_zone <zone>
@@ -43,7 +44,7 @@ import (
 //
 // Options have the names of the JSON fields (issuer, repeated, fills
 // issuers). issuer and zones/resolvers may repeat; every other option may
-// appear once. Older spellings are accepted: fallback_certificate for
+// appear once (edge_addresses may repeat too). Older spellings are accepted: fallback_certificate for
 // fallback_certificate_id, and retry_interval <min> [<max>] for the two
 // retry options.
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -58,7 +59,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			opt = alias
 		}
 		switch opt {
-		case "issuer", "zones", "resolvers":
+		case "issuer", "zones", "resolvers", "edge_addresses":
 		default:
 			if seen[opt] {
 				return d.Errf("duplicate domaincerts option '%s'", d.Val())
@@ -79,6 +80,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = a.parseIssuer(d)
 		case "zones":
 			a.Zones, err = appendArgs(d, a.Zones)
+		case "edge_addresses":
+			a.EdgeAddresses, err = appendArgs(d, a.EdgeAddresses)
 		case "cname_target":
 			err = oneArg(d, &a.CNAMETarget)
 		case "cname_zone":

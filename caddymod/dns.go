@@ -3,6 +3,7 @@ package caddymod
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -84,6 +85,7 @@ func (a *App) acmeOptions(authorities map[string]certsource.Authority) certsourc
 		RetryMin:            time.Duration(a.RetryMinInterval),
 		RetryMax:            time.Duration(a.RetryMaxInterval),
 		ProvisioningTimeout: time.Duration(a.ProvisioningTimeout),
+		EdgeAddresses:       a.edgeAddresses(),
 		RenewalWindowRatio:  a.RenewalWindowRatio,
 		Storage:             certsource.ChallengeMirror(a.inst.store.Storage(), policyIssuerKeys(a.ctx)),
 		Logger:              a.log.Named("acme"),
@@ -192,3 +194,14 @@ var (
 	_ acmez.Solver = (*zoneRouter)(nil)
 	_ acmez.Waiter = (*zoneRouter)(nil)
 )
+
+// edgeAddresses parses edge_addresses (Validate has checked them).
+func (a *App) edgeAddresses() []netip.Addr {
+	var out []netip.Addr
+	for _, s := range a.EdgeAddresses {
+		if ip, err := netip.ParseAddr(s); err == nil {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out
+}

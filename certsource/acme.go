@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -47,6 +48,9 @@ type Authority struct {
 // carry a message that says which record to create.
 type CNAMEChecker interface {
 	CheckCNAME(ctx context.Context, name, target string) error
+	// CheckAddresses checks that name's A/AAAA records are all edge
+	// addresses (and that it has some).
+	CheckAddresses(ctx context.Context, name string, edges []netip.Addr) error
 }
 
 // ACMEOptions configure automated certificates.
@@ -80,6 +84,12 @@ type ACMEOptions struct {
 
 	// Checker verifies CNAMEs. Nil skips the checks.
 	Checker CNAMEChecker
+
+	// EdgeAddresses are the edge's public IP addresses: a domain outside
+	// Zones whose CNAME is not in place also passes the check when all its
+	// A/AAAA records are among them (a zone apex cannot be a CNAME). Empty:
+	// only the CNAME passes.
+	EdgeAddresses []netip.Addr
 
 	// ProvisioningTimeout is how long a first issuance may keep failing
 	// before its job stops retrying (until an attempt is requested through
@@ -727,7 +737,7 @@ func (a *ACME) checkDNS(ctx context.Context, id string) error {
 		return err
 	}
 	if d.CNAMETarget != nil {
-		if err := a.opts.Checker.CheckCNAME(ctx, d.Domain, *d.CNAMETarget); err != nil {
+		if err := a.checkTraffic(ctx, d.Domain, *d.CNAMETarget); err != nil {
 			return dnsCheckError(err)
 		}
 	}
@@ -738,6 +748,29 @@ func (a *ACME) checkDNS(ctx context.Context, id string) error {
 		}
 	}
 	return nil
+}
+
+// checkTraffic checks that a customer's domain points at the edge: a
+// CNAME to its target, or, with EdgeAddresses configured and for a name
+// that is not a wildcard, A/AAAA records that are all edge addresses.
+func (a *ACME) checkTraffic(ctx context.Context, name, target string) error {
+	err := a.opts.Checker.CheckCNAME(ctx, name, target)
+	var ce *dnscheck.Error
+	if err == nil || len(a.opts.EdgeAddresses) == 0 || strings.HasPrefix(name, "*.") || (errors.As(err, &ce) && ce.Temporary) {
+		return err
+	}
+	aerr := a.opts.Checker.CheckAddresses(ctx, name, a.opts.EdgeAddresses)
+	var ae *dnscheck.Error
+	switch {
+	case aerr == nil:
+		return nil
+	case errors.As(aerr, &ae) && ae.Temporary:
+		return aerr
+	case ce != nil && ae != nil:
+		return &dnscheck.Error{Name: ce.Name, Want: ce.Want, Found: ae.Found,
+			Msg: ce.Msg + "; or, for a name that cannot be a CNAME (a zone apex), " + ae.Msg}
+	}
+	return err
 }
 
 // dnsCheckError maps a failed CNAME check to a status: DNS_ERROR only when

@@ -3,6 +3,7 @@ package certsource
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
@@ -14,6 +15,8 @@ import (
 type anyCNAME struct{}
 
 func (anyCNAME) CheckCNAME(context.Context, string, string) error { return nil }
+
+func (anyCNAME) CheckAddresses(context.Context, string, []netip.Addr) error { return nil }
 
 func TestClassify(t *testing.T) {
 	checked := &ACME{opts: ACMEOptions{

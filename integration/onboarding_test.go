@@ -149,3 +149,30 @@ func TestProvisioningTimeout(t *testing.T) {
 	d = m.waitDomain(t, id, "issued after provision", 30*time.Second, isIssued)
 	m.checkManagedCert(t, checkIssuedDomain(t, d, "pebble", "ecdsa"), name, "ecdsa")
 }
+
+// TestApexByEdgeAddresses: with edge_addresses configured, a customer's
+// apex name (no CNAME possible) passes the DNS check when its A records
+// are all edge addresses, and is issued; one record elsewhere keeps it at
+// DNS_ERROR, naming that address.
+func TestApexByEdgeAddresses(t *testing.T) {
+	m := startManaged(t, func(app map[string]any) {
+		app["edge_addresses"] = []any{"127.0.0.1"}
+		app["retry_min_interval"], app["retry_max_interval"] = "1s", "2s"
+	})
+	const good, bad = "apex-good.test", "apex-bad.test"
+	m.p.DNS.SetA(good, "127.0.0.1")
+	m.p.DNS.SetA(bad, "127.0.0.1", "127.0.0.3")
+	t.Cleanup(func() { m.p.DNS.Delete(good); m.p.DNS.Delete(bad) })
+
+	goodID, _ := m.createManaged(t, good, nil)
+	badID, badObj := m.createManaged(t, bad, nil)
+	d := m.waitIssued(t, goodID)
+	cert := m.checkManagedCert(t, checkIssuedDomain(t, d, "pebble", "ecdsa"), good, "ecdsa")
+	m.expectServesManaged(t, good, cert)
+
+	want := "create a DNS record: " + bad + " CNAME " + badObj["cname_target"].(string) +
+		" (found no CNAME record); or, for a name that cannot be a CNAME (a zone apex), point " + bad +
+		" at the edge: give it A/AAAA records with edge addresses only (127.0.0.1) (found A 127.0.0.3, which is not an edge address)"
+	m.waitJobError(t, badID, "DNS_ERROR", want)
+	expectFails(t, m.caddyProc, bad)
+}

@@ -92,7 +92,7 @@ func (c *Checker) CheckCNAME(ctx context.Context, name, target string) error {
 		if err := ctx.Err(); err != nil {
 			return e.lookupFailed(err.Error(), err)
 		}
-		resp, err := c.query(ctx, addr, qname)
+		resp, err := c.query(ctx, addr, qname, dns.TypeCNAME)
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
 				return e.lookupFailed(ctxErr.Error(), ctxErr)
@@ -149,15 +149,15 @@ func rcodeString(rcode int) string {
 	return "RCODE " + strconv.Itoa(rcode)
 }
 
-// query asks addr for the CNAME records of qname over UDP, and over TCP
-// when the UDP answer is truncated.
-func (c *Checker) query(ctx context.Context, addr, qname string) (*dns.Msg, error) {
+// query asks addr for the records of type qtype of qname over UDP, and
+// over TCP when the UDP answer is truncated.
+func (c *Checker) query(ctx context.Context, addr, qname string, qtype uint16) (*dns.Msg, error) {
 	timeout := c.Timeout
 	if timeout <= 0 {
 		timeout = defaultTimeout
 	}
 	req := new(dns.Msg)
-	req.SetQuestion(qname, dns.TypeCNAME)
+	req.SetQuestion(qname, qtype)
 	req.SetEdns0(ednsSize, false)
 
 	var resp *dns.Msg
@@ -178,7 +178,7 @@ func (c *Checker) query(ctx context.Context, addr, qname string) (*dns.Msg, erro
 		return nil, errTruncated
 	}
 	if len(resp.Question) != 1 || !strings.EqualFold(resp.Question[0].Name, qname) ||
-		resp.Question[0].Qtype != dns.TypeCNAME {
+		resp.Question[0].Qtype != qtype {
 		return nil, errMismatch
 	}
 	return resp, nil
