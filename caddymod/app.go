@@ -71,6 +71,15 @@ type App struct {
 	// cname_target before a certificate is ordered.
 	Zones []string `json:"zones,omitempty"`
 
+	// Which domains outside zones get an acme_challenge_cname_target:
+	// "wildcards" (the default; a wildcard can be issued only through
+	// DNS-01) or "all". With "all", a customer can point
+	// _acme-challenge.<domain> at its target and get the certificate
+	// through DNS-01 (challenge_zone, served by dns_server or written by
+	// dns_provider) before moving any traffic to the edge; the traffic
+	// CNAME (or edge_addresses) still works on its own.
+	DelegateDNS01 string `json:"delegate_dns01,omitempty"`
+
 	// The edge's public IP addresses. A domain outside zones whose CNAME
 	// to its cname_target is not in place also passes the DNS check when
 	// it has A/AAAA records and all of them are among these: a zone apex
@@ -259,6 +268,15 @@ func (a *App) Validate() error {
 	}
 	if a.DNSServer != nil && a.ChallengeZone == "" {
 		return errors.New("dns_server needs challenge_zone, the zone it answers for")
+	}
+	switch a.DelegateDNS01 {
+	case "", "wildcards":
+	case "all":
+		if a.ChallengeZone == "" {
+			return errors.New(`delegate_dns01 "all" needs challenge_zone, the zone of the _acme-challenge targets`)
+		}
+	default:
+		return fmt.Errorf(`delegate_dns01 must be "wildcards" or "all", got %q`, a.DelegateDNS01)
 	}
 	for _, ip := range a.EdgeAddresses {
 		if _, err := netip.ParseAddr(ip); err != nil {

@@ -28,6 +28,7 @@ import (
 //		cname_target <host>
 //		cname_zone <zone>
 //		challenge_zone <zone>
+//		delegate_dns01 wildcards|all
 //		dns_server [<listen>] {
 //			ns <host>
 //		}
@@ -86,6 +87,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, &a.CNAMETarget)
 		case "cname_zone":
 			err = oneArg(d, &a.CNAMEZone)
+		case "delegate_dns01":
+			err = oneArg(d, &a.DelegateDNS01)
 		case "challenge_zone":
 			err = oneArg(d, &a.ChallengeZone)
 		case "dns_server":

@@ -86,6 +86,7 @@ func (a *App) acmeOptions(authorities map[string]certsource.Authority) certsourc
 		RetryMax:            time.Duration(a.RetryMaxInterval),
 		ProvisioningTimeout: time.Duration(a.ProvisioningTimeout),
 		EdgeAddresses:       a.edgeAddresses(),
+		DelegateAll:         a.DelegateDNS01 == "all",
 		RenewalWindowRatio:  a.RenewalWindowRatio,
 		Storage:             certsource.ChallengeMirror(a.inst.store.Storage(), policyIssuerKeys(a.ctx)),
 		Logger:              a.log.Named("acme"),

@@ -91,6 +91,12 @@ type ACMEOptions struct {
 	// only the CNAME passes.
 	EdgeAddresses []netip.Addr
 
+	// DelegateAll gives every domain outside Zones (not only wildcards) an
+	// acme_challenge_cname_target: once its _acme-challenge CNAME points
+	// there, its certificate is issued through DNS-01, before any traffic
+	// moves. Needs ChallengeTarget.
+	DelegateAll bool
+
 	// ProvisioningTimeout is how long a first issuance may keep failing
 	// before its job stops retrying (until an attempt is requested through
 	// Provision). A domain whose certificate is still valid keeps
@@ -264,7 +270,8 @@ func (a *ACME) Decorate(d *domainstore.Domain) {
 			d.CNAMETarget = &t
 		}
 	}
-	if base, ok := strings.CutPrefix(d.Domain, "*."); ok && d.ACMEChallengeCNAMETarget == nil && a.opts.ChallengeTarget != nil {
+	base, wildcard := strings.CutPrefix(d.Domain, "*.")
+	if (wildcard || a.opts.DelegateAll) && d.ACMEChallengeCNAMETarget == nil && a.opts.ChallengeTarget != nil {
 		if t := a.opts.ChallengeTarget(base); t != "" {
 			d.ACMEChallengeCNAMETarget = &t
 		}
@@ -550,7 +557,7 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 	if !ok {
 		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("authority %q is not configured", policy.Authority)}
 	}
-	cfg, err := a.config(policy, strings.HasPrefix(name, "*."))
+	cfg, err := a.config(policy, a.usesDNS01(name))
 	if err != nil {
 		return err
 	}
@@ -560,17 +567,19 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 	cert, err := cfg.CacheManagedCertificate(ctx, name)
 	switch {
 	case err == nil && !cert.NeedsRenewal(cfg) && keyTypeIs(cert, policy.PrivateKeyType):
+		a.learnDNS01(ctx, id, name)
 		return a.loaded(ctx, id, policy, cfg, name, cert)
 	case err == nil && !keyTypeIs(cert, policy.PrivateKeyType):
 		// the policy asks for another key type than the stored certificate
 		// has (it changed): obtain a new one; the stored one serves until
 		// then
-		unlock, err := a.beforeOrder(ctx, auth, id, name, policy, started,
+		unlock, ocfg, err := a.beforeOrder(ctx, auth, id, name, policy, started,
 			fmt.Sprintf("obtaining a certificate with a %s key from %s (the policy changed)", policy.PrivateKeyType, policy.Authority))
 		if err != nil {
 			return err
 		}
 		defer unlock()
+		cfg = ocfg
 		if err := a.renewSync(ctx, cfg, name, true); err != nil {
 			return a.classify(fmt.Errorf("obtaining a certificate for %s from %s: %w", name, policy.Authority, err), name)
 		}
@@ -587,12 +596,13 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 	case !errors.Is(err, fs.ErrNotExist):
 		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading stored certificate: %w", err)}
 	default:
-		unlock, err := a.beforeOrder(ctx, auth, id, name, policy, started,
+		unlock, ocfg, err := a.beforeOrder(ctx, auth, id, name, policy, started,
 			fmt.Sprintf("obtaining a certificate from %s", policy.Authority))
 		if err != nil {
 			return err
 		}
 		defer unlock()
+		cfg = ocfg
 		if err := cfg.ObtainCertSync(ctx, name); err != nil {
 			return a.classify(fmt.Errorf("obtaining a certificate for %s from %s: %w", name, policy.Authority, err), name)
 		}
@@ -641,40 +651,55 @@ func (a *ACME) checkStoredOwner(ctx context.Context, auth Authority, cfg *certma
 		return err
 	}
 	defer unlock()
-	return a.precheck(ctx, auth, id, name, policy)
+	_, err = a.precheck(ctx, auth, id, name, policy)
+	return err
 }
 
 // beforeOrder takes the domain's provisioning lock, runs the pre-checks
 // and reports msg in the status; the caller then orders, and releases the
 // lock with the returned func.
-func (a *ACME) beforeOrder(ctx context.Context, auth Authority, id, name string, policy domainstore.Policy, started time.Time, msg string) (func(), error) {
+func (a *ACME) beforeOrder(ctx context.Context, auth Authority, id, name string, policy domainstore.Policy, started time.Time, msg string) (func(), *certmagic.Config, error) {
 	unlock, err := a.lockJob(ctx, id)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := a.precheck(ctx, auth, id, name, policy); err != nil {
+	dns01, err := a.precheck(ctx, auth, id, name, policy)
+	if err != nil {
 		unlock()
-		return nil, err
+		return nil, nil, err
+	}
+	cfg, err := a.config(policy, dns01)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	a.setDNS01(name, dns01)
+	if dns01 && !strings.HasPrefix(name, "*.") {
+		msg += " through its _acme-challenge record (DNS-01)"
 	}
 	a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 		Msg: msg, StartedAt: started,
 	}})
-	return unlock, nil
+	return unlock, cfg, nil
 }
 
 // precheck verifies what an order needs before it is placed: for an
-// authority that validates names, the domain's CNAMEs, and a DNS-01 path
-// for a wildcard.
-func (a *ACME) precheck(ctx context.Context, auth Authority, id, name string, policy domainstore.Policy) error {
+// authority that validates names, the domain's DNS records (and that the
+// configuration can satisfy its policy). It reports whether the order
+// goes through DNS-01: always for a wildcard, and for a domain whose
+// _acme-challenge CNAME is in place; otherwise HTTP-01 or TLS-ALPN-01.
+func (a *ACME) precheck(ctx context.Context, auth Authority, id, name string, policy domainstore.Policy) (bool, error) {
+	wildcard := strings.HasPrefix(name, "*.")
 	if !auth.ValidatesNames {
-		return nil
+		return false, nil
 	}
 	if err := a.CheckPolicy(name, policy); err != nil {
 		// a domain stored before the configuration changed: retrying
 		// cannot help; a config reload starts its job again
-		return &jobError{code: "INTERNAL_ERROR", err: err, final: true}
+		return false, &jobError{code: "INTERNAL_ERROR", err: err, final: true}
 	}
-	return a.checkDNS(ctx, id)
+	dns01, err := a.checkDNS(ctx, id)
+	return dns01 || wildcard, err
 }
 
 // keyTypeIs reports whether cert's private key is of the policy's type.
@@ -725,29 +750,47 @@ func (a *ACME) sharedRetryWait(ctx context.Context, id string) time.Duration {
 // (deleting a domain otherwise stops its job).
 var errDomainGone = errors.New("domain deleted")
 
-func (a *ACME) checkDNS(ctx context.Context, id string) error {
+func (a *ACME) checkDNS(ctx context.Context, id string) (bool, error) {
 	if a.opts.Checker == nil {
-		return nil
+		return false, nil
 	}
 	d, err := a.store.GetDomain(ctx, id)
 	if dcerr.CodeOf(err) == dcerr.NotFound {
-		return errDomainGone
+		return false, errDomainGone
 	}
 	if err != nil {
-		return err
+		return false, err
+	}
+	if d.ACMEChallengeCNAMETarget != nil {
+		// the _acme-challenge CNAME proves control of the name and lets
+		// the certificate be issued before any traffic moves
+		base := strings.TrimPrefix(d.Domain, "*.")
+		acmeErr := a.opts.Checker.CheckCNAME(ctx, "_acme-challenge."+base, *d.ACMEChallengeCNAMETarget)
+		if acmeErr == nil {
+			return true, nil
+		}
+		var ae *dnscheck.Error
+		if strings.HasPrefix(d.Domain, "*.") || d.CNAMETarget == nil || (errors.As(acmeErr, &ae) && ae.Temporary) {
+			return false, dnsCheckError(acmeErr)
+		}
+		// or the traffic record, for HTTP-01 / TLS-ALPN-01
+		trafficErr := a.checkTraffic(ctx, d.Domain, *d.CNAMETarget)
+		if trafficErr == nil {
+			return false, nil
+		}
+		var te *dnscheck.Error
+		if ae == nil || !errors.As(trafficErr, &te) || te.Temporary {
+			return false, dnsCheckError(trafficErr)
+		}
+		return false, dnsCheckError(&dnscheck.Error{Name: ae.Name, Want: ae.Want, Found: ae.Found,
+			Msg: ae.Msg + " to get the certificate before traffic moves; or, to move traffic now, " + te.Msg})
 	}
 	if d.CNAMETarget != nil {
 		if err := a.checkTraffic(ctx, d.Domain, *d.CNAMETarget); err != nil {
-			return dnsCheckError(err)
+			return false, dnsCheckError(err)
 		}
 	}
-	if d.ACMEChallengeCNAMETarget != nil {
-		base := strings.TrimPrefix(d.Domain, "*.")
-		if err := a.opts.Checker.CheckCNAME(ctx, "_acme-challenge."+base, *d.ACMEChallengeCNAMETarget); err != nil {
-			return dnsCheckError(err)
-		}
-	}
-	return nil
+	return false, nil
 }
 
 // checkTraffic checks that a customer's domain points at the edge: a
@@ -916,7 +959,7 @@ func (a *ACME) afterRenewal(id string, policy domainstore.Policy, name string) {
 // cacheStored loads the stored certificate of a managed name into the
 // cache and returns it with the config of its policy.
 func (a *ACME) cacheStored(ctx context.Context, name string, policy domainstore.Policy) (*certmagic.Config, certmagic.Certificate, error) {
-	cfg, err := a.config(policy, strings.HasPrefix(name, "*."))
+	cfg, err := a.config(policy, a.usesDNS01(name))
 	if err != nil {
 		return nil, certmagic.Certificate{}, err
 	}
@@ -935,23 +978,23 @@ func (a *ACME) configForCert(c certmagic.Certificate) (*certmagic.Config, error)
 		if !ok {
 			continue
 		}
-		wildcard := strings.HasPrefix(n, "*.")
+		dns01 := a.usesDNS01(n)
 		a.mu.Lock()
 		j, running := a.jobs[id]
 		a.mu.Unlock()
 		if running {
-			return a.config(j.policy, wildcard)
+			return a.config(j.policy, dns01)
 		}
 		if d, err := a.store.GetDomain(context.Background(), id); err == nil && d.Policy != nil {
-			return a.config(*d.Policy, wildcard)
+			return a.config(*d.Policy, dns01)
 		}
 	}
 	return nil, fmt.Errorf("no managed domain for certificate %v", c.Names)
 }
 
 // config returns the CertMagic config of a policy, building it on first use.
-func (a *ACME) config(p domainstore.Policy, wildcard bool) (*certmagic.Config, error) {
-	key := configKey{authority: p.Authority, keyType: p.PrivateKeyType, dns01: wildcard}
+func (a *ACME) config(p domainstore.Policy, dns01 bool) (*certmagic.Config, error) {
+	key := configKey{authority: p.Authority, keyType: p.PrivateKeyType, dns01: dns01}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if cfg, ok := a.configs[key]; ok {
@@ -973,7 +1016,7 @@ func (a *ACME) config(p domainstore.Policy, wildcard bool) (*certmagic.Config, e
 		Logger:             a.log.Named("certmagic"),
 	})
 	var solver acmez.Solver
-	if wildcard && auth.ValidatesNames {
+	if dns01 && auth.ValidatesNames {
 		if a.opts.DNS01 == nil {
 			return nil, &jobError{code: "INTERNAL_ERROR",
 				err: errors.New("wildcard domains need DNS-01: configure a challenge zone (built-in DNS) or a dns provider")}
@@ -989,13 +1032,17 @@ func (a *ACME) config(p domainstore.Policy, wildcard bool) (*certmagic.Config, e
 	return cfg, nil
 }
 
-// txtTarget maps an ACME DNS-01 identifier (a wildcard's base name) to the
+// txtTarget maps an ACME DNS-01 identifier (a name, or a wildcard's base) to the
 // name where its TXT record goes: the acme_challenge_cname_target of a
 // domain outside the operator's zones, else "_acme-challenge.<base>".
 func (a *ACME) txtTarget(identifier string) (string, error) {
 	base := strings.TrimPrefix(strings.ToLower(identifier), "*.")
-	if d, ok := a.store.DomainByName(context.Background(), "*."+base); ok && d.ACMEChallengeCNAMETarget != nil {
-		return *d.ACMEChallengeCNAMETarget, nil
+	// a name and its wildcard share _acme-challenge.<base>, and so one
+	// target (the store gives the second the first one's)
+	for _, name := range []string{"*." + base, base} {
+		if d, ok := a.store.DomainByName(context.Background(), name); ok && d.ACMEChallengeCNAMETarget != nil {
+			return *d.ACMEChallengeCNAMETarget, nil
+		}
 	}
 	return "_acme-challenge." + base, nil
 }

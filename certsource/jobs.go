@@ -3,12 +3,14 @@ package certsource
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
+	"github.com/domaincerts/caddy-domaincerts/internal/dnscheck"
 )
 
 // DefaultProvisioningTimeout is how long a first issuance may keep failing
@@ -142,4 +144,51 @@ func (a *ACME) inUse(ctx context.Context, id string) bool {
 	}
 	c, err := a.store.GetCertificate(ctx, d.CertificateID)
 	return err == nil && time.Now().Before(c.NotAfter)
+}
+
+// dns01Names remembers, per name that is not a wildcard, whether its
+// certificate is obtained through DNS-01 (its _acme-challenge CNAME was in
+// place when the job ordered), so that CertMagic's renewals use the same
+// challenge. Process-wide, like the certificate cache.
+var dns01Names sync.Map // name -> bool
+
+// usesDNS01 reports whether name's orders go through DNS-01.
+func (a *ACME) usesDNS01(name string) bool {
+	if strings.HasPrefix(name, "*.") {
+		return true
+	}
+	v, ok := dns01Names.Load(name)
+	return ok && v.(bool)
+}
+
+// setDNS01 records how name's certificate is obtained.
+func (a *ACME) setDNS01(name string, dns01 bool) {
+	if !strings.HasPrefix(name, "*.") {
+		dns01Names.Store(name, dns01)
+	}
+}
+
+// learnDNS01 finds out, for a domain whose stored certificate was loaded
+// without an order (a restart), whether its renewals go through DNS-01:
+// when it has an acme_challenge_cname_target and that CNAME is in place.
+func (a *ACME) learnDNS01(ctx context.Context, id, name string) {
+	if strings.HasPrefix(name, "*.") || a.opts.Checker == nil {
+		return
+	}
+	if _, known := dns01Names.Load(name); known {
+		return
+	}
+	d, err := a.store.GetDomain(ctx, id)
+	if err != nil {
+		return
+	}
+	if d.ACMEChallengeCNAMETarget == nil {
+		a.setDNS01(name, false)
+		return
+	}
+	err = a.opts.Checker.CheckCNAME(ctx, "_acme-challenge."+name, *d.ACMEChallengeCNAMETarget)
+	var de *dnscheck.Error
+	if err == nil || (errors.As(err, &de) && !de.Temporary) {
+		a.setDNS01(name, err == nil)
+	}
 }

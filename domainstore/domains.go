@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -93,6 +94,7 @@ func (s *Store) CreateDomain(ctx context.Context, in DomainInput) (*Domain, erro
 		if decorate := s.options().Decorate; decorate != nil {
 			decorate(d)
 		}
+		shareChallengeTarget(tx, d)
 		tx.putDomain(d, nil)
 		out = d
 		return nil
@@ -288,6 +290,9 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 				d.Status = nil
 				if decorate := s.options().Decorate; decorate != nil {
 					decorate(d)
+				}
+				if cur.ACMEChallengeCNAMETarget == nil {
+					shareChallengeTarget(tx, d)
 				}
 			}
 		}
@@ -552,6 +557,28 @@ func (s *Store) normalizePolicy(p *Policy) (*Policy, error) {
 			WithDetail("private_key_type", out.PrivateKeyType)
 	}
 	return &out, nil
+}
+
+// shareChallengeTarget gives d, whose acme_challenge_cname_target is new,
+// the one of the domain with the same base (app.example.com and
+// *.app.example.com), if that has one: both are validated through
+// _acme-challenge.app.example.com, which can CNAME to one target only.
+func shareChallengeTarget(tx *txn, d *Domain) {
+	if d.ACMEChallengeCNAMETarget == nil {
+		return
+	}
+	other := "*." + d.Domain
+	if base, ok := strings.CutPrefix(d.Domain, "*."); ok {
+		other = base
+	}
+	id, ok := tx.nameOwner(other)
+	if !ok || id == d.ID {
+		return
+	}
+	if sib, err := tx.domain(id); err == nil && sib.ACMEChallengeCNAMETarget != nil {
+		t := *sib.ACMEChallengeCNAMETarget
+		d.ACMEChallengeCNAMETarget = &t
+	}
 }
 
 // checkPolicy asks Options.CheckPolicy, if set, whether p can ever be

@@ -678,3 +678,39 @@ func TestLoadKeyPairManaged(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedChallengeTarget: a name and its wildcard are validated through
+// one _acme-challenge record, so the second to be registered gets the
+// first one's acme_challenge_cname_target; other names get their own.
+func TestSharedChallengeTarget(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir())
+	n := 0
+	s.SetPolicyOptions("letsencrypt", []string{"letsencrypt"}, func(d *Domain) {
+		if d.ACMEChallengeCNAMETarget == nil {
+			n++
+			target := fmt.Sprintf("t%d.acme.example.net", n)
+			d.ACMEChallengeCNAMETarget = &target
+		}
+	}, nil)
+	create := func(name string) *Domain {
+		t.Helper()
+		d, err := s.CreateDomain(ctx, DomainInput{Domain: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	wild := create("*.shop.example.com")
+	base := create("shop.example.com")
+	other := create("other.example.com")
+	if *base.ACMEChallengeCNAMETarget != *wild.ACMEChallengeCNAMETarget {
+		t.Errorf("shop.example.com got %s, want its wildcard's %s", *base.ACMEChallengeCNAMETarget, *wild.ACMEChallengeCNAMETarget)
+	}
+	if *other.ACMEChallengeCNAMETarget == *wild.ACMEChallengeCNAMETarget {
+		t.Errorf("an unrelated name shares %s", *other.ACMEChallengeCNAMETarget)
+	}
+	if d, err := s.GetDomain(ctx, base.ID); err != nil || *d.ACMEChallengeCNAMETarget != *wild.ACMEChallengeCNAMETarget {
+		t.Errorf("stored record: %+v, %v", d, err)
+	}
+}

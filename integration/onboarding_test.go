@@ -176,3 +176,34 @@ func TestApexByEdgeAddresses(t *testing.T) {
 	m.waitJobError(t, badID, "DNS_ERROR", want)
 	expectFails(t, m.caddyProc, bad)
 }
+
+// TestCertificateBeforeTraffic: with delegate_dns01 "all", a customer
+// domain that still points elsewhere (here an address where nothing
+// answers) gets its certificate through DNS-01 once _acme-challenge CNAMEs
+// to its acme_challenge_cname_target, with no traffic CNAME; until then
+// the status names both ways.
+func TestCertificateBeforeTraffic(t *testing.T) {
+	m := startManaged(t, func(app map[string]any) {
+		app["delegate_dns01"] = "all"
+		app["retry_min_interval"], app["retry_max_interval"] = "1s", "2s"
+	})
+	const name = "migrating.customer-c.test"
+	m.p.DNS.SetA(name, "127.0.0.3") // the customer's current host
+	t.Cleanup(func() { m.p.DNS.Delete(name) })
+	id, obj := m.createManaged(t, name, nil)
+	target, _ := obj["cname_target"].(string)
+	acmeTarget, _ := obj["acme_challenge_cname_target"].(string)
+	if !strings.HasSuffix(acmeTarget, "."+challengeZone) || !strings.HasSuffix(target, "."+cnameZone) {
+		t.Fatalf("targets %q, %q; want one under %s and one under %s", target, acmeTarget, cnameZone, challengeZone)
+	}
+	want := "create a DNS record: _acme-challenge." + name + " CNAME " + acmeTarget +
+		" (found no CNAME record) to get the certificate before traffic moves; or, to move traffic now, create a DNS record: " +
+		name + " CNAME " + target
+	m.waitJobError(t, id, "DNS_ERROR", want)
+
+	m.setCNAME(t, "_acme-challenge."+name, acmeTarget)
+	d := m.waitIssued(t, id)
+	cert := m.checkManagedCert(t, checkIssuedDomain(t, d, "pebble", "ecdsa"), name, "ecdsa")
+	// (the name's A record, 127.0.0.3, rules out HTTP-01 and TLS-ALPN-01)
+	m.expectServesManaged(t, name, cert) // the edge is ready when traffic moves
+}
