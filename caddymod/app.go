@@ -109,8 +109,25 @@ type App struct {
 	DNSServer *DNSServerConfig `json:"dns_server,omitempty"`
 
 	// A DNS provider module (dns.providers.*) that writes DNS-01 TXT
-	// records in challenge_zone instead of the built-in server.
+	// records, in challenge_zone (customer domains) and in zones (the
+	// operator's wildcards), instead of the built-in server. CertMagic's
+	// DNS-01 solver writes each record at its name, then waits until the
+	// zone's authoritative servers answer it. Default: none; then, without
+	// dns_server, the tls app's global "dns" provider, if configured.
 	DNSProviderRaw json.RawMessage `json:"dns_provider,omitempty" caddy:"namespace=dns.providers inline_key=name"`
+
+	// The TTL of DNS-01 TXT records written through a DNS provider.
+	// Default: the provider's.
+	DNSTTL caddy.Duration `json:"dns_ttl,omitempty"`
+
+	// How long to wait after a DNS provider wrote a TXT record before
+	// checking that it propagated. Default: 0.
+	PropagationDelay caddy.Duration `json:"propagation_delay,omitempty"`
+
+	// How long to wait for a TXT record written through a DNS provider to
+	// appear at the zone's authoritative servers; -1 (any negative
+	// value) skips the check. Default: CertMagic's (2m).
+	PropagationTimeout caddy.Duration `json:"propagation_timeout,omitempty"`
 
 	// DNS resolvers ("host:port") that check customer CNAMEs. Default:
 	// the system's resolvers.
@@ -157,9 +174,15 @@ type App struct {
 	inst        *instance
 	acme        *certsource.ACME
 	dnsProvider any
-	dnsKey      string
-	log         *zap.Logger
-	storage     certmagic.Storage // this config's storage, applied in Start
+	// dnsProviderJSON is dns_provider's JSON, for the issuers that load it
+	dnsProviderJSON json.RawMessage
+	// globalDNS is set in Start when the tls app has a global "dns"
+	// provider, which DNS-01 then uses unless dns_provider or dns_server
+	// is configured
+	globalDNS bool
+	dnsKey    string
+	log       *zap.Logger
+	storage   certmagic.Storage // this config's storage, applied in Start
 
 	issuerNames []string                    // sorted
 	issuerMods  map[string]certmagic.Issuer // provisioned, by name
@@ -195,6 +218,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 	}
 	if a.DNSProviderRaw != nil {
+		// kept: each DNS-01 issuer loads its own instance (Start)
+		a.dnsProviderJSON = slices.Clone(a.DNSProviderRaw)
 		val, err := ctx.LoadModule(a, "DNSProviderRaw")
 		if err != nil {
 			return fmt.Errorf("loading dns_provider: %w", err)
@@ -301,6 +326,9 @@ func (a *App) Start() error {
 	}
 	if err := a.startDNSServer(); err != nil {
 		return err
+	}
+	if a.dnsProvider == nil && a.DNSServer == nil {
+		a.globalDNS = tlsAppHasDNS(a.ctx)
 	}
 	// this config's storage value, bounds and timings, also when the
 	// instance outlives a reload (nothing below fails)

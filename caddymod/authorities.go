@@ -17,7 +17,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
-	"github.com/mholt/acmez/v3"
 
 	"github.com/domaincerts/caddy-domaincerts/certsource"
 )
@@ -123,12 +122,12 @@ func (a *App) loadAuthorities(ctx caddy.Context) (map[string]certsource.Authorit
 			if err := acmeIss.Provision(ctx); err != nil {
 				return nil, fmt.Errorf("issuer %q: provisioning acme issuer: %w", name, err)
 			}
-			out[name] = acmeAuthority(name, acmeIss, a.proxies[name])
+			out[name] = acmeAuthority(name, acmeIss, a.proxies[name], a.dnsProviderConfig(ctx))
 			continue
 		}
 		out[name] = certsource.Authority{
 			Name: name,
-			NewIssuer: func(cfg *certmagic.Config, _ acmez.Solver) (certmagic.Issuer, error) {
+			NewIssuer: func(cfg *certmagic.Config, _ certsource.DNS01) (certmagic.Issuer, error) {
 				if cs, ok := iss.(caddytls.ConfigSetter); ok {
 					cs.SetConfig(cfg)
 				}
@@ -139,16 +138,59 @@ func (a *App) loadAuthorities(ctx caddy.Context) (map[string]certsource.Authorit
 	return out, nil
 }
 
+// dnsProvider says how DNS-01 records are written through a DNS provider:
+// the provider's JSON (nil: the tls app's global "dns" provider) and
+// CertMagic's settings for them.
+type dnsProvider struct {
+	ctx                caddy.Context
+	json               json.RawMessage
+	ttl                caddy.Duration
+	propagationDelay   caddy.Duration
+	propagationTimeout caddy.Duration
+	resolvers          []string
+}
+
+func (a *App) dnsProviderConfig(ctx caddy.Context) dnsProvider {
+	timeout := a.PropagationTimeout
+	if timeout < 0 {
+		timeout = -1 // CertMagic's "no propagation check"
+	}
+	return dnsProvider{
+		ctx: ctx, json: a.dnsProviderJSON, ttl: a.DNSTTL,
+		propagationDelay: a.PropagationDelay, propagationTimeout: timeout,
+		resolvers: a.Resolvers,
+	}
+}
+
 // acmeAuthority builds issuers from a provisioned Caddy ACME issuer: a
-// copy of it for HTTP-01 and TLS-ALPN-01, or a CertMagic ACME issuer with
-// the same CA and account settings and the given DNS-01 solver.
-func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer, proxy proxyFunc) certsource.Authority {
+// copy of it for HTTP-01 and TLS-ALPN-01; a copy whose DNS-01 challenges
+// CertMagic's DNS01Solver solves through the DNS provider, writing the
+// record at dns01.Target (its override_domain); or a CertMagic ACME
+// issuer with the same CA and account settings and the built-in store's
+// DNS-01 solver.
+func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer, proxy proxyFunc, provider dnsProvider) certsource.Authority {
 	return certsource.Authority{
 		Name:           name,
 		ValidatesNames: true,
-		NewIssuer: func(cfg *certmagic.Config, dns01 acmez.Solver) (certmagic.Issuer, error) {
-			if dns01 == nil {
+		NewIssuer: func(cfg *certmagic.Config, dns01 certsource.DNS01) (certmagic.Issuer, error) {
+			switch {
+			case dns01.IsZero():
 				iss := *tmpl // the provisioned template is copied; SetConfig binds the copy
+				iss.SetConfig(cfg)
+				return quietCaddyACME{&iss}, nil
+			case dns01.Target != "":
+				iss := *tmpl
+				iss.Challenges = &caddytls.ChallengesConfig{DNS: &caddytls.DNSChallengeConfig{
+					ProviderRaw:        slices.Clone(provider.json),
+					TTL:                provider.ttl,
+					PropagationDelay:   provider.propagationDelay,
+					PropagationTimeout: provider.propagationTimeout,
+					Resolvers:          provider.resolvers,
+					OverrideDomain:     dns01.Target,
+				}}
+				if err := iss.Provision(provider.ctx); err != nil {
+					return nil, fmt.Errorf("setting up DNS-01 through the DNS provider: %w", err)
+				}
 				iss.SetConfig(cfg)
 				return quietCaddyACME{&iss}, nil
 			}
@@ -173,7 +215,7 @@ func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer, proxy proxyFunc) cert
 				PreferredChains:   chains,
 				HTTPProxy:         proxy,
 				TrustedRoots:      roots,
-				DNS01Solver:       dns01,
+				DNS01Solver:       dns01.Solver,
 				Logger:            cfg.Logger,
 			})
 			if tmpl.Email != "" {
@@ -291,4 +333,13 @@ func policyIssuerKeys(ctx caddy.Context) []string {
 		}
 	}
 	return keys
+}
+
+// tlsAppHasDNS reports whether the tls app has a global "dns" provider
+// (the Caddyfile's global dns option). The tls app keeps it to itself; an
+// ACME issuer with DNS-01 and no provider of its own uses it, so one is
+// provisioned to find out.
+func tlsAppHasDNS(ctx caddy.Context) bool {
+	probe := &caddytls.ACMEIssuer{Challenges: &caddytls.ChallengesConfig{DNS: &caddytls.DNSChallengeConfig{}}}
+	return probe.Provision(ctx) == nil
 }

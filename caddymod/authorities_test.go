@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
+	"github.com/domaincerts/caddy-domaincerts/certsource"
 	"github.com/mholt/acmez/v3/acme"
 )
 
@@ -35,8 +36,8 @@ func TestDNS01IssuerKeepsSettings(t *testing.T) {
 		PreferredChains:     &caddytls.ChainPreference{Smallest: new(bool), RootCommonName: []string{"Root X"}},
 	}
 	*tmpl.PreferredChains.Smallest = true
-	auth := acmeAuthority("le", tmpl, proxy)
-	iss, err := auth.NewIssuer(certmagic.NewDefault(), nopSolver{})
+	auth := acmeAuthority("le", tmpl, proxy, dnsProvider{})
+	iss, err := auth.NewIssuer(certmagic.NewDefault(), certsource.DNS01{Solver: nopSolver{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,9 @@ import (
 //			ns <host>
 //		}
 //		dns_provider <module> [<module args...>] { <module options> }
+//		dns_ttl <duration>
+//		propagation_delay <duration>
+//		propagation_timeout <duration>
 //		resolvers <host:port...>
 //		retry_min_interval <duration>
 //		retry_max_interval <duration>
@@ -95,6 +98,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = a.parseDNSServer(d)
 		case "dns_provider":
 			err = a.parseDNSProvider(d)
+		case "dns_ttl":
+			err = parseDuration(d, &a.DNSTTL)
+		case "propagation_delay":
+			err = parseDuration(d, &a.PropagationDelay)
+		case "propagation_timeout":
+			err = parseDuration(d, &a.PropagationTimeout)
 		case "resolvers":
 			a.Resolvers, err = appendArgs(d, a.Resolvers)
 		case "retry_interval":

@@ -44,6 +44,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{"ratio not a number", "domaincerts {\n renewal_window_ratio half\n}", "", "renewal_window_ratio"},
 		{"onboarding options", "domaincerts {\n edge_addresses 203.0.113.10\n edge_addresses 2001:db8::10\n provisioning_timeout 72h\n}",
 			`{"edge_addresses":["203.0.113.10","2001:db8::10"],"provisioning_timeout":259200000000000}`, ""},
+		{"dns provider settings", "domaincerts {\n dns_ttl 1m\n propagation_delay 5s\n propagation_timeout -1s\n}",
+			`{"dns_ttl":60000000000,"propagation_delay":5000000000,"propagation_timeout":-1000000000}`, ""},
 		{"retry three args", "domaincerts {\n retry_interval 1s 2s 3s\n}", "", "wrong argument count"},
 		{"older spellings", "domaincerts {\n fallback_certificate cert_x\n retry_interval 2s 10s\n}",
 			`{"fallback_certificate_id":"cert_x","retry_min_interval":2000000000,"retry_max_interval":10000000000}`, ""},

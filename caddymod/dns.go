@@ -1,7 +1,6 @@
 package caddymod
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -10,7 +9,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3"
-	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
 
 	"github.com/domaincerts/caddy-domaincerts/certsource"
@@ -105,14 +103,12 @@ func (a *App) acmeOptions(authorities map[string]certsource.Authority) certsourc
 	}
 	switch {
 	case a.dnsProvider != nil:
-		provider, ok := a.dnsProvider.(certmagic.DNSProvider)
-		if ok {
-			zones := append([]string{a.ChallengeZone}, a.Zones...)
-			opts.DNS01 = func(target func(string) (string, error)) acmez.Solver {
-				return newZoneRouter(provider, zones, target)
-			}
-			opts.DNS01InZones = true
+		if _, ok := a.dnsProvider.(certmagic.DNSProvider); ok {
+			opts.DNS01Provider = true
 		}
+	case a.DNSServer == nil && a.globalDNS:
+		// no dns_server here: the tls app's global "dns" provider
+		opts.DNS01Provider = true
 	default:
 		// the built-in store: served by this process's dns_server, or by
 		// another instance's on the same storage
@@ -123,78 +119,6 @@ func (a *App) acmeOptions(authorities map[string]certsource.Authority) certsourc
 	}
 	return opts
 }
-
-// zoneRouter writes DNS-01 records through a DNS provider into whichever
-// of the zones holds the record's name: the challenge zone for customer
-// wildcards, an operator zone for wildcards inside it.
-type zoneRouter struct {
-	target  func(string) (string, error)
-	solvers map[string]*challengedns.ProviderSolver // by zone
-}
-
-func newZoneRouter(provider certmagic.DNSProvider, zones []string, target func(string) (string, error)) *zoneRouter {
-	r := &zoneRouter{target: target, solvers: make(map[string]*challengedns.ProviderSolver)}
-	for _, z := range zones {
-		z = strings.ToLower(strings.TrimSuffix(z, "."))
-		if z != "" {
-			r.solvers[z] = &challengedns.ProviderSolver{Provider: provider, Zone: z, Target: target}
-		}
-	}
-	return r
-}
-
-// solverFor returns the solver of the longest zone holding the challenge's
-// record name.
-func (r *zoneRouter) solverFor(chal acme.Challenge) (*challengedns.ProviderSolver, error) {
-	fqdn, err := r.target(chal.Identifier.Value)
-	if err != nil {
-		return nil, err
-	}
-	fqdn = strings.ToLower(strings.TrimSuffix(fqdn, "."))
-	var best string
-	for z := range r.solvers {
-		if (fqdn == z || strings.HasSuffix(fqdn, "."+z)) && len(z) > len(best) {
-			best = z
-		}
-	}
-	if best == "" {
-		return nil, fmt.Errorf("no configured zone holds %s; add its zone to zones or challenge_zone", fqdn)
-	}
-	return r.solvers[best], nil
-}
-
-// Present writes the TXT record.
-func (r *zoneRouter) Present(ctx context.Context, chal acme.Challenge) error {
-	s, err := r.solverFor(chal)
-	if err != nil {
-		return err
-	}
-	return s.Present(ctx, chal)
-}
-
-// Wait waits for the record to propagate, if the solver does.
-func (r *zoneRouter) Wait(ctx context.Context, chal acme.Challenge) error {
-	s, err := r.solverFor(chal)
-	if err != nil {
-		return err
-	}
-	return s.Wait(ctx, chal)
-}
-
-// CleanUp removes the TXT record.
-func (r *zoneRouter) CleanUp(ctx context.Context, chal acme.Challenge) error {
-	s, err := r.solverFor(chal)
-	if err != nil {
-		return err
-	}
-	return s.CleanUp(ctx, chal)
-}
-
-// Interface guards
-var (
-	_ acmez.Solver = (*zoneRouter)(nil)
-	_ acmez.Waiter = (*zoneRouter)(nil)
-)
 
 // edgeAddresses parses edge_addresses (Validate has checked them).
 func (a *App) edgeAddresses() []netip.Addr {

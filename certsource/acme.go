@@ -38,11 +38,22 @@ type Authority struct {
 	// names (ACME): their domains must meet the DNS preconditions before
 	// an order starts. Caddy's internal issuer does not.
 	ValidatesNames bool
-	// NewIssuer returns an issuer bound to cfg. When dns01 is non-nil
-	// the issuer must solve challenges with it (DNS-01 only); it is set
-	// for wildcard domains.
-	NewIssuer func(cfg *certmagic.Config, dns01 acmez.Solver) (certmagic.Issuer, error)
+	// NewIssuer returns an issuer bound to cfg. A non-zero dns01 means the
+	// issuer must solve DNS-01 challenges only, as dns01 says.
+	NewIssuer func(cfg *certmagic.Config, dns01 DNS01) (certmagic.Issuer, error)
 }
+
+// DNS01 says how an issuer solves DNS-01 challenges: with Solver (the
+// built-in TXT store, which routes each challenge to its record's name),
+// or through a DNS provider with CertMagic's DNS01Solver, writing the
+// record at Target (its OverrideDomain), for one domain's orders.
+type DNS01 struct {
+	Solver acmez.Solver
+	Target string
+}
+
+// IsZero reports whether d asks for no DNS-01.
+func (d DNS01) IsZero() bool { return d.Solver == nil && d.Target == "" }
 
 // CNAMEChecker checks that a DNS name is a CNAME to a target. Its errors
 // carry a message that says which record to create.
@@ -71,16 +82,19 @@ type ACMEOptions struct {
 	// none is configured.
 	ChallengeTarget func(base string) string
 
-	// DNS01 builds the solver for wildcard domains from a function that
-	// maps an ACME identifier to the name where its TXT record goes.
-	// Nil means wildcards cannot be managed.
+	// DNS01 builds the built-in TXT store's solver from a function that
+	// maps an ACME identifier to the name where its TXT record goes. Used
+	// unless DNS01Provider is set; nil with DNS01Provider unset means no
+	// DNS-01 (wildcards cannot be managed).
 	DNS01 func(target func(identifier string) (string, error)) acmez.Solver
 
-	// DNS01InZones reports that the DNS01 solver can write TXT records
-	// inside Zones ("_acme-challenge.<base>" of a wildcard in the
-	// operator's own zones), as a DNS provider can; the built-in DNS server
-	// answers only for the challenge zone.
-	DNS01InZones bool
+	// DNS01Provider reports that DNS-01 records are written through a DNS
+	// provider (CertMagic's DNS01Solver, which checks their propagation):
+	// each domain's issuer gets the name of its record as DNS01.Target.
+	// A provider can also write inside Zones ("_acme-challenge.<base>" of
+	// a wildcard in the operator's own zones), which the built-in DNS
+	// server, answering only for the challenge zone, cannot.
+	DNS01Provider bool
 
 	// Checker verifies CNAMEs. Nil skips the checks.
 	Checker CNAMEChecker
@@ -179,6 +193,7 @@ type ACME struct {
 type configKey struct {
 	authority, keyType string
 	dns01              bool
+	target             string // the DNS-01 record's name, through a DNS provider
 }
 
 // NewACME returns an ACME manager; Start begins managing.
@@ -292,7 +307,7 @@ func (a *ACME) CheckPolicy(name string, p domainstore.Policy) error {
 		return nil
 	}
 	switch {
-	case a.inZones(name) && !a.opts.DNS01InZones:
+	case a.inZones(name) && !a.opts.DNS01Provider:
 		return dcerr.New(dcerr.PolicyUnsatisfiable,
 			"%s is inside the operator's zones, so %s can issue it only through a DNS-01 record at _acme-challenge.%s, which the built-in dns_server does not serve; configure a dns_provider for the zone, or upload a certificate",
 			name, p.Authority, base).WithDetail("authority", p.Authority)
@@ -336,6 +351,11 @@ func (a *ACME) CertificateDeleted(string) {}
 // former policy, and a status update must not restart the job. It runs
 // under the store's lock, so it only starts goroutines.
 func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
+	for _, d := range []*domainstore.Domain{old, new} {
+		if d != nil {
+			challengeTargets.Delete(strings.TrimPrefix(d.Domain, "*."))
+		}
+	}
 	if new == nil || new.Policy == nil {
 		if old != nil && a.stopJob(old.ID) {
 			a.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: old.Domain}})
@@ -557,7 +577,7 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 	if !ok {
 		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("authority %q is not configured", policy.Authority)}
 	}
-	cfg, err := a.config(policy, a.usesDNS01(name))
+	cfg, err := a.config(policy, a.usesDNS01(name), name)
 	if err != nil {
 		return err
 	}
@@ -668,7 +688,7 @@ func (a *ACME) beforeOrder(ctx context.Context, auth Authority, id, name string,
 		unlock()
 		return nil, nil, err
 	}
-	cfg, err := a.config(policy, dns01)
+	cfg, err := a.config(policy, dns01, name)
 	if err != nil {
 		unlock()
 		return nil, nil, err
@@ -959,7 +979,7 @@ func (a *ACME) afterRenewal(id string, policy domainstore.Policy, name string) {
 // cacheStored loads the stored certificate of a managed name into the
 // cache and returns it with the config of its policy.
 func (a *ACME) cacheStored(ctx context.Context, name string, policy domainstore.Policy) (*certmagic.Config, certmagic.Certificate, error) {
-	cfg, err := a.config(policy, a.usesDNS01(name))
+	cfg, err := a.config(policy, a.usesDNS01(name), name)
 	if err != nil {
 		return nil, certmagic.Certificate{}, err
 	}
@@ -983,18 +1003,25 @@ func (a *ACME) configForCert(c certmagic.Certificate) (*certmagic.Config, error)
 		j, running := a.jobs[id]
 		a.mu.Unlock()
 		if running {
-			return a.config(j.policy, dns01)
+			return a.config(j.policy, dns01, n)
 		}
 		if d, err := a.store.GetDomain(context.Background(), id); err == nil && d.Policy != nil {
-			return a.config(*d.Policy, dns01)
+			return a.config(*d.Policy, dns01, n)
 		}
 	}
 	return nil, fmt.Errorf("no managed domain for certificate %v", c.Names)
 }
 
-// config returns the CertMagic config of a policy, building it on first use.
-func (a *ACME) config(p domainstore.Policy, dns01 bool) (*certmagic.Config, error) {
-	key := configKey{authority: p.Authority, keyType: p.PrivateKeyType, dns01: dns01}
+// config returns the CertMagic config for ordering and renewing name's
+// certificate under a policy, through DNS-01 or not, building it on first
+// use. Configs are per policy, and, for DNS-01 through a DNS provider, per
+// name of the TXT record as well.
+func (a *ACME) config(p domainstore.Policy, dns01 bool, name string) (*certmagic.Config, error) {
+	target := ""
+	if dns01 && a.opts.DNS01Provider {
+		target, _ = a.txtTarget(name)
+	}
+	key := configKey{authority: p.Authority, keyType: p.PrivateKeyType, dns01: dns01, target: target}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if cfg, ok := a.configs[key]; ok {
@@ -1015,15 +1042,19 @@ func (a *ACME) config(p domainstore.Policy, dns01 bool) (*certmagic.Config, erro
 		OnEvent:            a.onEvent,
 		Logger:             a.log.Named("certmagic"),
 	})
-	var solver acmez.Solver
+	var d01 DNS01
 	if dns01 && auth.ValidatesNames {
-		if a.opts.DNS01 == nil {
+		switch {
+		case a.opts.DNS01Provider:
+			d01.Target = target
+		case a.opts.DNS01 != nil:
+			d01.Solver = a.opts.DNS01(a.txtTarget)
+		default:
 			return nil, &jobError{code: "INTERNAL_ERROR",
-				err: errors.New("wildcard domains need DNS-01: configure a challenge zone (built-in DNS) or a dns provider")}
+				err: errors.New("DNS-01 is not configured: configure a challenge zone (built-in DNS) or a dns provider")}
 		}
-		solver = a.opts.DNS01(a.txtTarget)
 	}
-	iss, err := auth.NewIssuer(cfg, solver)
+	iss, err := auth.NewIssuer(cfg, d01)
 	if err != nil {
 		return nil, &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("setting up issuer %s: %w", p.Authority, err)}
 	}
@@ -1037,15 +1068,26 @@ func (a *ACME) config(p domainstore.Policy, dns01 bool) (*certmagic.Config, erro
 // domain outside the operator's zones, else "_acme-challenge.<base>".
 func (a *ACME) txtTarget(identifier string) (string, error) {
 	base := strings.TrimPrefix(strings.ToLower(identifier), "*.")
+	if t, ok := challengeTargets.Load(base); ok {
+		return t.(string), nil
+	}
 	// a name and its wildcard share _acme-challenge.<base>, and so one
 	// target (the store gives the second the first one's)
+	target := "_acme-challenge." + base
 	for _, name := range []string{"*." + base, base} {
 		if d, ok := a.store.DomainByName(context.Background(), name); ok && d.ACMEChallengeCNAMETarget != nil {
-			return *d.ACMEChallengeCNAMETarget, nil
+			target = *d.ACMEChallengeCNAMETarget
+			break
 		}
 	}
-	return "_acme-challenge." + base, nil
+	challengeTargets.Store(base, target)
+	return target, nil
 }
+
+// challengeTargets caches txtTarget by base name: a record keeps its
+// target for life, and DomainChanged forgets a base whose domains change,
+// so that CertMagic's maintenance (configForCert) reads no storage.
+var challengeTargets sync.Map // base name -> TXT record name
 
 // inZones reports whether name is at or below one of the operator's zones.
 func (a *ACME) inZones(name string) bool {

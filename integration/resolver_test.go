@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -38,6 +39,7 @@ type testResolver struct {
 	cname map[string]string   // owner FQDN → target FQDN
 	txt   map[string][]string // owner FQDN → values
 	zones map[string]string   // delegated zone FQDN → server address
+	soa   map[string]bool     // zone apexes this resolver answers SOA for
 
 	udp, tcp *dns.Server
 	logs     *syncBuffer
@@ -56,6 +58,7 @@ func startResolver(logs *syncBuffer) (*testResolver, error) {
 		cname: map[string]string{},
 		txt:   map[string][]string{},
 		zones: map[string]string{},
+		soa:   map[string]bool{},
 		logs:  logs,
 	}
 	started := make(chan error, 2)
@@ -131,6 +134,53 @@ func (r *testResolver) Delete(host string) {
 	delete(r.cname, fqdn(host))
 	delete(r.txt, fqdn(host))
 	r.mu.Unlock()
+}
+
+// RemoveTXT removes one TXT value of host.
+func (r *testResolver) RemoveTXT(host, value string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	list := r.txt[fqdn(host)]
+	for i, v := range list {
+		if v == value {
+			r.txt[fqdn(host)] = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+}
+
+// SetSOA makes the resolver answer an SOA query for zone's apex, as a DNS
+// host's zone does: CertMagic finds the zone of a record that way.
+func (r *testResolver) SetSOA(zone string) {
+	r.mu.Lock()
+	r.soa[fqdn(zone)] = true
+	r.mu.Unlock()
+}
+
+// UnsetSOA undoes SetSOA.
+func (r *testResolver) UnsetSOA(zone string) {
+	r.mu.Lock()
+	delete(r.soa, fqdn(zone))
+	r.mu.Unlock()
+}
+
+// ControlHandler lets a DNS provider in another process (the test Caddy's
+// dns.providers.testresolver) add and remove TXT records:
+// POST /txt/add and /txt/remove with form values name and value.
+func (r *testResolver) ControlHandler() http.Handler {
+	mux := http.NewServeMux()
+	for path, fn := range map[string]func(string, string){"/txt/add": r.AddTXT, "/txt/remove": r.RemoveTXT} {
+		mux.HandleFunc("POST "+path, func(w http.ResponseWriter, req *http.Request) {
+			name, value := req.FormValue("name"), req.FormValue("value")
+			if name == "" || value == "" {
+				http.Error(w, "name and value are required", http.StatusBadRequest)
+				return
+			}
+			fn(name, value)
+			r.logf("resolver: control %s TXT %s", path, fqdn(name))
+		})
+	}
+	return mux
 }
 
 // Delegate sends queries for names at or below zone to the authoritative
@@ -217,6 +267,14 @@ func (r *testResolver) resolve(m *dns.Msg, q dns.Question) {
 		case dns.TypeTXT:
 			for _, v := range txt {
 				m.Answer = append(m.Answer, &dns.TXT{Hdr: hdr(dns.TypeTXT), Txt: []string{v}})
+			}
+		case dns.TypeSOA:
+			r.mu.Lock()
+			apex := r.soa[name]
+			r.mu.Unlock()
+			if apex {
+				m.Answer = append(m.Answer, &dns.SOA{Hdr: hdr(dns.TypeSOA), Ns: "ns." + name, Mbox: "hostmaster." + name,
+					Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: 60})
 			}
 		}
 		return

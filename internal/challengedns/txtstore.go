@@ -5,8 +5,8 @@
 // The challenge TXT values live in Caddy's storage ([TXTStore]), so every
 // Caddy instance that shares the storage answers alike; [Server] is the
 // authoritative DNS server for that zone and [Solver] the acmez solver that
-// writes the values. [ProviderSolver] writes them through a libdns provider
-// instead, for operators whose challenge zone is hosted elsewhere.
+// writes the values. (Operators whose challenge zone is hosted at a DNS
+// provider use CertMagic's DNS01Solver instead; the plugin wires it.)
 //
 // It has no Caddy imports.
 package challengedns
