@@ -86,7 +86,7 @@ func TestProvisionNow(t *testing.T) {
 		t.Errorf("retries_at %s after a request right after an attempt; want up to 10 s after that attempt", r.Format(time.RFC3339))
 	}
 	// that attempt still finds no CNAME
-	d = m.waitDomain(t, id, "failed again", 20*time.Second, func(d map[string]any) bool {
+	m.waitDomain(t, id, "failed again", 20*time.Second, func(d map[string]any) bool {
 		rt, _ := jobOf(d)["retries_at"].(string)
 		return jobCode(d) == "DNS_ERROR" && rt != "" && rt > time.Now().Add(50*time.Minute).UTC().Format(time.RFC3339)
 	})
