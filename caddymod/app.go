@@ -112,7 +112,8 @@ type App struct {
 	// records, in challenge_zone (customer domains) and in zones (the
 	// operator's wildcards), instead of the built-in server. CertMagic's
 	// DNS-01 solver writes each record at its name, then waits until the
-	// zone's authoritative servers answer it. Default: none; then, without
+	// record resolves (through resolvers, if set; else at the zone's
+	// authoritative servers). Default: none; then, without
 	// dns_server, the tls app's global "dns" provider, if configured.
 	DNSProviderRaw json.RawMessage `json:"dns_provider,omitempty" caddy:"namespace=dns.providers inline_key=name"`
 
@@ -125,7 +126,7 @@ type App struct {
 	PropagationDelay caddy.Duration `json:"propagation_delay,omitempty"`
 
 	// How long to wait for a TXT record written through a DNS provider to
-	// appear at the zone's authoritative servers; -1 (any negative
+	// resolve (see dns_provider); -1 (any negative
 	// value) skips the check. Default: CertMagic's (2m).
 	PropagationTimeout caddy.Duration `json:"propagation_timeout,omitempty"`
 

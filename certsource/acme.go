@@ -351,14 +351,27 @@ func (a *ACME) CertificateDeleted(string) {}
 // former policy, and a status update must not restart the job. It runs
 // under the store's lock, so it only starts goroutines.
 func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
+	challengeTargetsGen.Add(1)
 	for _, d := range []*domainstore.Domain{old, new} {
 		if d != nil {
 			challengeTargets.Delete(strings.TrimPrefix(d.Domain, "*."))
 		}
 	}
 	if new == nil || new.Policy == nil {
-		if old != nil && a.stopJob(old.ID) {
+		if old == nil {
+			return
+		}
+		stopped := a.stopJob(old.ID)
+		if stopped || new == nil {
+			// also when no job ran yet (a reload starts them in the
+			// background): a later registration of the name must not
+			// find this one's certificate cached
 			a.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: old.Domain}})
+		}
+		if new == nil {
+			dns01Names.Delete(old.Domain)
+		}
+		if stopped {
 			a.log.Info("stopped managing domain", zap.String("domain_id", old.ID), zap.String("domain", old.Domain))
 		}
 		return
@@ -533,7 +546,7 @@ func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainst
 		if time.Since(started) >= a.opts.ProvisioningTimeout && !a.inUse(ctx, id) {
 			a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 				ErrorCode: &code, StartedAt: started,
-				Msg: fmt.Sprintf("%s; no more attempts after %s of failures: fix the cause, then POST /domaincerts/domains/%s/provision (or PATCH its certificate_management_policy) to try again",
+				Msg: fmt.Sprintf("%s; no more attempts after %s of failures: fix the cause, then POST /domaincerts/domains/%s/provision (or change its certificate_management_policy) to try again",
 					je.err.Error(), a.opts.ProvisioningTimeout, id),
 			}})
 			log.Warn("provisioning certificate failed for longer than provisioning_timeout; stopped retrying",
@@ -585,9 +598,16 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 		return err
 	}
 	cert, err := cfg.CacheManagedCertificate(ctx, name)
+	if err == nil {
+		// a stored certificate (a restart): its renewals use the challenge
+		// its _acme-challenge CNAME calls for
+		a.learnDNS01(ctx, id, name)
+		if cfg, err = a.config(policy, a.usesDNS01(name), name); err != nil {
+			return err
+		}
+	}
 	switch {
 	case err == nil && !cert.NeedsRenewal(cfg) && keyTypeIs(cert, policy.PrivateKeyType):
-		a.learnDNS01(ctx, id, name)
 		return a.loaded(ctx, id, policy, cfg, name, cert)
 	case err == nil && !keyTypeIs(cert, policy.PrivateKeyType):
 		// the policy asks for another key type than the stored certificate
@@ -671,7 +691,10 @@ func (a *ACME) checkStoredOwner(ctx context.Context, auth Authority, cfg *certma
 		return err
 	}
 	defer unlock()
-	_, err = a.precheck(ctx, auth, id, name, policy)
+	dns01, err := a.precheck(ctx, auth, id, name, policy)
+	if err == nil {
+		a.setDNS01(name, dns01)
+	}
 	return err
 }
 
@@ -790,7 +813,12 @@ func (a *ACME) checkDNS(ctx context.Context, id string) (bool, error) {
 			return true, nil
 		}
 		var ae *dnscheck.Error
-		if strings.HasPrefix(d.Domain, "*.") || d.CNAMETarget == nil || (errors.As(acmeErr, &ae) && ae.Temporary) {
+		if !strings.HasPrefix(d.Domain, "*.") && d.CNAMETarget == nil {
+			// no traffic target to check (no cname_zone or cname_target):
+			// HTTP-01 or TLS-ALPN-01, as without delegate_dns01 "all"
+			return false, nil
+		}
+		if strings.HasPrefix(d.Domain, "*.") || (errors.As(acmeErr, &ae) && ae.Temporary) {
 			return false, dnsCheckError(acmeErr)
 		}
 		// or the traffic record, for HTTP-01 / TLS-ALPN-01
@@ -1071,23 +1099,32 @@ func (a *ACME) txtTarget(identifier string) (string, error) {
 	if t, ok := challengeTargets.Load(base); ok {
 		return t.(string), nil
 	}
+	gen := challengeTargetsGen.Load()
 	// a name and its wildcard share _acme-challenge.<base>, and so one
 	// target (the store gives the second the first one's)
 	target := "_acme-challenge." + base
-	for _, name := range []string{"*." + base, base} {
+	for _, name := range []string{base, "*." + base} {
 		if d, ok := a.store.DomainByName(context.Background(), name); ok && d.ACMEChallengeCNAMETarget != nil {
 			target = *d.ACMEChallengeCNAMETarget
 			break
 		}
 	}
-	challengeTargets.Store(base, target)
+	// a lookup that found no record (or failed) is not remembered, nor one
+	// that a change may have overtaken
+	if target != "_acme-challenge."+base && challengeTargetsGen.Load() == gen {
+		challengeTargets.Store(base, target)
+	}
 	return target, nil
 }
 
 // challengeTargets caches txtTarget by base name: a record keeps its
-// target for life, and DomainChanged forgets a base whose domains change,
-// so that CertMagic's maintenance (configForCert) reads no storage.
-var challengeTargets sync.Map // base name -> TXT record name
+// target for life, and DomainChanged forgets a base whose domains change
+// (and counts the change in challengeTargetsGen), so that CertMagic's
+// maintenance (configForCert) reads no storage.
+var (
+	challengeTargets    sync.Map // base name -> TXT record name
+	challengeTargetsGen atomic.Uint64
+)
 
 // inZones reports whether name is at or below one of the operator's zones.
 func (a *ACME) inZones(name string) bool {

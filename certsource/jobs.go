@@ -136,14 +136,24 @@ func (a *ACME) Provision(ctx context.Context, id string) (time.Time, error) {
 }
 
 // inUse reports whether the domain has a certificate that has not
-// expired: its job then keeps retrying past ProvisioningTimeout.
+// expired: its job then keeps retrying past ProvisioningTimeout. When the
+// storage cannot tell, it is taken as in use (retrying is the safe side).
 func (a *ACME) inUse(ctx context.Context, id string) bool {
 	d, err := a.store.GetDomain(ctx, id)
-	if err != nil || d.CertificateID == "" {
+	if dcerr.CodeOf(err) == dcerr.NotFound {
+		return false
+	}
+	if err != nil {
+		return true
+	}
+	if d.CertificateID == "" {
 		return false
 	}
 	c, err := a.store.GetCertificate(ctx, d.CertificateID)
-	return err == nil && time.Now().Before(c.NotAfter)
+	if dcerr.CodeOf(err) == dcerr.NotFound || dcerr.CodeOf(err) == dcerr.CertNotFound {
+		return false
+	}
+	return err != nil || time.Now().Before(c.NotAfter)
 }
 
 // dns01Names remembers, per name that is not a wildcard, whether its

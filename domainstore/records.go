@@ -100,7 +100,9 @@ type Domain struct {
 	CNAMETarget *string `json:"cname_target"`
 
 	// ACMEChallengeCNAMETarget is where "_acme-challenge.<base>" must CNAME
-	// to, for wildcard domains outside the operator's zones; else nil.
+	// to, for domains outside the operator's zones that get certificates
+	// through DNS-01 (wildcards; every one with delegate_dns01 "all");
+	// else nil.
 	ACMEChallengeCNAMETarget *string `json:"acme_challenge_cname_target"`
 
 	// ManagedSerial is the serial number (lowercase hex) of the last

@@ -164,7 +164,7 @@ func TestApexByEdgeAddresses(t *testing.T) {
 	m.p.DNS.SetA(bad, "127.0.0.1", "127.0.0.3")
 	t.Cleanup(func() { m.p.DNS.Delete(good); m.p.DNS.Delete(bad) })
 
-	goodID, _ := m.createManaged(t, good, nil)
+	goodID, goodObj := m.createManaged(t, good, nil)
 	badID, badObj := m.createManaged(t, bad, nil)
 	d := m.waitIssued(t, goodID)
 	cert := m.checkManagedCert(t, checkIssuedDomain(t, d, "pebble", "ecdsa"), good, "ecdsa")
@@ -175,6 +175,16 @@ func TestApexByEdgeAddresses(t *testing.T) {
 		" at the edge: give it A/AAAA records with edge addresses only (127.0.0.1) (found A 127.0.0.3, which is not an edge address)"
 	m.waitJobError(t, badID, "DNS_ERROR", want)
 	expectFails(t, m.caddyProc, bad)
+
+	// a CNAME that reaches the edge is not an apex: a former customer's
+	// CNAME to their own target must not validate the name's next
+	// registrant
+	const leftover = "apex-leftover.test"
+	goodTarget := goodObj["cname_target"].(string)
+	m.setCNAME(t, leftover, goodTarget)
+	leftID, _ := m.createManaged(t, leftover, nil)
+	m.waitJobError(t, leftID, "DNS_ERROR", "(found a CNAME to "+goodTarget+", which is not this domain's target)")
+	expectFails(t, m.caddyProc, leftover)
 }
 
 // TestCertificateBeforeTraffic: with delegate_dns01 "all", a customer

@@ -9,9 +9,12 @@ import (
 	"github.com/miekg/dns"
 )
 
-// CheckAddresses reports nil when name has A or AAAA records, following
-// CNAMEs as a resolver does, and every one of them is in edges: a name
-// that cannot be a CNAME (a zone apex) is pointed at the edge that way.
+// CheckAddresses reports nil when name has A or AAAA records of its own
+// and every one of them is in edges: a name that cannot be a CNAME (a zone
+// apex) is pointed at the edge that way. A name that is a CNAME fails,
+// wherever the chain ends: only a CNAME to the domain's own target proves
+// that the registrant controls it (a former customer's CNAME to their
+// target also reaches edge addresses).
 // Otherwise it returns an *Error that says which addresses to use and what
 // was found instead (Found is the first address that is not an edge
 // address, or empty when there are none). As for CheckCNAME, a lookup that
@@ -30,9 +33,13 @@ func (c *Checker) CheckAddresses(ctx context.Context, name string, edges []netip
 	var found []netip.Addr
 	var kinds []string
 	for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		addrs, err := c.lookupAddrs(ctx, e, qname, qtype)
+		addrs, cname, err := c.lookupAddrs(ctx, e, qname, qtype)
 		if err != nil {
 			return err
+		}
+		if cname != "" {
+			e.Found = cname
+			return e.failAddr("found a CNAME to " + cname + ", which is not this domain's target")
 		}
 		for _, a := range addrs {
 			found = append(found, a)
@@ -52,17 +59,18 @@ func (c *Checker) CheckAddresses(ctx context.Context, name string, edges []netip
 }
 
 // lookupAddrs returns the addresses of type qtype (A or AAAA) in the
-// answer to qname from the first resolver that gives a definite one.
-func (c *Checker) lookupAddrs(ctx context.Context, e *Error, qname string, qtype uint16) ([]netip.Addr, error) {
+// answer to qname from the first resolver that gives a definite one, or
+// the target of qname's CNAME when the answer has one.
+func (c *Checker) lookupAddrs(ctx context.Context, e *Error, qname string, qtype uint16) ([]netip.Addr, string, error) {
 	var failures []string
 	for _, addr := range c.resolvers() {
 		if err := ctx.Err(); err != nil {
-			return nil, e.addrLookupFailed(err.Error(), err)
+			return nil, "", e.addrLookupFailed(err.Error(), err)
 		}
 		resp, err := c.query(ctx, addr, qname, qtype)
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
-				return nil, e.addrLookupFailed(ctxErr.Error(), ctxErr)
+				return nil, "", e.addrLookupFailed(ctxErr.Error(), ctxErr)
 			}
 			e.err = err
 			failures = append(failures, describe(err, addr))
@@ -74,6 +82,10 @@ func (c *Checker) lookupAddrs(ctx context.Context, e *Error, qname string, qtype
 			for _, rr := range resp.Answer {
 				var ip []byte
 				switch rr := rr.(type) {
+				case *dns.CNAME:
+					if strings.EqualFold(rr.Hdr.Name, qname) {
+						return nil, strings.TrimSuffix(strings.ToLower(rr.Target), "."), nil
+					}
 				case *dns.A:
 					ip = rr.A
 				case *dns.AAAA:
@@ -83,13 +95,13 @@ func (c *Checker) lookupAddrs(ctx context.Context, e *Error, qname string, qtype
 					out = append(out, a.Unmap())
 				}
 			}
-			return out, nil
+			return out, "", nil
 		case dns.RcodeNameError:
-			return nil, nil
+			return nil, "", nil
 		}
 		failures = append(failures, rcodeString(resp.Rcode)+" from "+addr)
 	}
-	return nil, e.addrLookupFailed("no resolver answered ("+strings.Join(failures, "; ")+")", e.err)
+	return nil, "", e.addrLookupFailed("no resolver answered ("+strings.Join(failures, "; ")+")", e.err)
 }
 
 // failAddr completes e, an answer that shows the addresses missing or

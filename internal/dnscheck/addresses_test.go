@@ -77,7 +77,9 @@ func TestCheckAddresses(t *testing.T) {
 	}{
 		{name: "apex.customer.com"},
 		{name: "dual.customer.com"},
-		{name: "www.customer.com"}, // through a CNAME to the edge
+		// a CNAME fails whatever it reaches: a former customer's CNAME to
+		// their target also reaches the edge
+		{name: "www.customer.com", wantErr: "found a CNAME to edge.example.net", found: "edge.example.net"},
 		{name: "mixed.customer.com", wantErr: "(found A 198.51.100.7, which is not an edge address)", found: "198.51.100.7"},
 		{name: "v6wrong.customer.com", wantErr: "(found AAAA 2001:db8::99, which is not an edge address)", found: "2001:db8::99"},
 		{name: "empty.customer.com", wantErr: "(found no A or AAAA record)"},
