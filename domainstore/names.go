@@ -42,6 +42,12 @@ func NormalizeDomain(name string) (string, error) {
 			prefix, base = "*.", rest
 		}
 		a, err := idnaProfile.ToASCII(base)
+		if err == nil && a != base {
+			// the A-labels must pass the checks themselves: the mapping can
+			// produce labels (a right-to-left one with a Latin letter) that
+			// idna accepts from U-labels but not back from A-labels
+			_, err = idnaProfile.ToASCII(a)
+		}
 		if err != nil {
 			return fail("it is not a valid internationalized name (" + err.Error() + ")")
 		}
