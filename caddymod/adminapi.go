@@ -153,12 +153,12 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) error {
 			if r.Method != http.MethodDelete {
 				return methodNotAllowed(w, "DELETE")
 			}
-			return h.noContent(w, h.store.DetachCertificate(r.Context(), id))
+			return h.detach(w, r, id, h.store.DetachCertificate)
 		case "certificate_management_policy":
 			if r.Method != http.MethodDelete {
 				return methodNotAllowed(w, "DELETE")
 			}
-			return h.noContent(w, h.store.DetachPolicy(r.Context(), id))
+			return h.detach(w, r, id, h.store.DetachPolicy)
 		case "provision":
 			if r.Method != http.MethodPost {
 				return methodNotAllowed(w, "POST")
@@ -167,14 +167,6 @@ func (h *handler) route(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return dcerr.New(dcerr.NotFound, "no such resource: %s", r.URL.Path)
-}
-
-func (h *handler) noContent(w http.ResponseWriter, err error) error {
-	if err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
 }
 
 func methodNotAllowed(w http.ResponseWriter, allow string) error {

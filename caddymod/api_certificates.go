@@ -6,6 +6,7 @@ import (
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
+	"go.uber.org/zap"
 )
 
 // certificateView is the API object of a TLS certificate: the contract's
@@ -60,8 +61,34 @@ func (h *handler) createCertificate(w http.ResponseWriter, r *http.Request) erro
 	if err != nil {
 		return err
 	}
+	emitCertificate("certificate_uploaded", c)
+	h.warnExpiring(c)
 	writeJSON(w, http.StatusCreated, viewCertificate(c))
 	return nil
+}
+
+// warnExpiring logs an upload that has expired, or ends within
+// expiry_warning, once at WARN, and sends certificate_expired or
+// certificate_expiring. Customers rotate by upload, so it is accepted.
+func (h *handler) warnExpiring(c *domainstore.Certificate) {
+	t := eventsTo.Load()
+	if t == nil {
+		return
+	}
+	left := time.Until(c.NotAfter)
+	if left > t.expiryWarning {
+		return
+	}
+	days := int(left.Hours() / 24)
+	event, msg := "certificate_expiring", "uploaded certificate expires soon; the customer should upload a renewed one"
+	if left <= 0 {
+		event, msg = "certificate_expired", "uploaded certificate has already expired; the customer should upload a valid one"
+	}
+	h.log.Warn(msg, zap.String("certificate_id", c.ID), zap.String("subject_common_name", c.SubjectCommonName),
+		zap.Time("not_after", c.NotAfter), zap.Int("days_left", days))
+	emitEvent(event, map[string]any{
+		"certificate_id": c.ID, "domain_ids": []string{}, "not_after": eventTime(c.NotAfter), "days_left": days,
+	})
 }
 
 func (h *handler) listCertificates(w http.ResponseWriter, r *http.Request) error {
@@ -119,5 +146,13 @@ func (h *handler) updateCertificate(w http.ResponseWriter, r *http.Request, id s
 }
 
 func (h *handler) deleteCertificate(w http.ResponseWriter, r *http.Request, id string) error {
-	return h.noContent(w, h.store.DeleteCertificate(r.Context(), id))
+	c, _ := h.store.GetCertificate(r.Context(), id) // for the event
+	if err := h.store.DeleteCertificate(r.Context(), id); err != nil {
+		return err
+	}
+	if c != nil {
+		emitCertificate("certificate_deleted", c)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }

@@ -2,6 +2,7 @@ package caddymod
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -99,6 +100,7 @@ func (h *handler) createDomain(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	emitDomain("domain_created", d)
 	writeJSON(w, http.StatusCreated, viewDomain(d))
 	return nil
 }
@@ -160,12 +162,34 @@ func (h *handler) updateDomain(w http.ResponseWriter, r *http.Request, id string
 	if err != nil {
 		return err
 	}
+	emitDomain("domain_updated", d)
 	writeJSON(w, http.StatusOK, viewDomain(d))
 	return nil
 }
 
 func (h *handler) deleteDomain(w http.ResponseWriter, r *http.Request, id string) error {
-	return h.noContent(w, h.store.DeleteDomain(r.Context(), id))
+	d, _ := h.store.GetDomain(r.Context(), id) // for the event
+	if err := h.store.DeleteDomain(r.Context(), id); err != nil {
+		return err
+	}
+	if d != nil {
+		emitDomain("domain_deleted", d)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// detach removes a domain's certificate or policy (detachCertificate or
+// detachPolicy) and sends domain_updated.
+func (h *handler) detach(w http.ResponseWriter, r *http.Request, id string, detach func(context.Context, string) error) error {
+	if err := detach(r.Context(), id); err != nil {
+		return err
+	}
+	if d, err := h.store.GetDomain(r.Context(), id); err == nil {
+		emitDomain("domain_updated", d)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // provisionDomain runs the domain's provisioning job now (or as soon as

@@ -8,9 +8,11 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
@@ -149,6 +151,11 @@ type App struct {
 	// Default: 168h (7 days).
 	ProvisioningTimeout caddy.Duration `json:"provisioning_timeout,omitempty"`
 
+	// How long before a certificate ends that it counts as expiring: an
+	// upload that ends sooner is logged at WARN and sends
+	// certificate_expiring. Default: 720h (30 days).
+	ExpiryWarning caddy.Duration `json:"expiry_warning,omitempty"`
+
 	// How often managed certificates are checked for renewal. It takes
 	// effect when the process first loads the app. Default: 10m.
 	RenewCheckInterval caddy.Duration `json:"renew_check_interval,omitempty"`
@@ -181,9 +188,14 @@ type App struct {
 	// provider, which DNS-01 then uses unless dns_provider or dns_server
 	// is configured
 	globalDNS bool
-	dnsKey    string
-	log       *zap.Logger
-	storage   certmagic.Storage // this config's storage, applied in Start
+	// events is this config's events app, for the events the app sends
+	events *eventTarget
+	// denyOnDemand is set when this config's tls app has the domaincerts
+	// on-demand permission, which refuses every name (see Manager)
+	denyOnDemand *atomic.Bool
+	dnsKey       string
+	log          *zap.Logger
+	storage      certmagic.Storage // this config's storage, applied in Start
 
 	issuerNames []string                    // sorted
 	issuerMods  map[string]certmagic.Issuer // provisioned, by name
@@ -204,6 +216,16 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // reuses the one already loaded by the running config.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
+	a.denyOnDemand = new(atomic.Bool)
+	if a.ExpiryWarning == 0 {
+		a.ExpiryWarning = caddy.Duration(DefaultExpiryWarning)
+	}
+	evApp, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("getting events app: %w", err)
+	}
+	a.events = &eventTarget{events: evApp.(*caddyevents.App), ctx: ctx, log: ctx.Logger(),
+		expiryWarning: time.Duration(a.ExpiryWarning)}
 	a.log = ctx.Logger()
 	if a.CacheCapacity == 0 {
 		a.CacheCapacity = certsource.DefaultCacheCapacity
@@ -343,6 +365,7 @@ func (a *App) Start() error {
 		certsource.ManagedCache(time.Duration(a.RenewCheckInterval), a.log.Named("cache")),
 		a.acmeOptions(authorities))
 	a.inst.store.SetPolicyOptions(a.DefaultAuthority, a.authorityNames(), a.acme.Decorate, a.acme.CheckPolicy)
+	setEventTarget(a.events)
 	a.acme.Start()
 	return nil
 }
@@ -352,6 +375,9 @@ func (a *App) Start() error {
 func (a *App) Stop() error {
 	if a.acme != nil {
 		a.acme.Stop()
+	}
+	if a.events != nil {
+		clearEventTarget(a.events)
 	}
 	return nil
 }

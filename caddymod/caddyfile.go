@@ -40,6 +40,7 @@ import (
 //		retry_min_interval <duration>
 //		retry_max_interval <duration>
 //		provisioning_timeout <duration>
+//		expiry_warning <duration>
 //		renew_check_interval <duration>
 //		renewal_window_ratio <ratio>
 //		sync_interval <duration>
@@ -122,6 +123,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = parseDuration(d, dst)
 		case "provisioning_timeout":
 			err = parseDuration(d, &a.ProvisioningTimeout)
+		case "expiry_warning":
+			err = parseDuration(d, &a.ExpiryWarning)
 		case "renew_check_interval":
 			err = parseDuration(d, &a.RenewCheckInterval)
 		case "sync_interval":

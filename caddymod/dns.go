@@ -88,6 +88,7 @@ func (a *App) acmeOptions(authorities map[string]certsource.Authority) certsourc
 		RenewalWindowRatio:  a.RenewalWindowRatio,
 		Storage:             certsource.ChallengeMirror(a.inst.store.Storage(), policyIssuerKeys(a.ctx)),
 		Logger:              a.log.Named("acme"),
+		Emit:                emitNow,
 	}
 	switch {
 	case a.CNAMETarget != "":

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -24,11 +25,17 @@ func init() {
 //
 // It fails closed: a handshake whose SNI matches no domain, or whose domain
 // has no usable certificate, fails at once (or gets the app's fallback
-// certificate). It never returns "no opinion", so Caddy never asks an ACME
-// issuer for a name that domaincerts does not own, even when the manager
-// sits in a catch-all automation policy.
+// certificate), so Caddy never asks an ACME issuer for a name that
+// domaincerts does not own, even when the manager sits in a catch-all
+// automation policy. CertMagic logs such a failure at ERROR, once per
+// handshake. When the tls app's on-demand permission is
+// tls.permission.domaincerts, which refuses every name, the manager
+// answers "no certificate" for a name without a domain (or no name)
+// instead: CertMagic then asks the permission, which refuses at DEBUG, and
+// the handshake fails as quickly, without a log line per scanner probe.
 type Manager struct {
 	source *certsource.Source
+	deny   *atomic.Bool // the app's denyOnDemand
 }
 
 // CaddyModule returns the Caddy module information.
@@ -51,12 +58,19 @@ func (m *Manager) Provision(ctx caddy.Context) error {
 		return errors.New("the domaincerts app failed to provision")
 	}
 	m.source = app.Source()
+	m.deny = app.denyOnDemand
 	return nil
 }
 
 // GetCertificate returns the certificate for a handshake.
 func (m *Manager) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return m.source.GetCertificate(ctx, hello)
+	c, err := m.source.GetCertificate(ctx, hello)
+	if (err == certsource.ErrNoDomain || err == certsource.ErrNoServerName) && m.deny.Load() {
+		// the permission refuses every name: CertMagic's next step fails
+		// the handshake without an order and without an ERROR line
+		return nil, nil
+	}
+	return c, err
 }
 
 // UnmarshalCaddyfile sets up the manager from Caddyfile tokens. Syntax:

@@ -3,6 +3,8 @@ package caddymod
 import (
 	"errors"
 
+	"github.com/domaincerts/caddy-domaincerts/certsource"
+	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -13,7 +15,14 @@ import (
 // managed ones live in CertMagic's cache.
 var (
 	metricDomains = prometheus.NewDesc("domaincerts_domains",
-		"Domains in the SNI index.", nil, nil)
+		"Domains by state: uploaded (an uploaded certificate), issued (managed, with a certificate), provisioning (managed, none yet), failing (managed, its job reports an error), none.",
+		[]string{"state"}, nil)
+	metricHandshakes = prometheus.NewDesc("domaincerts_handshakes_total",
+		"TLS handshakes the manager answered, by result: served, fallback (the fallback certificate), no_sni, no_domain, no_certificate.",
+		[]string{"result"}, nil)
+	metricProvisioningFailures = prometheus.NewDesc("domaincerts_provisioning_failures_total",
+		"Failed certificate provisioning attempts and renewals on this instance, by error code.",
+		[]string{"error_code"}, nil)
 	metricCacheEntries = prometheus.NewDesc("domaincerts_cache_entries",
 		"Parsed certificates held in the certificate cache.", nil, nil)
 	metricCacheCapacity = prometheus.NewDesc("domaincerts_cache_capacity",
@@ -48,7 +57,7 @@ type collector struct{ inst *instance }
 
 // Describe is part of prometheus.Collector.
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{metricDomains, metricCacheEntries, metricCacheCapacity,
+	for _, d := range []*prometheus.Desc{metricDomains, metricHandshakes, metricProvisioningFailures, metricCacheEntries, metricCacheCapacity,
 		metricCacheBytes, metricCacheMaxBytes, metricCacheHits, metricCacheMisses, metricCacheEvictions,
 		metricDamaged, metricJournal, metricLastSync, metricStorageErrors} {
 		ch <- d
@@ -58,6 +67,10 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 // Collect is part of prometheus.Collector.
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	st := c.inst.source.Cache().Stats()
+	failures := certsource.ProvisioningFailures()
+	if failures == nil {
+		failures = map[string]uint64{}
+	}
 	gauge := func(d *prometheus.Desc, v float64) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
 	}
@@ -65,7 +78,25 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 	}
 	ss := c.inst.store.Stats()
-	gauge(metricDomains, float64(ss.Domains))
+	for state, n := range ss.States {
+		ch <- prometheus.MustNewConstMetric(metricDomains, prometheus.GaugeValue, float64(n), domainstore.DomainStateNames[state])
+	}
+	hs := c.inst.source.Handshakes()
+	for _, r := range []struct {
+		result string
+		n      uint64
+	}{{"served", hs.Served.Load()}, {"fallback", hs.Fallback.Load()}, {"no_sni", hs.NoSNI.Load()},
+		{"no_domain", hs.NoDomain.Load()}, {"no_certificate", hs.NoCertificate.Load()}} {
+		ch <- prometheus.MustNewConstMetric(metricHandshakes, prometheus.CounterValue, float64(r.n), r.result)
+	}
+	for _, code := range []string{"DNS_ERROR", "INTERNAL_ERROR"} {
+		// present from the start, so that rate() sees the first failure
+		ch <- prometheus.MustNewConstMetric(metricProvisioningFailures, prometheus.CounterValue, float64(failures[code]), code)
+		delete(failures, code)
+	}
+	for code, n := range failures {
+		ch <- prometheus.MustNewConstMetric(metricProvisioningFailures, prometheus.CounterValue, float64(n), code)
+	}
 	gauge(metricDamaged, float64(ss.Damaged))
 	gauge(metricJournal, float64(ss.JournalPosition))
 	if !ss.LastSync.IsZero() {

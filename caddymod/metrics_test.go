@@ -53,31 +53,52 @@ func TestMetrics(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// and handshakes that get nothing
+	for _, name := range []string{"unknown.metrics.test", "other.metrics.test", ""} {
+		if _, err := inst.source.GetCertificate(ctx, &tls.ClientHelloInfo{ServerName: name}); err == nil {
+			t.Fatalf("%q: served a certificate", name)
+		}
+	}
 
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[string]float64{}
+	got := map[string]float64{} // by name{label="value"}
 	for _, f := range families {
-		m := f.GetMetric()[0]
-		switch {
-		case m.GetGauge() != nil:
-			got[f.GetName()] = m.GetGauge().GetValue()
-		case m.GetCounter() != nil:
-			got[f.GetName()] = m.GetCounter().GetValue()
+		for _, m := range f.GetMetric() {
+			key := f.GetName()
+			for _, l := range m.GetLabel() {
+				key += "{" + l.GetName() + "=\"" + l.GetValue() + "\"}"
+			}
+			switch {
+			case m.GetGauge() != nil:
+				got[key] = m.GetGauge().GetValue()
+			case m.GetCounter() != nil:
+				got[key] = m.GetCounter().GetValue()
+			}
 		}
 	}
 	for name, want := range map[string]float64{
-		"domaincerts_domains":               2,
-		"domaincerts_cache_entries":         1,
-		"domaincerts_cache_capacity":        1,
-		"domaincerts_cache_hits_total":      2,
-		"domaincerts_cache_misses_total":    1,
-		"domaincerts_cache_evictions_total": 2,
-		"domaincerts_cache_max_bytes":       0,
-		"domaincerts_damaged_records":       0,
-		"domaincerts_storage_errors_total":  0,
+		`domaincerts_domains{state="uploaded"}`:                           2,
+		`domaincerts_domains{state="issued"}`:                             0,
+		`domaincerts_domains{state="provisioning"}`:                       0,
+		`domaincerts_domains{state="failing"}`:                            0,
+		`domaincerts_domains{state="none"}`:                               0,
+		`domaincerts_handshakes_total{result="served"}`:                   3,
+		`domaincerts_handshakes_total{result="no_domain"}`:                2,
+		`domaincerts_handshakes_total{result="no_sni"}`:                   1,
+		`domaincerts_handshakes_total{result="no_certificate"}`:           0,
+		`domaincerts_handshakes_total{result="fallback"}`:                 0,
+		`domaincerts_provisioning_failures_total{error_code="DNS_ERROR"}`: 0,
+		"domaincerts_cache_entries":                                       1,
+		"domaincerts_cache_capacity":                                      1,
+		"domaincerts_cache_hits_total":                                    2,
+		"domaincerts_cache_misses_total":                                  1,
+		"domaincerts_cache_evictions_total":                               2,
+		"domaincerts_cache_max_bytes":                                     0,
+		"domaincerts_damaged_records":                                     0,
+		"domaincerts_storage_errors_total":                                0,
 		// two uploads and two creates, one journal entry each
 		"domaincerts_journal_position": 4,
 	} {

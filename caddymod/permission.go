@@ -18,8 +18,11 @@ func init() {
 // manager, it states that Caddy's own issuers must never be asked for a
 // certificate during a handshake.
 //
-// The manager already fails closed (it never lets a handshake fall through
-// to issuance), so this adds a second lock rather than a new behaviour; it
+// The manager fails closed without it (it never lets a handshake fall
+// through to issuance), but then CertMagic logs every handshake for an
+// unknown name at ERROR. With this permission the manager answers "no
+// certificate" for such names, CertMagic asks the permission, which
+// refuses at DEBUG level, and the handshake fails as fast, unlogged. It
 // also quiets the warning Caddy logs at every config load for a catch-all
 // policy with a certificate manager and no permission module. Caddy has
 // one on-demand permission for the whole tls app: do not use this one if
@@ -35,6 +38,17 @@ func (Permission) CaddyModule() caddy.ModuleInfo {
 		ID:  "tls.permission.domaincerts",
 		New: func() caddy.Module { return new(Permission) },
 	}
+}
+
+// Provision tells the domaincerts app of this config that the tls app's
+// on-demand permission refuses every name.
+func (Permission) Provision(ctx caddy.Context) error {
+	app, err := ctx.App("domaincerts")
+	if err != nil {
+		return fmt.Errorf("getting domaincerts app: %w", err)
+	}
+	app.(*App).denyOnDemand.Store(true)
+	return nil
 }
 
 // CertificateAllowed refuses every name.
@@ -58,5 +72,6 @@ func (p *Permission) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddytls.OnDemandPermission = Permission{}
+	_ caddy.Provisioner           = Permission{}
 	_ caddyfile.Unmarshaler       = (*Permission)(nil)
 )

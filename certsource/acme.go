@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -129,6 +130,12 @@ type ACMEOptions struct {
 	Storage certmagic.Storage
 
 	Logger *zap.Logger
+
+	// Emit, if set, sends an event (Caddy's events app): CertMagic's
+	// cert_obtaining, cert_obtained and cert_failed for managed domains,
+	// with domain_id added, and provisioning_failed. An error from the
+	// handlers of cert_obtaining aborts that attempt, as in Caddy.
+	Emit func(ctx context.Context, event string, data map[string]any) error
 }
 
 // The process-wide CertMagic cache of managed certificates. It outlives
@@ -538,6 +545,7 @@ func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainst
 			a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 				ErrorCode: &code, Msg: je.err.Error(), StartedAt: started,
 			}})
+			a.failed(ctx, id, name, code, je.err.Error(), nil)
 			log.Warn("provisioning certificate failed; not retrying until the configuration changes",
 				zap.String("error_code", code), zap.Error(je.err))
 			stopped = true
@@ -549,6 +557,7 @@ func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainst
 				Msg: fmt.Sprintf("%s; no more attempts after %s of failures: fix the cause, then POST /domaincerts/domains/%s/provision (or change its certificate_management_policy) to try again",
 					je.err.Error(), a.opts.ProvisioningTimeout, id),
 			}})
+			a.failed(ctx, id, name, code, je.err.Error(), nil)
 			log.Warn("provisioning certificate failed for longer than provisioning_timeout; stopped retrying",
 				zap.String("error_code", code), zap.Time("started_at", started), zap.Error(je.err))
 			stopped = true
@@ -558,6 +567,7 @@ func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainst
 		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 			ErrorCode: &code, Msg: je.err.Error(), StartedAt: started, RetriesAt: &retry,
 		}})
+		a.failed(ctx, id, name, code, je.err.Error(), &retry)
 		// said once per distinct failure: a customer who has not set up
 		// DNS yet is not the operator's problem, and a retry that fails
 		// the same way adds nothing
@@ -953,11 +963,23 @@ func (a *ACME) renewSync(ctx context.Context, cfg *certmagic.Config, name string
 
 // onEvent follows renewals that CertMagic's maintenance runs.
 func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) error {
+	name, _ := data["identifier"].(string)
+	switch event {
+	case "cert_obtaining", "cert_obtained", "cert_failed":
+		if a.opts.Emit != nil {
+			out := maps.Clone(data)
+			if id, ok := a.store.DomainID(name); ok {
+				out["domain_id"] = id
+			}
+			if err := a.opts.Emit(ctx, event, out); err != nil && event == "cert_obtaining" {
+				return err
+			}
+		}
+	}
 	renewal, _ := data["renewal"].(bool)
 	if !renewal {
 		return nil
 	}
-	name, _ := data["identifier"].(string)
 	if _, ok := a.jobRenewals.Load(name); ok {
 		return nil
 	}
@@ -982,6 +1004,7 @@ func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) e
 		a.setStatus(ctx, d.ID, *d.Policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 			ErrorCode: &code, Msg: msg, StartedAt: started.UTC().Truncate(time.Second), RetriesAt: &retry,
 		}})
+		a.failed(ctx, d.ID, name, code, msg, &retry)
 	case "cert_obtained":
 		renewals.done(name)
 		// the cache reloads the renewed certificate after this event;
@@ -989,6 +1012,48 @@ func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) e
 		go a.afterRenewal(d.ID, *d.Policy, name)
 	}
 	return nil
+}
+
+// failed counts a failed provisioning attempt (or renewal) and sends
+// provisioning_failed; retry is nil when no attempt follows.
+func (a *ACME) failed(ctx context.Context, id, name, code, msg string, retry *time.Time) {
+	provisioningFailures.add(code)
+	if a.opts.Emit == nil {
+		return
+	}
+	var retriesAt any // null when none follows
+	if retry != nil {
+		retriesAt = retry.UTC().Format(time.RFC3339)
+	}
+	_ = a.opts.Emit(ctx, "provisioning_failed", map[string]any{
+		"domain_id": id, "domain": name, "error_code": code, "msg": msg, "retries_at": retriesAt,
+	})
+}
+
+// provisioningFailures counts failed attempts by error code, for the life
+// of the process (metrics outlive config reloads).
+var provisioningFailures failureCounts
+
+type failureCounts struct {
+	mu     sync.Mutex
+	counts map[string]uint64
+}
+
+func (f *failureCounts) add(code string) {
+	f.mu.Lock()
+	if f.counts == nil {
+		f.counts = make(map[string]uint64)
+	}
+	f.counts[code]++
+	f.mu.Unlock()
+}
+
+// ProvisioningFailures returns how many provisioning attempts (and
+// renewals) failed in this process, by error code.
+func ProvisioningFailures() map[string]uint64 {
+	provisioningFailures.mu.Lock()
+	defer provisioningFailures.mu.Unlock()
+	return maps.Clone(provisioningFailures.counts)
 }
 
 func (a *ACME) afterRenewal(id string, policy domainstore.Policy, name string) {

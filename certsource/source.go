@@ -47,6 +47,8 @@ type Source struct {
 	managed   atomic.Pointer[managedRef] // read on every handshake of a managed domain
 	deletions atomic.Uint64              // certificates deleted so far
 
+	handshakes HandshakeCounts
+
 	mu       sync.Mutex
 	loading  map[string]*load // certificate ID -> load in flight
 	fallback string           // certificate ID served when nothing matches
@@ -68,6 +70,22 @@ func New(store *domainstore.Store, capacity int, log *zap.Logger) *Source {
 	store.Subscribe(s)
 	return s
 }
+
+// HandshakeCounts counts the handshakes a Source answered, by result. Each
+// counter sits on its own cache line, so that counting costs one atomic
+// add on the handshake path and no contention between results.
+type HandshakeCounts struct {
+	Served, Fallback, NoSNI, NoDomain, NoCertificate paddedCounter
+}
+
+// paddedCounter is an atomic counter alone on a 64-byte cache line.
+type paddedCounter struct {
+	atomic.Uint64
+	_ [56]byte
+}
+
+// Handshakes returns the handshake counters.
+func (s *Source) Handshakes() *HandshakeCounts { return &s.handshakes }
 
 // Cache returns the source's certificate cache.
 func (s *Source) Cache() *Cache { return s.cache }
@@ -95,21 +113,22 @@ func (s *Source) SetFallback(certificateID string) {
 func (s *Source) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	name := hello.ServerName
 	if name == "" {
-		return s.fallbackOr(ctx, ErrNoServerName)
+		return s.fallbackOr(ctx, ErrNoServerName, &s.handshakes.NoSNI)
 	}
 	e, ok := s.store.Lookup(name)
 	if !ok {
-		return s.fallbackOr(ctx, ErrNoDomain)
+		return s.fallbackOr(ctx, ErrNoDomain, &s.handshakes.NoDomain)
 	}
 	if e.Managed {
 		if m := s.managed.Load(); m != nil && m.Managed != nil {
 			if c := m.ManagedCertificate(e, name); c != nil {
+				s.handshakes.Served.Add(1)
 				return c, nil
 			}
 		}
 	}
 	if e.CertificateID == "" {
-		return s.fallbackOr(ctx, ErrNoCertificate)
+		return s.fallbackOr(ctx, ErrNoCertificate, &s.handshakes.NoCertificate)
 	}
 	c, err := s.certificate(ctx, e.CertificateID)
 	if err != nil {
@@ -117,22 +136,28 @@ func (s *Source) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo)
 			ce.Write(zap.String("server_name", name), zap.String("domain_id", e.DomainID),
 				zap.String("cert_id", e.CertificateID), zap.Error(err))
 		}
-		return s.fallbackOr(ctx, ErrNoCertificate)
+		return s.fallbackOr(ctx, ErrNoCertificate, &s.handshakes.NoCertificate)
 	}
+	s.handshakes.Served.Add(1)
 	return c, nil
 }
 
-func (s *Source) fallbackOr(ctx context.Context, err error) (*tls.Certificate, error) {
+// fallbackOr serves the fallback certificate, or fails with err and
+// counts the handshake in failed.
+func (s *Source) fallbackOr(ctx context.Context, err error, failed *paddedCounter) (*tls.Certificate, error) {
 	s.mu.Lock()
 	id := s.fallback
 	s.mu.Unlock()
 	if id == "" {
+		failed.Add(1)
 		return nil, err
 	}
 	c, ferr := s.certificate(ctx, id)
 	if ferr != nil {
+		failed.Add(1)
 		return nil, fmt.Errorf("%w (fallback certificate %s: %v)", err, id, ferr)
 	}
+	s.handshakes.Fallback.Add(1)
 	return c, nil
 }
 

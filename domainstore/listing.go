@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
@@ -392,6 +393,9 @@ func decodeCertificate(b []byte, id string, c certRecord) error {
 	}
 	if c.recordID() != id || c.recordPEM() == "" {
 		return fmt.Errorf("decoding certificate %s: the record holds id %q and %d bytes of PEM", id, c.recordID(), len(c.recordPEM()))
+	}
+	if full, ok := c.(*Certificate); ok && full.Fingerprint == "" {
+		full.Fingerprint = bundle.Fingerprint(full.CertificatePEM) // a record of an earlier version
 	}
 	return nil
 }

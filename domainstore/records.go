@@ -145,10 +145,50 @@ type Entry struct {
 	CertificateID string
 	// Managed is true when the domain has a management policy.
 	Managed bool
+	// Failing is true when the managed domain's provisioning job reports
+	// an error.
+	Failing bool
 	// Version is the version of the stored record the entry reflects.
 	Version uint64
 }
 
 func entryFor(d *Domain, version uint64) *Entry {
-	return &Entry{DomainID: d.ID, Name: d.Domain, CertificateID: d.CertificateID, Managed: d.Policy != nil, Version: version}
+	failing := d.Policy != nil && d.Status != nil && d.Status.ProvisioningJob != nil &&
+		d.Status.ProvisioningJob.ErrorCode != nil && *d.Status.ProvisioningJob.ErrorCode != ""
+	return &Entry{DomainID: d.ID, Name: d.Domain, CertificateID: d.CertificateID, Managed: d.Policy != nil,
+		Failing: failing, Version: version}
+}
+
+// DomainState is where a domain stands, for metrics.
+type DomainState int
+
+// The domain states: an uploaded certificate (no policy); a managed one
+// issued, still provisioning (no certificate yet, no error), or failing
+// (its job reports an error, with or without a certificate); none (no
+// policy, no certificate).
+const (
+	StateUploaded DomainState = iota
+	StateIssued
+	StateProvisioning
+	StateFailing
+	StateNone
+	numDomainStates
+)
+
+// DomainStateNames are the metric label values of the states, by state.
+var DomainStateNames = [...]string{"uploaded", "issued", "provisioning", "failing", "none"}
+
+// State returns the domain's state.
+func (e *Entry) State() DomainState {
+	switch {
+	case !e.Managed && e.CertificateID != "":
+		return StateUploaded
+	case !e.Managed:
+		return StateNone
+	case e.Failing:
+		return StateFailing
+	case e.CertificateID != "":
+		return StateIssued
+	}
+	return StateProvisioning
 }

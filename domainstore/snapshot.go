@@ -25,11 +25,12 @@ import (
 // sorted by ID within each kind:
 //
 //	domaincerts-index 2 <seq, hex>
-//	d <domain id> <version, hex> <name> <certificate id or -> <m|u>
+//	d <domain id> <version, hex> <name> <certificate id or -> <m|f|u>
 //	c <certificate id> <version, hex>
 //	x <record id> <version, hex> <name or -> <reason...>
 //
-// (m: managed, u: not; x: a damaged record, listed so that it can be
+// (m: managed, f: managed and its job reports an error, u: not; x: a
+// damaged record, listed so that it can be
 // deleted). It is decoded several times faster than JSON, which matters
 // at a million domains.
 const (
@@ -243,7 +244,7 @@ func parseSnapshotDomain(fields string) (*Entry, bool) {
 		}
 	}
 	f[4] = rest
-	if !validID(DomainPrefix, f[0]) || (f[4] != "m" && f[4] != "u") {
+	if !validID(DomainPrefix, f[0]) || (f[4] != "m" && f[4] != "f" && f[4] != "u") {
 		return nil, false
 	}
 	v, err := strconv.ParseUint(f[1], 16, 64)
@@ -253,7 +254,7 @@ func parseSnapshotDomain(fields string) (*Entry, bool) {
 	if !storedName(f[2]) {
 		return nil, false
 	}
-	e := &Entry{DomainID: f[0], Version: v, Name: f[2], Managed: f[4] == "m"}
+	e := &Entry{DomainID: f[0], Version: v, Name: f[2], Managed: f[4] != "u", Failing: f[4] == "f"}
 	if f[3] != "-" {
 		if !validID(CertificatePrefix, f[3]) {
 			return nil, false
@@ -320,7 +321,10 @@ func (snap *snapshot) encode() []byte {
 		if cert == "" {
 			cert = "-"
 		}
-		if e.Managed {
+		switch {
+		case e.Failing:
+			managed = "f"
+		case e.Managed:
 			managed = "m"
 		}
 		sb.WriteString("d ")

@@ -78,6 +78,7 @@ func (s *Store) resetStateLocked(n int) {
 	s.certIDs = nil
 	s.certUse = make(map[string]int)
 	s.damaged = make(map[string]*Damaged)
+	s.states = [numDomainStates]int{}
 	s.index.Grow(n)
 }
 
@@ -87,6 +88,7 @@ func (s *Store) resetStateLocked(n int) {
 func (s *Store) putDomainLocked(e *Entry) (old, evicted *Entry) {
 	old = s.domains[e.DomainID]
 	if old != nil {
+		s.states[old.State()]--
 		s.unuseLocked(old.CertificateID)
 		if old.Name != e.Name { // names are immutable; only a damaged journal could do this
 			delete(s.names, old.Name)
@@ -108,6 +110,7 @@ func (s *Store) putDomainLocked(e *Entry) (old, evicted *Entry) {
 		evicted = s.markDamagedLocked(other, "another domain ("+e.DomainID+") has the same name; delete one of them")
 	}
 	s.domains[e.DomainID] = e
+	s.states[e.State()]++
 	s.names[e.Name] = e.DomainID
 	if e.CertificateID != "" {
 		s.certUse[e.CertificateID]++
@@ -124,6 +127,7 @@ func (s *Store) markDamagedLocked(id, reason string) *Entry {
 		return nil
 	}
 	s.unuseLocked(e.CertificateID)
+	s.states[e.State()]--
 	delete(s.domains, id)
 	if s.names[e.Name] == id {
 		delete(s.names, e.Name)
@@ -143,6 +147,7 @@ func (s *Store) deleteDomainLocked(id string) *Entry {
 	}
 	if e != nil {
 		s.unuseLocked(e.CertificateID)
+		s.states[e.State()]--
 		delete(s.domains, id)
 		if s.names[e.Name] == id {
 			delete(s.names, e.Name)

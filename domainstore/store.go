@@ -94,14 +94,15 @@ type Store struct {
 	// The state below is changed only by the sequencer goroutine, under
 	// mu; other goroutines read it under mu.RLock.
 	mu        sync.RWMutex
-	domains   map[string]*Entry   // live domains by ID
-	names     map[string]string   // normalized name -> domain ID
-	domainIDs []string            // sorted, oldest first: live and damaged domains
-	certs     map[string]uint64   // certificate ID -> version (journal entry), 0 if unknown
-	certIDs   []string            // sorted, oldest first
-	certUse   map[string]int      // certificate ID -> domains that use it
-	damaged   map[string]*Damaged // records that cannot be read, by ID
-	pos       uint64              // the journal entry memory reflects
+	domains   map[string]*Entry    // live domains by ID
+	names     map[string]string    // normalized name -> domain ID
+	domainIDs []string             // sorted, oldest first: live and damaged domains
+	certs     map[string]uint64    // certificate ID -> version (journal entry), 0 if unknown
+	certIDs   []string             // sorted, oldest first
+	certUse   map[string]int       // certificate ID -> domains that use it
+	states    [numDomainStates]int // live domains by state
+	damaged   map[string]*Damaged  // records that cannot be read, by ID
+	pos       uint64               // the journal entry memory reflects
 
 	listenMu  sync.RWMutex
 	listeners []Listener
@@ -362,13 +363,15 @@ type Stats struct {
 	StorageErrors uint64
 	// LastSync is when the store last read the journal successfully.
 	LastSync time.Time
+	// States counts the live domains by state (DomainStateNames).
+	States [numDomainStates]int
 }
 
 // Stats returns the store's figures. It reads memory only.
 func (s *Store) Stats() Stats {
 	s.mu.RLock()
 	st := Stats{Domains: len(s.domains), Certificates: len(s.certs) - s.damagedCertsLocked(),
-		Damaged: len(s.damaged), JournalPosition: s.pos}
+		Damaged: len(s.damaged), JournalPosition: s.pos, States: s.states}
 	s.mu.RUnlock()
 	st.StorageErrors = s.stats.storageErrors.Load()
 	if ns := s.stats.lastSync.Load(); ns > 0 {

@@ -714,3 +714,62 @@ func TestSharedChallengeTarget(t *testing.T) {
 		t.Errorf("stored record: %+v, %v", d, err)
 	}
 }
+
+// TestDomainStates counts domains by state as they change, and again
+// after a restart from the snapshot the store wrote when it closed.
+func TestDomainStates(t *testing.T) {
+	ctx := context.Background()
+	st := new(memstorage.Storage)
+	s := openOn(t, st)
+	ca := testpki.NewCA(t, "States CA")
+	cert := upload(t, s, ca.Issue(t, "up.states.test"))
+	if _, err := s.CreateDomain(ctx, DomainInput{Domain: "up.states.test", CertificateID: cert.ID}); err != nil {
+		t.Fatal(err)
+	}
+	// a domain without a certificate is managed by default; detaching its
+	// policy leaves it with neither
+	none, err := s.CreateDomain(ctx, DomainInput{Domain: "none.states.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DetachPolicy(ctx, none.ID); err != nil {
+		t.Fatal(err)
+	}
+	failing, err := s.CreateDomain(ctx, DomainInput{Domain: "failing.states.test", Policy: &Policy{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued, err := s.CreateDomain(ctx, DomainInput{Domain: "issued.states.test", Policy: &Policy{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateDomain(ctx, DomainInput{Domain: "waiting.states.test", Policy: &Policy{}}); err != nil {
+		t.Fatal(err)
+	}
+	code := "DNS_ERROR"
+	if err := s.SetManagedState(ctx, failing.ID, *failing.Policy, &Status{ProvisioningJob: &ProvisioningJob{ErrorCode: &code, Msg: "create a record"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	leaf := ca.Issue(t, "issued.states.test")
+	if err := s.SetManagedState(ctx, issued.ID, *issued.Policy, &Status{}, &IssuedCertificate{CertificatePEM: leaf.CertPEM, KeyStorageKey: "k", IssuedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	want := [numDomainStates]int{StateUploaded: 1, StateIssued: 1, StateProvisioning: 1, StateFailing: 1, StateNone: 1}
+	if got := s.Stats().States; got != want {
+		t.Fatalf("states %v, want %v (%v)", got, want, DomainStateNames)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openOn(t, st)
+	if got := s.Stats().States; got != want {
+		t.Fatalf("after a restart: states %v, want %v", got, want)
+	}
+	if err := s.DeleteDomain(ctx, failing.ID); err != nil {
+		t.Fatal(err)
+	}
+	want[StateFailing] = 0
+	if got := s.Stats().States; got != want {
+		t.Fatalf("after a delete: states %v, want %v", got, want)
+	}
+}

@@ -26,13 +26,13 @@ func TestMetricsEndpoint(t *testing.T) {
 
 	values := metricValues(t, c)
 	for name, ok := range map[string]func(float64) bool{
-		"domaincerts_domains":               func(v float64) bool { return v == 1 },
-		"domaincerts_cache_entries":         func(v float64) bool { return v == 1 },
-		"domaincerts_cache_capacity":        func(v float64) bool { return v == 10000 },
-		"domaincerts_cache_hits_total":      func(v float64) bool { return v >= 3 },
-		"domaincerts_cache_misses_total":    func(v float64) bool { return v == 0 },
-		"domaincerts_cache_evictions_total": func(v float64) bool { return v == 0 },
-		"domaincerts_cache_max_bytes":       func(v float64) bool { return v == cacheMemory },
+		`domaincerts_domains{state="uploaded"}`: func(v float64) bool { return v == 1 },
+		"domaincerts_cache_entries":             func(v float64) bool { return v == 1 },
+		"domaincerts_cache_capacity":            func(v float64) bool { return v == 10000 },
+		"domaincerts_cache_hits_total":          func(v float64) bool { return v >= 3 },
+		"domaincerts_cache_misses_total":        func(v float64) bool { return v == 0 },
+		"domaincerts_cache_evictions_total":     func(v float64) bool { return v == 0 },
+		"domaincerts_cache_max_bytes":           func(v float64) bool { return v == cacheMemory },
 		// one ECDSA certificate: about 3 KB
 		"domaincerts_cache_bytes": func(v float64) bool { return v > 2000 && v < 5000 },
 	} {

@@ -1,8 +1,11 @@
 package bundle
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
+	"encoding/hex"
+	"encoding/pem"
 	"time"
 )
 
@@ -40,6 +43,19 @@ type CertInfo struct {
 	SubjectProvince string `json:"subject_province"`
 	// SubjectCountry is the subject's first C value, or "".
 	SubjectCountry string `json:"subject_country"`
+	// Fingerprint is the SHA-256 of the leaf's DER, in lowercase hex.
+	Fingerprint string `json:"fingerprint"`
+}
+
+// Fingerprint returns the SHA-256 of the DER of the first certificate in
+// chainPEM, in lowercase hex; "" if there is none.
+func Fingerprint(chainPEM string) string {
+	block, _ := pem.Decode([]byte(chainPEM))
+	if block == nil {
+		return ""
+	}
+	sum := sha256.Sum256(block.Bytes)
+	return hex.EncodeToString(sum[:])
 }
 
 // SubjectAlternativeNames are the names a certificate is valid for. Both
@@ -121,6 +137,8 @@ func Info(leaf *x509.Certificate) CertInfo {
 		}
 	}
 	info.IssuerCommonName = leaf.Issuer.CommonName
+	sum := sha256.Sum256(leaf.Raw)
+	info.Fingerprint = hex.EncodeToString(sum[:])
 	if leaf.SerialNumber != nil {
 		info.SerialNumber = leaf.SerialNumber.Text(16)
 	}

@@ -1,9 +1,12 @@
 package bundle
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
 	"math/big"
 	"reflect"
 	"sort"
@@ -34,12 +37,21 @@ func TestInfo(t *testing.T) {
 		SubjectLocality:           "Lyon",
 		SubjectProvince:           "Rhone",
 		SubjectCountry:            "FR",
+		Fingerprint:               fmt.Sprintf("%x", sha256.Sum256(p.ecLeaf.cert.Raw)),
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Info() =\n%+v\nwant\n%+v", got, want)
 	}
 	if got.NotBefore.Location() != time.UTC || got.NotAfter.Location() != time.UTC {
 		t.Errorf("times are not in UTC")
+	}
+	// a stored record of an earlier version gets it from its PEM
+	chain := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.ecLeaf.cert.Raw}))
+	if fp := Fingerprint(chain); fp != want.Fingerprint {
+		t.Errorf("Fingerprint(PEM) = %s, want %s", fp, want.Fingerprint)
+	}
+	if fp := Fingerprint("no PEM here"); fp != "" {
+		t.Errorf("Fingerprint(no PEM) = %q, want empty", fp)
 	}
 }
 
@@ -122,7 +134,7 @@ func TestInfoJSON(t *testing.T) {
 				keys = append(keys, k)
 			}
 			sort.Strings(keys)
-			wantKeys := "extended_key_usages,issuer_common_name,key_usages,not_after,not_before,serial_number,subject_alternative_names,subject_common_name,subject_country,subject_locality,subject_organization,subject_organizational_unit,subject_province"
+			wantKeys := "extended_key_usages,fingerprint,issuer_common_name,key_usages,not_after,not_before,serial_number,subject_alternative_names,subject_common_name,subject_country,subject_locality,subject_organization,subject_organizational_unit,subject_province"
 			if got := strings.Join(keys, ","); got != wantKeys {
 				t.Errorf("JSON keys = %s\nwant %s", got, wantKeys)
 			}

@@ -1,0 +1,248 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// recordedEvent is a line of the test event recorder's file
+// (./testevents).
+type recordedEvent struct {
+	Name   string         `json:"name"`
+	Origin string         `json:"origin"`
+	Data   map[string]any `json:"data"`
+}
+
+// withEventRecorder runs the test Caddy with an events app whose one
+// subscription, to every event, records to a file; it returns the file.
+func withEventRecorder(t *testing.T, opts *caddyOpts) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "events.jsonl")
+	opts.Bin = testCaddyBin(t)
+	opts.Mutate = func(cfg map[string]any, _ *caddyProc) {
+		cfg["apps"].(map[string]any)["events"] = map[string]any{
+			"subscriptions": []any{map[string]any{
+				"handlers": []any{map[string]any{"handler": "testrecorder", "file": file}},
+			}},
+		}
+	}
+	return file
+}
+
+// readEvents returns the events recorded so far.
+func readEvents(t *testing.T, file string) []recordedEvent {
+	t.Helper()
+	f, err := os.Open(file)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []recordedEvent
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var e recordedEvent
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("event line %q: %v", sc.Text(), err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// waitEvent waits for an event of that name from the domaincerts app
+// whose data holds every key of match with that value.
+func waitEvent(t *testing.T, file, name string, match map[string]any) recordedEvent {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, e := range readEvents(t, file) {
+			if e.Name != name || e.Origin != "domaincerts" {
+				continue
+			}
+			ok := true
+			for k, v := range match {
+				if fmt.Sprint(e.Data[k]) != fmt.Sprint(v) {
+					ok = false
+				}
+			}
+			if ok {
+				return e
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s event with %v; recorded:\n%s", name, match, jsonString(readEvents(t, file)))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// opensslLeaf makes a self-signed ECDSA certificate for name with openssl,
+// valid for days, and returns its PEM and key.
+func opensslLeaf(t *testing.T, name string, days int) (certPEM, keyPEM string) {
+	t.Helper()
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	out, err := exec.Command("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+		"-nodes", "-days", strconv.Itoa(days), "-subj", "/CN="+name, "-addext", "subjectAltName=DNS:"+name,
+		"-keyout", key, "-out", cert).CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl req: %v\n%s", err, out)
+	}
+	c, err := os.ReadFile(cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(c), string(k)
+}
+
+// TestEventsAndMetrics: an operator's events handler sees the plugin's
+// events with their fields (uploads, domains, an expiring upload, Pebble
+// issuing a managed certificate, a CA outage), and /metrics counts them.
+func TestEventsAndMetrics(t *testing.T) {
+	opts := caddyOpts{}
+	file := withEventRecorder(t, &opts)
+	caAddr := "127.0.0.1:" + strconv.Itoa(freePort(t)) // nothing listens: a CA outage
+	m := startManagedWith(t, opts, func(app map[string]any) {
+		down := getPebble(t).ACMEIssuer()
+		down["ca"] = "https://" + caAddr + "/dir"
+		app["issuers"].(map[string]any)["down"] = down
+		app["retry_min_interval"], app["retry_max_interval"] = "1h", "1h"
+	})
+
+	// an upload that ends in 5 days: accepted, logged at WARN once, and
+	// certificate_expiring
+	const soon = "soon.events.test"
+	certPEM, keyPEM := opensslLeaf(t, soon, 5)
+	mark := m.logMark()
+	cert := m.mustAPI(t, http.StatusCreated, "POST", "/domaincerts/tls_certificates",
+		map[string]any{"certificate_pem": certPEM, "private_key_pem": keyPEM})
+	certID := cert["id"].(string)
+	if fp, _ := cert["fingerprint"].(string); len(fp) != 64 || strings.ToLower(fp) != fp {
+		t.Errorf("fingerprint %q, want 64 lowercase hex digits", cert["fingerprint"])
+	}
+	up := waitEvent(t, file, "certificate_uploaded", map[string]any{"certificate_id": certID})
+	if up.Data["subject_common_name"] != soon || up.Data["not_after"] != cert["not_after"] {
+		t.Errorf("certificate_uploaded data %v; want subject_common_name %s, not_after %v", up.Data, soon, cert["not_after"])
+	}
+	exp := waitEvent(t, file, "certificate_expiring", map[string]any{"certificate_id": certID})
+	if d, _ := exp.Data["days_left"].(float64); d < 4 || d > 5 || exp.Data["not_after"] != cert["not_after"] {
+		t.Errorf("certificate_expiring data %v; want days_left 4 or 5", exp.Data)
+	}
+	if n := countLogLines(m.logSince(mark), "warn", "uploaded certificate expires soon"); n != 1 {
+		t.Errorf("%d WARN lines for the expiring upload, want 1", n)
+	}
+
+	domID, _ := m.createDomain(t, soon, certID)
+	waitEvent(t, file, "domain_created", map[string]any{"domain_id": domID, "domain": soon})
+
+	// Pebble issues a managed certificate: CertMagic's events, under
+	// Caddy's names, with domain_id
+	const managedName = "events-managed.operator.test"
+	m.p.DNS.SetA(managedName, "127.0.0.1")
+	t.Cleanup(func() { m.p.DNS.Delete(managedName) })
+	mID, _ := m.createManaged(t, managedName, nil)
+	m.waitIssued(t, mID)
+	waitEvent(t, file, "cert_obtaining", map[string]any{"identifier": managedName, "domain_id": mID})
+	waitEvent(t, file, "cert_obtained", map[string]any{"identifier": managedName, "domain_id": mID})
+
+	// a CA outage: provisioning_failed with the job's status
+	const downName = "events-down.operator.test"
+	m.p.DNS.SetA(downName, "127.0.0.1")
+	t.Cleanup(func() { m.p.DNS.Delete(downName) })
+	downID, _ := m.createManaged(t, downName, map[string]any{
+		"certificate_management_policy": map[string]any{"authority": "down", "private_key_type": "ecdsa"},
+	})
+	failed := waitEvent(t, file, "provisioning_failed", map[string]any{"domain_id": downID, "domain": downName, "error_code": "INTERNAL_ERROR"})
+	d := m.waitJobError(t, downID, "INTERNAL_ERROR", caAddr)
+	if failed.Data["retries_at"] != jobOf(d)["retries_at"] || !strings.Contains(fmt.Sprint(failed.Data["msg"]), caAddr) {
+		t.Errorf("provisioning_failed data %v; want the status's retries_at %v and a msg naming %s", failed.Data, jobOf(d)["retries_at"], caAddr)
+	}
+
+	// handshakes: one served (the upload, by its serial), and one for a
+	// name without a domain
+	got, err := handshake(t, m.HTTPSAddr(), soon)
+	if err != nil || got.SerialNumber.Text(16) != cert["serial_number"] {
+		t.Errorf("handshake for %s: %v, err %v; want the upload, serial %v", soon, got, err, cert["serial_number"])
+	}
+	expectFails(t, m.caddyProc, "nobody.events.test")
+
+	values := metricValues(t, m.caddyProc)
+	for name, ok := range map[string]func(float64) bool{
+		`domaincerts_domains{state="uploaded"}`:                                func(v float64) bool { return v == 1 },
+		`domaincerts_domains{state="issued"}`:                                  func(v float64) bool { return v == 1 },
+		`domaincerts_domains{state="failing"}`:                                 func(v float64) bool { return v == 1 },
+		`domaincerts_domains{state="provisioning"}`:                            func(v float64) bool { return v == 0 },
+		`domaincerts_domains{state="none"}`:                                    func(v float64) bool { return v == 0 },
+		`domaincerts_provisioning_failures_total{error_code="INTERNAL_ERROR"}`: func(v float64) bool { return v >= 1 },
+		`domaincerts_handshakes_total{result="served"}`:                        func(v float64) bool { return v >= 1 },
+		`domaincerts_handshakes_total{result="no_domain"}`:                     func(v float64) bool { return v >= 1 },
+	} {
+		if v, present := values[name]; !present || !ok(v) {
+			t.Errorf("%s = %v (present %v)", name, v, present)
+		}
+	}
+
+	// deletions
+	m.mustAPI(t, http.StatusNoContent, "DELETE", "/domaincerts/domains/"+domID, nil)
+	waitEvent(t, file, "domain_deleted", map[string]any{"domain_id": domID, "domain": soon})
+	m.mustAPI(t, http.StatusNoContent, "DELETE", "/domaincerts/tls_certificates/"+certID, nil)
+	waitEvent(t, file, "certificate_deleted", map[string]any{"certificate_id": certID, "subject_common_name": soon})
+}
+
+// TestUnknownNamesQuiet: with the domaincerts on-demand permission, a
+// catch-all policy whose issuer is Pebble, 500 handshakes for names
+// without a domain fail, write fewer than 5 lines at WARN or above, are
+// counted as no_domain, and order nothing.
+func TestUnknownNamesQuiet(t *testing.T) {
+	p := getPebble(t)
+	opts := caddyOpts{TLS: map[string]any{
+		"automation": map[string]any{
+			"policies": []any{map[string]any{
+				"get_certificate": []any{map[string]any{"via": "domaincerts"}},
+				"issuers":         []any{p.ACMEIssuer()},
+			}},
+			"on_demand": map[string]any{"permission": map[string]any{"module": "domaincerts"}},
+		},
+	}}
+	m := startManagedWith(t, opts, nil)
+	mark, pebbleMark := m.logMark(), m.p.logMark()
+	const n = 500
+	for i := range n {
+		expectFails(t, m.caddyProc, fmt.Sprintf("scan-%d.unknown.test", i))
+	}
+	loud := 0
+	for _, line := range strings.Split(m.logSince(mark), "\n") {
+		if strings.Contains(line, `"level":"warn"`) || strings.Contains(line, `"level":"error"`) {
+			loud++
+			if loud <= 5 {
+				t.Logf("loud line: %s", line)
+			}
+		}
+	}
+	if loud >= 5 {
+		t.Errorf("%d lines at WARN or above for %d unknown-name handshakes; want fewer than 5", loud, n)
+	}
+	if orders := pebbleOrders(m.p.LogSince(pebbleMark)); orders != 0 {
+		t.Errorf("pebble got %d orders for unknown names, want 0", orders)
+	}
+	if v := metricValues(t, m.caddyProc)[`domaincerts_handshakes_total{result="no_domain"}`]; v < n {
+		t.Errorf(`domaincerts_handshakes_total{result="no_domain"} = %v, want at least %d`, v, n)
+	}
+}
