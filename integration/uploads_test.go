@@ -581,7 +581,7 @@ func TestOpenSSLAndCurl(t *testing.T) {
 var certFields = []string{"id", "uri", "created_at", "updated_at", "description", "metadata", "certificate_pem",
 	"subject_common_name", "subject_alternative_names", "issued_at", "not_before", "not_after", "key_usages",
 	"extended_key_usages", "private_key_type", "issuer_common_name", "serial_number", "subject_organization",
-	"subject_organizational_unit", "subject_locality", "subject_province", "subject_country"}
+	"subject_organizational_unit", "subject_locality", "subject_province", "subject_country", "fingerprint"}
 
 // checkCertFields checks that a TLS certificate object has exactly the
 // contract's fields (and managed_domain_id when managed): nothing the
