@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -63,16 +64,16 @@ func (s *Store) CreateCertificate(ctx context.Context, in CertificateInput) (*Ce
 		s.stats.storageErrors.Add(1)
 		return nil, storageFailed("writing the private key", err)
 	}
-	committed := false
 	err = s.submit(ctx, func(tx *txn) error {
 		tx.putCert(c, b)
-		committed = true
 		return nil
 	})
 	if err != nil {
-		if !committed {
+		if !errors.Is(err, errOutcomeUnknown) {
 			// the write never reached the journal: the key is an orphan
-			_ = s.Storage().Delete(context.WithoutCancel(ctx), CertificateKeyKey(c.ID))
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout())
+			_ = s.Storage().Delete(dctx, CertificateKeyKey(c.ID))
+			cancel()
 		}
 		return nil, err
 	}
@@ -106,7 +107,7 @@ func (s *Store) readKnownCertificate(ctx context.Context, id string, c certRecor
 		s.mu.RUnlock()
 		switch {
 		case dm != nil:
-			return recordDamaged("certificate", id, errString(dm.Reason))
+			return recordDamaged("certificate", id, errors.New(dm.Reason))
 		case ok:
 			return s.readCertificate(ctx, id, v, c)
 		case attempt == 0:

@@ -405,14 +405,16 @@ func checkConsistent(t *testing.T, s *Store) {
 	t.Helper()
 	ctx := context.Background()
 	names := map[string]string{}
+	var states [numDomainStates]int
 	for _, e := range s.Entries() {
 		d, err := s.GetDomain(ctx, e.DomainID)
 		if err != nil {
 			t.Fatalf("indexed domain %s: %v", e.DomainID, err)
 		}
-		if d.Domain != e.Name || d.CertificateID != e.CertificateID || (d.Policy != nil) != e.Managed {
+		if want := entryFor(d, e.Version); d.Domain != e.Name || d.CertificateID != e.CertificateID || *want != *e {
 			t.Fatalf("index %+v, record %+v", e, d)
 		}
+		states[e.State()]++
 		if other, dup := names[e.Name]; dup {
 			t.Fatalf("%s and %s share the name %s", other, e.DomainID, e.Name)
 		}
@@ -420,6 +422,9 @@ func checkConsistent(t *testing.T, s *Store) {
 		if e.CertificateID != "" && !s.CertificateExists(e.CertificateID) {
 			t.Fatalf("domain %s points to missing certificate %s", e.DomainID, e.CertificateID)
 		}
+	}
+	if got := s.Stats().States; got != states {
+		t.Fatalf("domains by state %v; the index says %v", got, states)
 	}
 	list, _, err := s.ListDomains(ctx, 100, "")
 	if err != nil {

@@ -3,6 +3,7 @@ package domainstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -131,11 +132,11 @@ func (s *Store) GetDomain(ctx context.Context, id string) (*Domain, error) {
 				continue
 			}
 			if err == errVersionGone {
-				return nil, recordDamaged("domain", id, errString("the record is missing"))
+				return nil, recordDamaged("domain", id, errors.New("the record is missing"))
 			}
 			return d, err
 		case dm != nil:
-			return nil, recordDamaged("domain", id, errString(dm.Reason))
+			return nil, recordDamaged("domain", id, errors.New(dm.Reason))
 		case attempt == 0:
 			if err := s.Sync(ctx); err != nil {
 				return nil, err

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -537,5 +538,39 @@ func TestDamagedHead(t *testing.T) {
 	}
 	if _, ok := a.Lookup("later-b.example.test"); !ok {
 		t.Fatalf("a does not see b's write (b wrote entry %d)", b.position())
+	}
+}
+
+// TestAbandonedWriteNeverRuns: a write whose caller stopped waiting before
+// the sequencer reached it (the caller was told nothing changed) is never
+// run later; one that was running when its caller gave up is reported as
+// of unknown outcome.
+func TestAbandonedWriteNeverRuns(t *testing.T) {
+	ctx := context.Background()
+	s := openWith(t, new(memstorage.Storage), Options{Timeout: 100 * time.Millisecond})
+	release, running := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // a failed assertion must not leave the sequencer stuck
+	firstErr := make(chan error, 1)
+	go func() {
+		firstErr <- s.submit(ctx, func(*txn) error { close(running); <-release; return nil })
+	}()
+	<-running // the sequencer is stuck in the first write
+	var ran atomic.Bool
+	err := s.submit(ctx, func(*txn) error { ran.Store(true); return nil })
+	if !errors.Is(err, errWaitedTooLong) {
+		t.Fatalf("a write queued behind a stuck one: %v; want errWaitedTooLong", err)
+	}
+	if err := <-firstErr; !errors.Is(err, errOutcomeUnknown) {
+		t.Fatalf("the stuck write: %v; want errOutcomeUnknown", err)
+	}
+	unblock()
+	// the sequencer goes on: a later write runs, the abandoned one did not
+	if _, err := s.CreateDomain(ctx, DomainInput{Domain: "after.abandon.test"}); err != nil {
+		t.Fatal(err)
+	}
+	if ran.Load() {
+		t.Fatal("the abandoned write ran after its caller was told it changed nothing")
 	}
 }

@@ -102,8 +102,9 @@ func TestSkippedEntryRecoveryRetried(t *testing.T) {
 	bst.mu.Lock()
 	bst.fail = true
 	bst.mu.Unlock()
-	err := b.Sync(ctx)
-	_ = err // the listing failed: the recovery is retried below
+	if err := b.Sync(ctx); err == nil {
+		t.Fatal("the sync whose recovery listing failed reported no error")
+	}
 	bst.mu.Lock()
 	bst.fail = false
 	bst.mu.Unlock()

@@ -22,13 +22,22 @@ import (
 // memory, listeners hear of changes in journal order, and a write never
 // races with the reading of another instance's change.
 
+// The states of an op.
+const (
+	opQueued int32 = iota
+	opRunning
+	opAbandoned
+)
+
 // op is a write waiting for the sequencer.
 type op struct {
 	ctx      context.Context
 	deadline time.Time // past it, the write fails unless it is being committed
 	fn       func(*txn) error
 	done     chan error
-	started  atomic.Bool // its journal entry is being written
+	// state is opQueued until the sequencer runs the write (opRunning) or
+	// its caller stops waiting first (opAbandoned): then it never runs
+	state atomic.Int32
 }
 
 // Batching: how many writes share a journal entry, how long the sequencer
@@ -65,10 +74,10 @@ func (s *Store) submit(ctx context.Context, fn func(*txn) error) error {
 	case err := <-o.done:
 		return err
 	case <-hard.C:
-		if o.started.Load() {
-			return errOutcomeUnknown
+		if o.state.CompareAndSwap(opQueued, opAbandoned) {
+			return errWaitedTooLong
 		}
-		return errWaitedTooLong
+		return errOutcomeUnknown // it ran: its entry may be written
 	case <-s.done:
 		select {
 		case err := <-o.done:
@@ -367,6 +376,9 @@ func (s *Store) commit(sess *session, batch []*op) {
 			s.pending = append(append([]*op(nil), batch[i:]...), s.pending...)
 			break
 		}
+		if !o.state.CompareAndSwap(opQueued, opRunning) {
+			continue // its caller gave up: it must not run
+		}
 		child := newTxn(s, ctx, seq, tx)
 		if err := o.fn(child); err != nil {
 			o.done <- err
@@ -381,9 +393,6 @@ func (s *Store) commit(sess *session, batch []*op) {
 			o.done <- nil
 		}
 		return
-	}
-	for _, o := range included {
-		o.started.Store(true)
 	}
 	var nonce [8]byte
 	_, _ = rand.Read(nonce[:])

@@ -335,14 +335,6 @@ func (s *Store) Lookup(serverName string) (*Entry, bool) {
 	return s.index.Lookup(serverName)
 }
 
-// DomainCount returns the number of live domains (damaged records not
-// counted). It reads memory only.
-func (s *Store) DomainCount() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.domains)
-}
-
 // Len returns the number of domains and certificates, damaged records
 // included.
 func (s *Store) Len() (domains, certificates int) {
@@ -353,8 +345,8 @@ func (s *Store) Len() (domains, certificates int) {
 
 // Stats are figures of the store for metrics.
 type Stats struct {
-	// Domains and Certificates count the live records.
-	Domains, Certificates int
+	// Domains counts the live domains.
+	Domains int
 	// Damaged counts records that exist but cannot be read.
 	Damaged int
 	// JournalPosition is the journal entry that memory reflects.
@@ -370,24 +362,13 @@ type Stats struct {
 // Stats returns the store's figures. It reads memory only.
 func (s *Store) Stats() Stats {
 	s.mu.RLock()
-	st := Stats{Domains: len(s.domains), Certificates: len(s.certs) - s.damagedCertsLocked(),
-		Damaged: len(s.damaged), JournalPosition: s.pos, States: s.states}
+	st := Stats{Domains: len(s.domains), Damaged: len(s.damaged), JournalPosition: s.pos, States: s.states}
 	s.mu.RUnlock()
 	st.StorageErrors = s.stats.storageErrors.Load()
 	if ns := s.stats.lastSync.Load(); ns > 0 {
 		st.LastSync = time.Unix(0, ns)
 	}
 	return st
-}
-
-func (s *Store) damagedCertsLocked() int {
-	n := 0
-	for id := range s.damaged {
-		if _, ok := s.certs[id]; ok {
-			n++
-		}
-	}
-	return n
 }
 
 // Entries returns the index entries of every live domain, oldest first.

@@ -80,12 +80,12 @@ func (tx *txn) domain(id string) (*Domain, error) {
 		d, err := s.readDomain(tx.ctx, id, e.Version)
 		if errors.Is(err, errVersionGone) {
 			// memory is current under the lock: the record is gone
-			return nil, recordDamaged("domain", id, errString("the record is missing"))
+			return nil, recordDamaged("domain", id, errors.New("the record is missing"))
 		}
 		return d, err
 	}
 	if dm := s.damaged[id]; dm != nil {
-		return nil, recordDamaged("domain", id, errString(dm.Reason))
+		return nil, recordDamaged("domain", id, errors.New(dm.Reason))
 	}
 	return nil, notFound("domain", id)
 }
@@ -203,8 +203,3 @@ func (tx *txn) deleteCert(id string, deleteKey bool) {
 	tx.certs[id] = nil
 	tx.ops = append(tx.ops, entryOp{Op: opDelCert, ID: id, DeleteKey: deleteKey})
 }
-
-// errString is an error with a fixed text.
-type errString string
-
-func (e errString) Error() string { return string(e) }

@@ -122,12 +122,12 @@ func (s *Storage) Seals(key string) bool { return s.sealAll || IsPrivateKeyPath(
 // Store seals value if key is a sealed path, then stores it in the inner
 // storage. A value at another path is stored as it is, unless it begins like
 // an envelope (see seal.IsSealed): then it is sealed too, so that Load gives
-// it back unchanged.
+// it back unchanged. One of the seal keys is refused at any path.
 func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
+	if err := s.refuseSealKey(key, value); err != nil {
+		return err
+	}
 	if s.Seals(key) || seal.IsSealed(value) {
-		if err := s.refuseSealKey(key, value); err != nil {
-			return err
-		}
 		sealed, err := s.sealer.Seal(cleanKey(key), value)
 		if err != nil {
 			return err

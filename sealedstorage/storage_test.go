@@ -541,9 +541,16 @@ func TestSealKeyNeverStored(t *testing.T) {
 	inner := &certmagic.FileStorage{Path: t.TempDir()}
 	st := mustNew(t, inner, Config{Keys: [][]byte{key(2), key(1)}})
 	for _, k := range [][]byte{key(2), key(1)} {
-		err := st.Store(ctx, "domaincerts/seal.key", []byte(b64(k)+"\n"))
-		if !errors.Is(err, ErrSealKeyInStorage) {
-			t.Fatalf("storing a seal key: %v; want ErrSealKeyInStorage", err)
+		// at a sealed path, and at one that is not (it would be stored as
+		// it is)
+		for _, path := range []string{"domaincerts/seal.key", "notes/seal.txt"} {
+			err := st.Store(ctx, path, []byte(b64(k)+"\n"))
+			if !errors.Is(err, ErrSealKeyInStorage) {
+				t.Fatalf("storing a seal key at %s: %v; want ErrSealKeyInStorage", path, err)
+			}
+			if _, err := inner.Load(ctx, path); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("%s: a refused value reached the storage (%v)", path, err)
+			}
 		}
 	}
 	// another key is just a value
