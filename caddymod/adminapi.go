@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -64,7 +65,7 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxRequestBodyBytes)
-	h := &handler{store: app.inst.store, acme: app.acme, log: a.log}
+	h := &handler{store: app.inst.store, acme: app.acme, log: a.log, expiryWarning: time.Duration(app.ExpiryWarning)}
 	err = h.route(w, r)
 	if err != nil {
 		switch code := dcerr.CodeOf(err); code {
@@ -102,6 +103,8 @@ type handler struct {
 	store *domainstore.Store
 	acme  *certsource.ACME // nil until the app has started
 	log   *zap.Logger
+	// expiryWarning is the app's expiry_warning
+	expiryWarning time.Duration
 }
 
 // route dispatches on path and method.

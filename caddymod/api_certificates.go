@@ -71,12 +71,8 @@ func (h *handler) createCertificate(w http.ResponseWriter, r *http.Request) erro
 // expiry_warning, once at WARN, and sends certificate_expired or
 // certificate_expiring. Customers rotate by upload, so it is accepted.
 func (h *handler) warnExpiring(c *domainstore.Certificate) {
-	t := eventsTo.Load()
-	if t == nil {
-		return
-	}
 	left := time.Until(c.NotAfter)
-	if left > t.expiryWarning {
+	if left > h.expiryWarning {
 		return
 	}
 	days := int(left.Hours() / 24)

@@ -1,10 +1,8 @@
 package caddymod
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net/http"
 	"time"
 
@@ -197,16 +195,9 @@ func (h *handler) detach(w http.ResponseWriter, r *http.Request, id string, deta
 // status shows when the attempt starts. A body, if any, must be an empty
 // JSON object.
 func (h *handler) provisionDomain(w http.ResponseWriter, r *http.Request, id string) error {
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		return dcerr.New(dcerr.BadRequest, "reading the request body: %v", err)
-	}
-	if len(bytes.TrimSpace(body)) > 0 {
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		var req struct{}
-		if err := decodeBody(r, &req); err != nil {
-			return err
-		}
+	var req struct{}
+	if err := decodeBodyOr(r, &req, true); err != nil {
+		return err
 	}
 	if h.acme == nil {
 		return errors.New("certificate management has not started")

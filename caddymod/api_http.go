@@ -55,6 +55,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // invalid UTF-8 and unpaired surrogate escapes are BAD_REQUEST; a body over
 // the limit is BODY_TOO_LARGE.
 func decodeBody(r *http.Request, v any) error {
+	return decodeBodyOr(r, v, false)
+}
+
+// decodeBodyOr is decodeBody; with emptyOK, an empty body is accepted
+// and leaves v as it is.
+func decodeBodyOr(r *http.Request, v any, emptyOK bool) error {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -64,6 +70,9 @@ func decodeBody(r *http.Request, v any) error {
 		return dcerr.New(dcerr.BadRequest, "reading the request body: %v", err)
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
+		if emptyOK {
+			return nil
+		}
 		return dcerr.New(dcerr.BadRequest, "the request body is empty; send a JSON object")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))

@@ -224,8 +224,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("getting events app: %w", err)
 	}
-	a.events = &eventTarget{events: evApp.(*caddyevents.App), ctx: ctx, log: ctx.Logger(),
-		expiryWarning: time.Duration(a.ExpiryWarning)}
+	a.events = &eventTarget{events: evApp.(*caddyevents.App), ctx: ctx, log: ctx.Logger()}
 	a.log = ctx.Logger()
 	if a.CacheCapacity == 0 {
 		a.CacheCapacity = certsource.DefaultCacheCapacity

@@ -180,6 +180,12 @@ func acmeAuthority(name string, tmpl *caddytls.ACMEIssuer, proxy proxyFunc, prov
 				return quietCaddyACME{&iss}, nil
 			case dns01.Target != "":
 				iss := *tmpl
+				if tmpl.ExternalAccount != nil {
+					// Provision writes the account binding's expanded
+					// values back: into a copy, not the template's
+					ea := *tmpl.ExternalAccount
+					iss.ExternalAccount = &ea
+				}
 				iss.Challenges = &caddytls.ChallengesConfig{DNS: &caddytls.DNSChallengeConfig{
 					ProviderRaw:        slices.Clone(provider.json),
 					TTL:                provider.ttl,

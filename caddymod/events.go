@@ -27,8 +27,6 @@ type eventTarget struct {
 	events *caddyevents.App
 	ctx    caddy.Context // the domaincerts app's: the events' origin
 	log    *zap.Logger
-	// expiryWarning is the app's expiry_warning
-	expiryWarning time.Duration
 }
 
 type queuedEvent struct {

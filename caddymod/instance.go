@@ -43,7 +43,8 @@ func storageIdentity(st certmagic.Storage) string {
 // first use. The caller must release it with instances.Delete(key).
 func acquireInstance(ctx caddy.Context, st certmagic.Storage, opts domainstore.Options, capacity int, log *zap.Logger) (string, *instance, error) {
 	key := storageIdentity(st)
-	val, loaded, err := instances.LoadOrNew(key, func() (caddy.Destructor, error) {
+	// (a loaded instance takes this config's storage value in Start)
+	val, _, err := instances.LoadOrNew(key, func() (caddy.Destructor, error) {
 		store, err := domainstore.Open(ctx, st, opts)
 		if err != nil {
 			return nil, err
@@ -53,6 +54,5 @@ func acquireInstance(ctx caddy.Context, st certmagic.Storage, opts domainstore.O
 	if err != nil {
 		return "", nil, err
 	}
-	_ = loaded // a loaded instance takes this config's storage value in Start
 	return key, val.(*instance), nil
 }

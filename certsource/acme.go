@@ -346,6 +346,20 @@ func (a *ACME) ManagedCertificate(e *domainstore.Entry, _ string) *tls.Certifica
 	return &best.Certificate
 }
 
+// cachedSerial reports whether the cache holds name's certificate with
+// that serial number (lowercase hex). It reads memory only.
+func (a *ACME) cachedSerial(name, serial string) bool {
+	if serial == "" {
+		return false
+	}
+	for _, c := range a.cache.AllMatchingCertificates(name) {
+		if c.Leaf != nil && slices.Contains(c.Names, name) && c.Leaf.SerialNumber.Text(16) == serial {
+			return true
+		}
+	}
+	return false
+}
+
 // CertificateStored is part of domainstore.Listener.
 func (a *ACME) CertificateStored(string, *bundle.Bundle) {}
 
@@ -358,12 +372,14 @@ func (a *ACME) CertificateDeleted(string) {}
 // former policy, and a status update must not restart the job. It runs
 // under the store's lock, so it only starts goroutines.
 func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
+	challengeTargetsMu.Lock()
 	challengeTargetsGen.Add(1)
 	for _, d := range []*domainstore.Domain{old, new} {
 		if d != nil {
 			challengeTargets.Delete(strings.TrimPrefix(d.Domain, "*."))
 		}
 	}
+	challengeTargetsMu.Unlock()
 	if new == nil || new.Policy == nil {
 		if old == nil {
 			return
@@ -389,8 +405,10 @@ func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
 	a.mu.Unlock()
 	// a changed policy starts a job that obtains a certificate under it;
 	// the current certificate serves until then
-	if running && !changed && new.CertificateID != "" && (old == nil || old.CertificateID != new.CertificateID) {
-		// a new certificate (renewed, perhaps by another instance): serve it
+	if running && !changed && new.CertificateID != "" && (old == nil || old.CertificateID != new.CertificateID) &&
+		!a.cachedSerial(new.Domain, new.ManagedSerial) {
+		// a new certificate (renewed by another instance; this one's own
+		// are cached already): serve it
 		a.mu.Lock()
 		if !a.stopped {
 			a.wg.Add(1)
@@ -1176,8 +1194,12 @@ func (a *ACME) txtTarget(identifier string) (string, error) {
 	}
 	// a lookup that found no record (or failed) is not remembered, nor one
 	// that a change may have overtaken
-	if target != "_acme-challenge."+base && challengeTargetsGen.Load() == gen {
-		challengeTargets.Store(base, target)
+	if target != "_acme-challenge."+base {
+		challengeTargetsMu.Lock()
+		if challengeTargetsGen.Load() == gen {
+			challengeTargets.Store(base, target)
+		}
+		challengeTargetsMu.Unlock()
 	}
 	return target, nil
 }
@@ -1187,7 +1209,8 @@ func (a *ACME) txtTarget(identifier string) (string, error) {
 // (and counts the change in challengeTargetsGen), so that CertMagic's
 // maintenance (configForCert) reads no storage.
 var (
-	challengeTargets    sync.Map // base name -> TXT record name
+	challengeTargets    sync.Map   // base name -> TXT record name
+	challengeTargetsMu  sync.Mutex // a change (gen and deletes) or a store, at a time
 	challengeTargetsGen atomic.Uint64
 )
 

@@ -47,6 +47,7 @@ type Source struct {
 	managed   atomic.Pointer[managedRef] // read on every handshake of a managed domain
 	deletions atomic.Uint64              // certificates deleted so far
 
+	_          [64]byte // the counters do not share a cache line with the fields above
 	handshakes HandshakeCounts
 
 	mu       sync.Mutex

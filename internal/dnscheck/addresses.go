@@ -62,46 +62,28 @@ func (c *Checker) CheckAddresses(ctx context.Context, name string, edges []netip
 // answer to qname from the first resolver that gives a definite one, or
 // the target of qname's CNAME when the answer has one.
 func (c *Checker) lookupAddrs(ctx context.Context, e *Error, qname string, qtype uint16) ([]netip.Addr, string, error) {
-	var failures []string
-	for _, addr := range c.resolvers() {
-		if err := ctx.Err(); err != nil {
-			return nil, "", e.addrLookupFailed(err.Error(), err)
-		}
-		resp, err := c.query(ctx, addr, qname, qtype)
-		if err != nil {
-			if ctxErr := ctx.Err(); ctxErr != nil {
-				return nil, "", e.addrLookupFailed(ctxErr.Error(), ctxErr)
-			}
-			e.err = err
-			failures = append(failures, describe(err, addr))
-			continue
-		}
-		switch resp.Rcode {
-		case dns.RcodeSuccess:
-			var out []netip.Addr
-			for _, rr := range resp.Answer {
-				var ip []byte
-				switch rr := rr.(type) {
-				case *dns.CNAME:
-					if strings.EqualFold(rr.Hdr.Name, qname) {
-						return nil, strings.TrimSuffix(strings.ToLower(rr.Target), "."), nil
-					}
-				case *dns.A:
-					ip = rr.A
-				case *dns.AAAA:
-					ip = rr.AAAA
-				}
-				if a, ok := netip.AddrFromSlice(ip); ok {
-					out = append(out, a.Unmap())
-				}
-			}
-			return out, "", nil
-		case dns.RcodeNameError:
-			return nil, "", nil
-		}
-		failures = append(failures, rcodeString(resp.Rcode)+" from "+addr)
+	resp, why, cause := c.ask(ctx, qname, qtype)
+	if resp == nil {
+		return nil, "", e.addrLookupFailed(why, cause)
 	}
-	return nil, "", e.addrLookupFailed("no resolver answered ("+strings.Join(failures, "; ")+")", e.err)
+	var out []netip.Addr
+	for _, rr := range resp.Answer {
+		var ip []byte
+		switch rr := rr.(type) {
+		case *dns.CNAME:
+			if strings.EqualFold(rr.Hdr.Name, qname) {
+				return nil, normalize(rr.Target), nil
+			}
+		case *dns.A:
+			ip = rr.A
+		case *dns.AAAA:
+			ip = rr.AAAA
+		}
+		if a, ok := netip.AddrFromSlice(ip); ok {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out, "", nil // NXDOMAIN: none
 }
 
 // failAddr completes e, an answer that shows the addresses missing or

@@ -87,41 +87,53 @@ func (c *Checker) CheckCNAME(ctx context.Context, name, target string) error {
 		return e.fail("it is not a valid DNS name", nil)
 	}
 
+	resp, why, cause := c.ask(ctx, qname, dns.TypeCNAME)
+	switch {
+	case resp == nil:
+		return e.lookupFailed(why, cause)
+	case resp.Rcode == dns.RcodeNameError:
+		return e.fail("found no CNAME record; "+e.Name+" does not exist", nil)
+	}
+	for _, rr := range resp.Answer {
+		cn, ok := rr.(*dns.CNAME)
+		if !ok || !strings.EqualFold(cn.Hdr.Name, qname) {
+			continue
+		}
+		found := normalize(cn.Target)
+		if found == e.Want {
+			return nil
+		}
+		e.Found = found
+		return e.fail("found CNAME to "+found, nil)
+	}
+	return e.fail("found no CNAME record", nil)
+}
+
+// ask sends the query to the resolvers in turn and returns the first
+// definite answer (NOERROR or NXDOMAIN). Without one it returns nil, why
+// (what each resolver did, or the context's end) and the cause.
+func (c *Checker) ask(ctx context.Context, qname string, qtype uint16) (*dns.Msg, string, error) {
 	var failures []string
+	var cause error
 	for _, addr := range c.resolvers() {
 		if err := ctx.Err(); err != nil {
-			return e.lookupFailed(err.Error(), err)
+			return nil, err.Error(), err
 		}
-		resp, err := c.query(ctx, addr, qname, dns.TypeCNAME)
+		resp, err := c.query(ctx, addr, qname, qtype)
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
-				return e.lookupFailed(ctxErr.Error(), ctxErr)
+				return nil, ctxErr.Error(), ctxErr
 			}
-			e.err = err
+			cause = err
 			failures = append(failures, describe(err, addr))
 			continue
 		}
-		switch resp.Rcode {
-		case dns.RcodeSuccess:
-			for _, rr := range resp.Answer {
-				cn, ok := rr.(*dns.CNAME)
-				if !ok || !strings.EqualFold(cn.Hdr.Name, qname) {
-					continue
-				}
-				found := normalize(cn.Target)
-				if found == e.Want {
-					return nil
-				}
-				e.Found = found
-				return e.fail("found CNAME to "+found, nil)
-			}
-			return e.fail("found no CNAME record", nil)
-		case dns.RcodeNameError:
-			return e.fail("found no CNAME record; "+e.Name+" does not exist", nil)
+		if resp.Rcode == dns.RcodeSuccess || resp.Rcode == dns.RcodeNameError {
+			return resp, "", nil
 		}
 		failures = append(failures, rcodeString(resp.Rcode)+" from "+addr)
 	}
-	return e.lookupFailed("no resolver answered ("+strings.Join(failures, "; ")+")", e.err)
+	return nil, "no resolver answered (" + strings.Join(failures, "; ") + ")", cause
 }
 
 // fail completes e, a definite answer that shows the record missing or
