@@ -346,18 +346,21 @@ func (a *ACME) ManagedCertificate(e *domainstore.Entry, _ string) *tls.Certifica
 	return &best.Certificate
 }
 
-// cachedSerial reports whether the cache holds name's certificate with
-// that serial number (lowercase hex). It reads memory only.
-func (a *ACME) cachedSerial(name, serial string) bool {
-	if serial == "" {
-		return false
-	}
+// onlyCached reports whether the certificate with that serial number
+// (lowercase hex) is the only one the cache holds for name: then refresh
+// has nothing to load or drop. It reads memory only.
+func (a *ACME) onlyCached(name, serial string) bool {
+	found := false
 	for _, c := range a.cache.AllMatchingCertificates(name) {
-		if c.Leaf != nil && slices.Contains(c.Names, name) && c.Leaf.SerialNumber.Text(16) == serial {
-			return true
+		if c.Leaf == nil || !slices.Contains(c.Names, name) {
+			continue
 		}
+		if c.Leaf.SerialNumber.Text(16) != serial {
+			return false
+		}
+		found = true
 	}
-	return false
+	return found && serial != ""
 }
 
 // CertificateStored is part of domainstore.Listener.
@@ -406,9 +409,10 @@ func (a *ACME) DomainChanged(old, new *domainstore.Domain) {
 	// a changed policy starts a job that obtains a certificate under it;
 	// the current certificate serves until then
 	if running && !changed && new.CertificateID != "" && (old == nil || old.CertificateID != new.CertificateID) &&
-		!a.cachedSerial(new.Domain, new.ManagedSerial) {
-		// a new certificate (renewed by another instance; this one's own
-		// are cached already): serve it
+		!a.onlyCached(new.Domain, new.ManagedSerial) {
+		// a new certificate (renewed by another instance), or this
+		// instance's with others still cached for the name: serve it, and
+		// only it
 		a.mu.Lock()
 		if !a.stopped {
 			a.wg.Add(1)

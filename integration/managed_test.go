@@ -352,12 +352,7 @@ func TestUploadReplacesManaged(t *testing.T) {
 		var cur string
 		for try := 0; try < 5; try++ {
 			before := certRef(m.getDomain(t, id))
-			mine = nil
-			for _, c := range m.listAll(t, "/domaincerts/tls_certificates", "tls_certificates") {
-				if c["managed_domain_id"] == id {
-					mine = append(mine, c["id"].(string))
-				}
-			}
+			mine = managedResources(t, m, id)
 			if cur = certRef(m.getDomain(t, id)); cur == before {
 				break
 			}
@@ -375,6 +370,12 @@ func TestUploadReplacesManaged(t *testing.T) {
 	for _, c := range []string{detachCert, goneCert} {
 		status, resp := m.api(t, "GET", "/domaincerts/tls_certificates/"+c, nil)
 		assertAPIError(t, status, resp, http.StatusNotFound, "NOT_FOUND")
+	}
+	// (also any a renewal made between the reads above and the deletes)
+	for _, id := range []string{detachID, goneID} {
+		if left := managedResources(t, m, id); len(left) != 0 {
+			t.Errorf("domain %s: certificate resources %v left after management ended", id, left)
+		}
 	}
 	d = m.getDomain(t, detachID)
 	for _, k := range []string{"certificate_management_policy", "certificate_management_status", "certificate"} {

@@ -46,7 +46,8 @@ func TestMetricsEndpoint(t *testing.T) {
 }
 
 // metricValues scrapes Caddy's /metrics on the admin endpoint and returns
-// the domaincerts metrics without labels, by name.
+// the domaincerts metrics by name with their labels, as /metrics writes
+// them (`domaincerts_domains{state="issued"}`).
 func metricValues(t *testing.T, c *caddyProc) map[string]float64 {
 	t.Helper()
 	resp, err := adminClient.Get("http://" + c.AdminAddr + "/metrics")

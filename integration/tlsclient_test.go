@@ -92,7 +92,8 @@ func expectServes(t testing.TB, c *caddyProc, sni string, want *testpki.ChainLea
 	}
 }
 
-// expectFails requires a handshake for sni to fail, and to fail fast.
+// expectFails requires a handshake for sni to fail, and to fail fast,
+// with a TLS alert from Caddy (not, say, a refused connection).
 func expectFails(t testing.TB, c *caddyProc, sni string) {
 	t.Helper()
 	start := time.Now()
@@ -101,6 +102,9 @@ func expectFails(t testing.TB, c *caddyProc, sni string) {
 	if err == nil {
 		t.Errorf("handshake for %q succeeded with serial %s %v, want a failure", sni, testpki.SerialHex(cert.SerialNumber), cert.DNSNames)
 		return
+	}
+	if !strings.Contains(err.Error(), "remote error") {
+		t.Errorf("handshake for %q: %v; want a TLS alert from Caddy", sni, err)
 	}
 	if elapsed > failFast {
 		t.Errorf("handshake for %q failed after %s, want a failure within %s (err %v)", sni, elapsed, failFast, err)
