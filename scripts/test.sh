@@ -49,7 +49,7 @@ step "unit tests (race detector)"
 go test -race -count=1 ./...
 
 step "fuzz smoke runs"
-FUZZTIME=${FUZZTIME:-4s} ./scripts/fuzz.sh
+./scripts/fuzz.sh
 
 step "xcaddy build"
 ./xcaddy/build.sh "$work/caddy"
