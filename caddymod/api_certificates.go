@@ -6,7 +6,6 @@ import (
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
-	"go.uber.org/zap"
 )
 
 // certificateView is the API object of a TLS certificate: the contract's
@@ -65,26 +64,6 @@ func (h *handler) createCertificate(w http.ResponseWriter, r *http.Request) erro
 	h.warnExpiring(c)
 	writeJSON(w, http.StatusCreated, viewCertificate(c))
 	return nil
-}
-
-// warnExpiring logs an upload that has expired, or ends within
-// expiry_warning, once at WARN, and sends certificate_expired or
-// certificate_expiring. Customers rotate by upload, so it is accepted.
-func (h *handler) warnExpiring(c *domainstore.Certificate) {
-	left := time.Until(c.NotAfter)
-	if left > h.expiryWarning {
-		return
-	}
-	days := int(left.Hours() / 24)
-	event, msg := "certificate_expiring", "uploaded certificate expires soon; the customer should upload a renewed one"
-	if left <= 0 {
-		event, msg = "certificate_expired", "uploaded certificate has already expired; the customer should upload a valid one"
-	}
-	h.log.Warn(msg, zap.String("certificate_id", c.ID), zap.String("subject_common_name", c.SubjectCommonName),
-		zap.Time("not_after", c.NotAfter), zap.Int("days_left", days))
-	emitEvent(event, map[string]any{
-		"certificate_id": c.ID, "domain_ids": []string{}, "not_after": eventTime(c.NotAfter), "days_left": days,
-	})
 }
 
 func (h *handler) listCertificates(w http.ResponseWriter, r *http.Request) error {

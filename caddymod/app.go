@@ -152,9 +152,19 @@ type App struct {
 	ProvisioningTimeout caddy.Duration `json:"provisioning_timeout,omitempty"`
 
 	// How long before a certificate ends that it counts as expiring: an
-	// upload that ends sooner is logged at WARN and sends
-	// certificate_expiring. Default: 720h (30 days).
+	// upload that ends sooner is logged at WARN, and certificate_expiring
+	// announces it (and a managed certificate whose renewal is overdue)
+	// once a day until it is replaced or deleted; certificate_expired
+	// follows once it has ended. Default: 720h (30 days).
 	ExpiryWarning caddy.Duration `json:"expiry_warning,omitempty"`
+
+	// How often this instance looks for certificates to announce as
+	// expiring or expired. Each certificate is announced at most once a
+	// UTC day by all the instances on the storage together, so this only
+	// bounds how soon after entering expiry_warning a certificate is
+	// announced. The first look comes at most a minute after start.
+	// Default: 1h.
+	ExpiryCheckInterval caddy.Duration `json:"expiry_check_interval,omitempty"`
 
 	// How often managed certificates are checked for renewal. It takes
 	// effect when the process first loads the app. Default: 10m.
@@ -190,6 +200,8 @@ type App struct {
 	globalDNS bool
 	// events is this config's events app, for the events the app sends
 	events *eventTarget
+	// expiry announces expiring certificates while the app runs
+	expiry *expiryWatch
 	// denyOnDemand is set when this config's tls app has the domaincerts
 	// on-demand permission, which refuses every name (see Manager)
 	denyOnDemand *atomic.Bool
@@ -219,6 +231,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.denyOnDemand = new(atomic.Bool)
 	if a.ExpiryWarning == 0 {
 		a.ExpiryWarning = caddy.Duration(DefaultExpiryWarning)
+	}
+	if a.ExpiryCheckInterval == 0 {
+		a.ExpiryCheckInterval = caddy.Duration(DefaultExpiryCheckInterval)
 	}
 	evApp, err := ctx.App("events")
 	if err != nil {
@@ -366,7 +381,20 @@ func (a *App) Start() error {
 	a.inst.store.SetPolicyOptions(a.DefaultAuthority, a.authorityNames(), a.acme.Decorate, a.acme.CheckPolicy)
 	setEventTarget(a.events)
 	a.acme.Start()
+	a.expiry = &expiryWatch{
+		store: a.inst.store, warning: time.Duration(a.ExpiryWarning), interval: time.Duration(a.ExpiryCheckInterval),
+		ratio: a.renewalRatio(), log: a.log.Named("expiry"), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	go a.expiry.run()
 	return nil
+}
+
+// renewalRatio is renewal_window_ratio, or CertMagic's default.
+func (a *App) renewalRatio() float64 {
+	if a.RenewalWindowRatio > 0 {
+		return a.RenewalWindowRatio
+	}
+	return certmagic.DefaultRenewalWindowRatio
 }
 
 // Stop stops this app's provisioning jobs. Certificates keep being served;
@@ -374,6 +402,11 @@ func (a *App) Start() error {
 func (a *App) Stop() error {
 	if a.acme != nil {
 		a.acme.Stop()
+	}
+	if a.expiry != nil {
+		close(a.expiry.stop)
+		<-a.expiry.done
+		a.expiry = nil
 	}
 	if a.events != nil {
 		clearEventTarget(a.events)

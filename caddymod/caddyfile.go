@@ -41,6 +41,7 @@ import (
 //		retry_max_interval <duration>
 //		provisioning_timeout <duration>
 //		expiry_warning <duration>
+//		expiry_check_interval <duration>
 //		renew_check_interval <duration>
 //		renewal_window_ratio <ratio>
 //		sync_interval <duration>
@@ -125,6 +126,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = parseDuration(d, &a.ProvisioningTimeout)
 		case "expiry_warning":
 			err = parseDuration(d, &a.ExpiryWarning)
+		case "expiry_check_interval":
+			err = parseDuration(d, &a.ExpiryCheckInterval)
 		case "renew_check_interval":
 			err = parseDuration(d, &a.RenewCheckInterval)
 		case "sync_interval":

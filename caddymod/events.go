@@ -76,6 +76,22 @@ func emitEvent(name string, data map[string]any) {
 	}
 }
 
+// emitEventWait queues an event, waiting for room in the queue until stop
+// is closed; it reports whether the event was queued. It is for background
+// work that sends many events at once (the expiry announcements), never
+// for an API call or a handshake.
+func emitEventWait(stop <-chan struct{}, name string, data map[string]any) bool {
+	if eventsTo.Load() == nil {
+		return true
+	}
+	select {
+	case eventQueue <- queuedEvent{name: name, data: data}:
+		return true
+	case <-stop:
+		return false
+	}
+}
+
 // emitNow sends an event to its handlers and waits for them: for the
 // events of certificate jobs, whose cert_obtaining handlers may abort the
 // attempt, as they can for Caddy's own certificates.
@@ -101,6 +117,3 @@ func emitCertificate(name string, c *domainstore.Certificate) {
 		"certificate_id": c.ID, "subject_common_name": c.SubjectCommonName, "not_after": eventTime(c.NotAfter),
 	})
 }
-
-// DefaultExpiryWarning is the default expiry_warning.
-const DefaultExpiryWarning = 30 * 24 * time.Hour

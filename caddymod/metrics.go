@@ -2,6 +2,7 @@ package caddymod
 
 import (
 	"errors"
+	"time"
 
 	"github.com/domaincerts/caddy-domaincerts/certsource"
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
@@ -20,6 +21,12 @@ var (
 	metricHandshakes = prometheus.NewDesc("domaincerts_handshakes_total",
 		"TLS handshakes the manager answered, by result: served, fallback (the fallback certificate), no_sni, no_domain, no_certificate.",
 		[]string{"result"}, nil)
+	metricExpiring = prometheus.NewDesc("domaincerts_certificates_expiring",
+		"Certificates in the store by source (upload, managed) that end within a window (7d, 14d, 30d; each window includes the shorter ones) or have ended (expired).",
+		[]string{"source", "within"}, nil)
+	metricEarliestExpiry = prometheus.NewDesc("domaincerts_certificate_earliest_expiry_timestamp_seconds",
+		"The earliest end (not_after, Unix time) of a certificate in the store, by source (upload, managed); absent when there is none.",
+		[]string{"source"}, nil)
 	metricProvisioningFailures = prometheus.NewDesc("domaincerts_provisioning_failures_total",
 		"Failed certificate provisioning attempts and renewals on this instance, by error code.",
 		[]string{"error_code"}, nil)
@@ -51,13 +58,19 @@ var (
 		"Storage operations of the domain store that failed.", nil, nil)
 )
 
+// The windows of domaincerts_certificates_expiring.
+var (
+	expiryWindows     = [...]time.Duration{7 * 24 * time.Hour, 14 * 24 * time.Hour, 30 * 24 * time.Hour}
+	expiryWindowNames = [...]string{"7d", "14d", "30d"}
+)
+
 // collector reads the metrics from the instance when Caddy's registry is
 // scraped, so the hot path pays nothing for them.
 type collector struct{ inst *instance }
 
 // Describe is part of prometheus.Collector.
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{metricDomains, metricHandshakes, metricProvisioningFailures, metricCacheEntries, metricCacheCapacity,
+	for _, d := range []*prometheus.Desc{metricDomains, metricExpiring, metricEarliestExpiry, metricHandshakes, metricProvisioningFailures, metricCacheEntries, metricCacheCapacity,
 		metricCacheBytes, metricCacheMaxBytes, metricCacheHits, metricCacheMisses, metricCacheEvictions,
 		metricDamaged, metricJournal, metricLastSync, metricStorageErrors} {
 		ch <- d
@@ -80,6 +93,19 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ss := c.inst.store.Stats()
 	for state, n := range ss.States {
 		ch <- prometheus.MustNewConstMetric(metricDomains, prometheus.GaugeValue, float64(n), domainstore.DomainStateNames[state])
+	}
+	up, managed := c.inst.store.ExpiryFigures(time.Now(), expiryWindows[:]...)
+	for _, src := range []struct {
+		name string
+		f    domainstore.ExpiryFigures
+	}{{"upload", up}, {"managed", managed}} {
+		ch <- prometheus.MustNewConstMetric(metricExpiring, prometheus.GaugeValue, float64(src.f.Expired), src.name, "expired")
+		for i, w := range expiryWindowNames {
+			ch <- prometheus.MustNewConstMetric(metricExpiring, prometheus.GaugeValue, float64(src.f.Within[i]), src.name, w)
+		}
+		if !src.f.Earliest.IsZero() {
+			ch <- prometheus.MustNewConstMetric(metricEarliestExpiry, prometheus.GaugeValue, float64(src.f.Earliest.Unix()), src.name)
+		}
 	}
 	hs := c.inst.source.Handshakes()
 	for _, r := range []struct {

@@ -109,7 +109,7 @@ func (s *Store) readKnownCertificate(ctx context.Context, id string, c certRecor
 		case dm != nil:
 			return recordDamaged("certificate", id, errors.New(dm.Reason))
 		case ok:
-			return s.readCertificate(ctx, id, v, c)
+			return s.readCertificate(ctx, id, v.version, c)
 		case attempt == 0:
 			if err := s.Sync(ctx); err != nil {
 				return err
@@ -131,7 +131,7 @@ func (s *Store) ListCertificates(ctx context.Context, limit int, beforeID string
 	vers := make([]uint64, len(ids))
 	dms := make([]*Damaged, len(ids))
 	for i, id := range ids {
-		vers[i], dms[i] = s.certs[id], s.damaged[id]
+		vers[i], dms[i] = s.certs[id].version, s.damaged[id]
 	}
 	s.mu.RUnlock()
 	out := make([]*Certificate, 0, len(ids))

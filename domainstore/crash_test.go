@@ -220,7 +220,7 @@ var crashScenarios = []crashScenario{
 		ctx := context.Background()
 		c := upload(t, s, ca.Issue(t, "again.example.test"))
 		old := mustCreate(t, s, DomainInput{Domain: "again.example.test", CertificateID: c.ID})
-		if err := s.writeSnapshot(ctx); err != nil {
+		if err := s.writeSnapshot(ctx, false); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.DeleteDomain(ctx, old.ID); err != nil {

@@ -265,7 +265,7 @@ func TestFleetGapRecovery(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := a.writeSnapshot(ctx); err != nil {
+	if err := a.writeSnapshot(ctx, false); err != nil {
 		t.Fatal(err)
 	}
 	// one more write compacts up to the snapshot

@@ -105,7 +105,7 @@ func (s *Store) readListing(ctx context.Context, pos uint64) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	state := adoptState{versions: make(map[string]uint64, len(domKeys)), certs: make(map[string]uint64)}
+	state := adoptState{versions: make(map[string]uint64, len(domKeys)), certs: make(map[string]certMeta)}
 	var stale []string
 	var maxVersion uint64
 	for _, k := range domKeys {
@@ -123,7 +123,7 @@ func (s *Store) readListing(ctx context.Context, pos uint64) (uint64, error) {
 	}
 	for _, k := range certKeys {
 		if id, ok := strings.CutSuffix(path.Base(k), ".json"); ok && validID(CertificatePrefix, id) {
-			state.certs[id] = 0 // its version is unknown; the record is current
+			state.certs[id] = certMeta{} // its version and dates are unknown; the record is current
 		}
 	}
 	read, err := s.adopt(ctx, state, pos)
@@ -147,8 +147,9 @@ type adoptState struct {
 	// entries are the index entries where known without reading the
 	// record (a snapshot).
 	entries map[string]*Entry
-	// certs are the certificates, with their versions (0: unknown).
-	certs map[string]uint64
+	// certs are the certificates, with their versions (0: unknown) and
+	// dates where known.
+	certs map[string]certMeta
 	// damaged are the records known to be damaged (a snapshot).
 	damaged map[string]*Damaged
 }
@@ -261,9 +262,9 @@ func (s *Store) adopt(ctx context.Context, state adoptState, pos uint64) (int, e
 			}
 		}
 	}
-	for id, v := range state.certs {
-		if cur, ok := s.certs[id]; !ok || (v != 0 && cur != v) {
-			s.putCertLocked(id, v)
+	for id, m := range state.certs {
+		if cur, ok := s.certs[id]; !ok || (m.version != 0 && cur.version != m.version) || (m.datesKnown() && !cur.datesKnown()) {
+			s.putCertLocked(id, m)
 		}
 		if dm := state.damaged[id]; dm != nil {
 			d := *dm
@@ -272,6 +273,7 @@ func (s *Store) adopt(ctx context.Context, state adoptState, pos uint64) (int, e
 	}
 	s.pos = pos
 	s.mu.Unlock()
+	s.wantDates()
 	s.notify(ns)
 	return nread, nil
 }

@@ -24,18 +24,20 @@ import (
 // The format is text, one record a line, fields separated by one space,
 // sorted by ID within each kind:
 //
-//	domaincerts-index 2 <seq, hex>
+//	domaincerts-index 3 <seq, hex>
 //	d <domain id> <version, hex> <name> <certificate id or -> <m|f|u>
-//	c <certificate id> <version, hex>
+//	c <certificate id> <version, hex> [<not before> <not after> <m|u>]
 //	x <record id> <version, hex> <name or -> <reason...>
 //
-// (m: managed, f: managed and its job reports an error, u: not; x: a
-// damaged record, listed so that it can be
-// deleted). It is decoded several times faster than JSON, which matters
-// at a million domains.
+// (m: managed, f: managed and its job reports an error, u: not; a
+// certificate's dates are Unix seconds, absent when not known; x: a
+// damaged record, listed so that it can be deleted). It is decoded several
+// times faster than JSON, which matters at a million domains. Version 2,
+// of earlier releases, is read too: it has no certificate dates.
 const (
 	snapshotsDir      = prefix + "/snapshots"
-	snapshotHeader    = "domaincerts-index 2"
+	snapshotHeader    = "domaincerts-index 3"
+	snapshotHeaderV2  = "domaincerts-index 2"
 	snapshotLock      = "domaincerts_snapshot"
 	legacySnapshotKey = prefix + "/index.snapshot"
 )
@@ -60,8 +62,8 @@ type snapshot struct {
 }
 
 type certVersion struct {
-	id      string
-	version uint64
+	id string
+	certMeta
 }
 
 // listSnapshots returns the sequence numbers of the stored snapshots,
@@ -126,18 +128,27 @@ func (s *Store) publishSnapshot(snap *snapshot) {
 	for _, e := range snap.domains {
 		s.putDomainLocked(e) // a decoded snapshot has no duplicate names
 	}
+	var dated [numSources][]expiryItem
 	for _, c := range snap.certs {
-		s.putCertLocked(c.id, c.version)
+		s.certIDs = insertSorted(s.certIDs, c.id)
+		s.certs[c.id] = c.certMeta
+		if c.datesKnown() {
+			dated[sourceOf(c.certMeta)] = append(dated[sourceOf(c.certMeta)], expiryItem{c.notAfter, c.id})
+		}
+	}
+	for src := range dated {
+		s.expiry[src].build(dated[src])
 	}
 	for _, d := range snap.damaged {
 		if strings.HasPrefix(d.ID, DomainPrefix) {
 			s.domainIDs = insertSorted(s.domainIDs, d.ID)
 		} else {
-			s.putCertLocked(d.ID, d.version)
+			s.putCertLocked(d.ID, certMeta{version: d.version})
 		}
 		s.damaged[d.ID] = d
 	}
 	s.pos = snap.seq
+	s.wantDates()
 }
 
 // applySnapshot makes memory what snap says, for an instance that fell
@@ -148,21 +159,21 @@ func (s *Store) applySnapshot(ctx context.Context, snap *snapshot) (int, error) 
 	state := adoptState{
 		versions: make(map[string]uint64, len(snap.domains)+len(snap.damaged)),
 		entries:  make(map[string]*Entry, len(snap.domains)),
-		certs:    make(map[string]uint64, len(snap.certs)),
+		certs:    make(map[string]certMeta, len(snap.certs)),
 		damaged:  make(map[string]*Damaged),
 	}
 	for _, e := range snap.domains {
 		state.versions[e.DomainID], state.entries[e.DomainID] = e.Version, e
 	}
 	for _, c := range snap.certs {
-		state.certs[c.id] = c.version
+		state.certs[c.id] = c.certMeta
 	}
 	for _, d := range snap.damaged {
 		state.damaged[d.ID] = d
 		if strings.HasPrefix(d.ID, DomainPrefix) {
 			state.versions[d.ID] = d.version
 		} else {
-			state.certs[d.ID] = d.version
+			state.certs[d.ID] = certMeta{version: d.version}
 		}
 	}
 	return s.adopt(ctx, state, snap.seq)
@@ -175,6 +186,9 @@ func decodeSnapshot(b []byte) (*snapshot, error) {
 	text := string(b)
 	header, rest, _ := strings.Cut(text, "\n")
 	seqText, ok := strings.CutPrefix(header, snapshotHeader+" ")
+	if !ok {
+		seqText, ok = strings.CutPrefix(header, snapshotHeaderV2+" ")
+	}
 	if !ok {
 		return nil, fmt.Errorf("unknown snapshot format %q", header)
 	}
@@ -197,13 +211,12 @@ func decodeSnapshot(b []byte) (*snapshot, error) {
 			snap.domains = append(snap.domains, e)
 			id = e.DomainID
 		case "c":
-			cid, ver, ok := strings.Cut(fields, " ")
-			v, err := strconv.ParseUint(ver, 16, 64)
-			if !ok || err != nil || !validID(CertificatePrefix, cid) {
+			c, ok := parseSnapshotCert(fields)
+			if !ok {
 				return nil, fmt.Errorf("malformed snapshot line %q", line)
 			}
-			snap.certs = append(snap.certs, certVersion{cid, v})
-			id = cid
+			snap.certs = append(snap.certs, c)
+			id = c.id
 		case "x":
 			d, ok := parseSnapshotDamaged(fields)
 			if !ok {
@@ -262,6 +275,29 @@ func parseSnapshotDomain(fields string) (*Entry, bool) {
 		e.CertificateID = f[3]
 	}
 	return e, true
+}
+
+// parseSnapshotCert parses "<certificate id> <version, hex> [<not
+// before> <not after> <m|u>]".
+func parseSnapshotCert(fields string) (certVersion, bool) {
+	f := strings.Split(fields, " ")
+	if (len(f) != 2 && len(f) != 5) || !validID(CertificatePrefix, f[0]) {
+		return certVersion{}, false
+	}
+	v, err := strconv.ParseUint(f[1], 16, 64)
+	if err != nil {
+		return certVersion{}, false
+	}
+	c := certVersion{id: f[0], certMeta: certMeta{version: v}}
+	if len(f) == 5 {
+		nb, err1 := strconv.ParseInt(f[2], 10, 64)
+		na, err2 := strconv.ParseInt(f[3], 10, 64)
+		if err1 != nil || err2 != nil || na == 0 || (f[4] != "m" && f[4] != "u") {
+			return certVersion{}, false
+		}
+		c.notBefore, c.notAfter, c.managed = nb, na, f[4] == "m"
+	}
+	return c, true
 }
 
 // parseSnapshotDamaged parses "<record id> <version, hex> <name or ->
@@ -344,6 +380,17 @@ func (snap *snapshot) encode() []byte {
 		sb.WriteString(c.id)
 		sb.WriteByte(' ')
 		sb.WriteString(strconv.FormatUint(c.version, 16))
+		if c.datesKnown() {
+			sb.WriteByte(' ')
+			sb.WriteString(strconv.FormatInt(c.notBefore, 10))
+			sb.WriteByte(' ')
+			sb.WriteString(strconv.FormatInt(c.notAfter, 10))
+			if c.managed {
+				sb.WriteString(" m")
+			} else {
+				sb.WriteString(" u")
+			}
+		}
 		sb.WriteByte('\n')
 	}
 	for _, d := range snap.damaged {
@@ -359,7 +406,9 @@ func (snap *snapshot) encode() []byte {
 // writeSnapshot writes memory as a snapshot at its journal position and
 // deletes the snapshots past the newest snapshotsKept. One instance
 // writes at a time; if another holds the snapshot lock, it does nothing.
-func (s *Store) writeSnapshot(ctx context.Context) error {
+// A snapshot at the same position is written again only when force is
+// set (memory knows what it lacks: certificate dates).
+func (s *Store) writeSnapshot(ctx context.Context, force bool) error {
 	s.snapMu.Lock()
 	defer s.snapMu.Unlock()
 	ok, err := s.tryLock(ctx, snapshotLock, lockAttempt)
@@ -373,12 +422,13 @@ func (s *Store) writeSnapshot(ctx context.Context) error {
 	}
 	s.mu.RLock()
 	pos := s.pos
-	if len(seqs) > 0 && seqs[0] >= pos {
+	if len(seqs) > 0 && (seqs[0] > pos || (seqs[0] == pos && !force)) {
 		s.mu.RUnlock()
 		s.snapSeq.Store(seqs[0])
 		return nil // another instance wrote one at least as new
 	}
 	snap := s.copySnapshotLocked()
+	s.snapWanted.Store(false)
 	s.mu.RUnlock()
 	b := snap.encode()
 	if err := s.Storage().Store(ctx, snapshotKey(pos), b); err != nil {
@@ -386,6 +436,9 @@ func (s *Store) writeSnapshot(ctx context.Context) error {
 		return fmt.Errorf("writing index snapshot: %w", err)
 	}
 	s.snapSeq.Store(pos)
+	if len(seqs) > 0 && seqs[0] == pos {
+		seqs = seqs[1:]
+	}
 	seqs = append([]uint64{pos}, seqs...)
 	for _, old := range seqs[min(len(seqs), snapshotsKept):] {
 		_ = s.Storage().Delete(ctx, snapshotKey(old))
@@ -406,11 +459,12 @@ func (s *Store) snapshotLoop() {
 			return
 		case <-t.C:
 		}
-		if s.position() < s.snapSeq.Load()+snapshotEvery {
+		force := s.snapWanted.Load()
+		if s.position() < s.snapSeq.Load()+snapshotEvery && !force {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*s.timeout())
-		if err := s.writeSnapshot(ctx); err != nil {
+		if err := s.writeSnapshot(ctx, force); err != nil {
 			s.log.Warn("writing index snapshot", zap.Error(err))
 		}
 		cancel()

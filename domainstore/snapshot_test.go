@@ -150,7 +150,7 @@ func TestSnapshotStartup(t *testing.T) {
 	t.Run("corrupt snapshot: an older one, else every record", func(t *testing.T) {
 		s5 := openOn(t, st)
 		<-s5.Reconciled()
-		if err := s5.writeSnapshot(ctx); err != nil {
+		if err := s5.writeSnapshot(ctx, false); err != nil {
 			t.Fatal(err)
 		}
 		seqs, err := s5.listSnapshots(ctx)
@@ -282,10 +282,13 @@ func FuzzDecodeSnapshot(f *testing.F) {
 	f.Add((&snapshot{seq: 9, domains: []*Entry{
 		{DomainID: "rd_01m8djch0z1t3s0se2ynhqbc0m", Version: 3, Name: "a.example.test", CertificateID: "cert_01m8djch0ss9fesqghxx6mv9mk"},
 		{DomainID: "rd_01m8djch11e8wy11by9eertygf", Version: 1, Name: "*.example.test", Managed: true},
-	}, certs: []certVersion{{"cert_01m8djch0ss9fesqghxx6mv9mk", 2}},
+	}, certs: []certVersion{{"cert_01m8djch0ss9fesqghxx6mv9mk", certMeta{version: 2, notBefore: 1700000000, notAfter: 1707776000}},
+		{"cert_01m8djch0ss9fesqghxx6mv9mz", certMeta{version: 5}},
+		{"cert_01m8djch0ss9fesqghxx6mv9n0", certMeta{version: 6, notBefore: -5, notAfter: 1707776000, managed: true}}},
 		damaged: []*Damaged{{ID: "rd_01m8djch22e8wy11by9eertygf", Name: "b.example.test", Reason: "truncated", version: 4}},
 	}).encode())
 	f.Add([]byte("domaincerts-index 1\nrd_x 1 a.test - m\n"))
+	f.Add([]byte("domaincerts-index 2 5\nc cert_01m8djch0ss9fesqghxx6mv9mk 3\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		snap, err := decodeSnapshot(b)
 		if err != nil {
@@ -306,6 +309,11 @@ func FuzzDecodeSnapshot(f *testing.F) {
 		for i, e := range snap.domains {
 			if *again.domains[i] != *e {
 				t.Fatalf("round trip changed %+v to %+v", e, again.domains[i])
+			}
+		}
+		for i, c := range snap.certs {
+			if again.certs[i] != c {
+				t.Fatalf("round trip changed %+v to %+v", c, again.certs[i])
 			}
 		}
 	})

@@ -74,7 +74,8 @@ func (s *Store) resetStateLocked(n int) {
 	s.domains = make(map[string]*Entry, n)
 	s.names = make(map[string]string, n)
 	s.domainIDs = make([]string, 0, n)
-	s.certs = make(map[string]uint64)
+	s.certs = make(map[string]certMeta)
+	s.expiry = [numSources]expiryIndex{}
 	s.certIDs = nil
 	s.certUse = make(map[string]int)
 	s.damaged = make(map[string]*Damaged)
@@ -169,21 +170,32 @@ func (s *Store) unuseLocked(certID string) {
 	}
 }
 
-// putCertLocked records that certificate id exists at version v. s.mu
-// must be held.
-func (s *Store) putCertLocked(id string, v uint64) {
-	if _, ok := s.certs[id]; !ok {
+// putCertLocked records that certificate id exists as m says. Dates that
+// m lacks are kept from what memory knew (a certificate's chain never
+// changes). s.mu must be held.
+func (s *Store) putCertLocked(id string, m certMeta) {
+	old, ok := s.certs[id]
+	if !ok {
 		s.certIDs = insertSorted(s.certIDs, id)
 	}
-	s.certs[id] = v
+	if !m.datesKnown() && old.datesKnown() {
+		m.notBefore, m.notAfter, m.managed = old.notBefore, old.notAfter, old.managed
+	}
+	if old != m {
+		s.unindexDatesLocked(id, old)
+		s.indexDatesLocked(id, m)
+	}
+	s.certs[id] = m
 	delete(s.damaged, id)
 }
 
 // deleteCertLocked forgets certificate id. s.mu must be held.
 func (s *Store) deleteCertLocked(id string) bool {
-	if _, ok := s.certs[id]; !ok {
+	m, ok := s.certs[id]
+	if !ok {
 		return false
 	}
+	s.unindexDatesLocked(id, m)
 	delete(s.certs, id)
 	delete(s.damaged, id)
 	s.certIDs = deleteSorted(s.certIDs, id)
@@ -227,7 +239,7 @@ func (s *Store) applyToMemory(e *entry) []notice {
 				out = append(out, notice{old: prev})
 			}
 		case opPutCert:
-			s.putCertLocked(op.ID, e.Seq)
+			s.putCertLocked(op.ID, metaOf(op.Certificate, e.Seq))
 			if op.upload != nil {
 				out = append(out, notice{certID: op.ID, upload: op.upload})
 			}

@@ -94,15 +94,16 @@ type Store struct {
 	// The state below is changed only by the sequencer goroutine, under
 	// mu; other goroutines read it under mu.RLock.
 	mu        sync.RWMutex
-	domains   map[string]*Entry    // live domains by ID
-	names     map[string]string    // normalized name -> domain ID
-	domainIDs []string             // sorted, oldest first: live and damaged domains
-	certs     map[string]uint64    // certificate ID -> version (journal entry), 0 if unknown
-	certIDs   []string             // sorted, oldest first
-	certUse   map[string]int       // certificate ID -> domains that use it
-	states    [numDomainStates]int // live domains by state
-	damaged   map[string]*Damaged  // records that cannot be read, by ID
-	pos       uint64               // the journal entry memory reflects
+	domains   map[string]*Entry       // live domains by ID
+	names     map[string]string       // normalized name -> domain ID
+	domainIDs []string                // sorted, oldest first: live and damaged domains
+	certs     map[string]certMeta     // certificate ID -> version and dates
+	expiry    [numSources]expiryIndex // certificates with known dates, by end, per source
+	certIDs   []string                // sorted, oldest first
+	certUse   map[string]int          // certificate ID -> domains that use it
+	states    [numDomainStates]int    // live domains by state
+	damaged   map[string]*Damaged     // records that cannot be read, by ID
+	pos       uint64                  // the journal entry memory reflects
 
 	listenMu  sync.RWMutex
 	listeners []Listener
@@ -122,9 +123,13 @@ type Store struct {
 
 	headDamaged atomic.Bool // the stored head was damaged and is not yet written back
 
-	snapMu   sync.Mutex    // one snapshot write at a time
-	snapSeq  atomic.Uint64 // the newest snapshot known
-	snapDone chan struct{}
+	snapMu     sync.Mutex    // one snapshot write at a time
+	snapSeq    atomic.Uint64 // the newest snapshot known
+	snapWanted atomic.Bool   // memory learned what the newest snapshot lacks (certificate dates)
+	snapDone   chan struct{}
+
+	datesWanted chan struct{} // datesLoop: look for certificates without dates
+	datesDone   chan struct{}
 
 	stats storeStats
 }
@@ -155,16 +160,18 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 		opts.Timeout = DefaultTimeout
 	}
 	s := &Store{
-		opts:       opts,
-		log:        opts.Logger,
-		index:      sniindex.New[*Entry](),
-		ops:        make(chan *op, 1024),
-		syncReqs:   make(chan chan error),
-		closing:    make(chan struct{}),
-		done:       make(chan struct{}),
-		reconciled: make(chan struct{}),
-		snapDone:   make(chan struct{}),
-		skipped:    make(map[uint64]bool),
+		opts:        opts,
+		log:         opts.Logger,
+		index:       sniindex.New[*Entry](),
+		ops:         make(chan *op, 1024),
+		syncReqs:    make(chan chan error),
+		closing:     make(chan struct{}),
+		done:        make(chan struct{}),
+		reconciled:  make(chan struct{}),
+		snapDone:    make(chan struct{}),
+		datesWanted: make(chan struct{}, 1),
+		datesDone:   make(chan struct{}),
+		skipped:     make(map[uint64]bool),
 	}
 	s.SetSyncInterval(opts.SyncInterval)
 	s.SetStorage(storage)
@@ -176,6 +183,8 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 	}
 	go s.sequencer()
 	go s.snapshotLoop()
+	go s.datesLoop()
+	s.wantDates()
 	s.mu.RLock()
 	n, c, pos := len(s.domains), len(s.certs), s.pos
 	s.mu.RUnlock()
@@ -402,16 +411,18 @@ func (s *Store) Close() error {
 		close(s.closing)
 		<-s.done
 		<-s.snapDone
+		<-s.datesDone
 	})
 	if !first {
 		return nil
 	}
-	if s.position() <= s.snapSeq.Load() {
+	force := s.snapWanted.Load()
+	if s.position() <= s.snapSeq.Load() && !force {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
 	defer cancel()
-	return s.writeSnapshot(ctx)
+	return s.writeSnapshot(ctx, force)
 }
 
 var errClosed = &dcerr.Error{Code: dcerr.StorageUnavailable, Msg: "the domain store is shutting down; retry later"}

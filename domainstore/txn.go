@@ -142,7 +142,7 @@ func (tx *txn) certificate(id string) (*Certificate, error) {
 		return nil, notFound("certificate", id)
 	}
 	c := new(Certificate)
-	if err := tx.s.readCertificate(tx.ctx, id, v, c); err != nil {
+	if err := tx.s.readCertificate(tx.ctx, id, v.version, c); err != nil {
 		return nil, err
 	}
 	return c, nil

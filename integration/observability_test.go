@@ -148,6 +148,23 @@ func TestEventsAndMetrics(t *testing.T) {
 	if n := countLogLines(m.logSince(mark), "warn", "uploaded certificate expires soon"); n != 1 {
 		t.Errorf("%d WARN lines for the expiring upload, want 1", n)
 	}
+	notAfter, err := time.Parse(time.RFC3339, cert["not_after"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := metricValues(t, m.caddyProc)
+	for name, want := range map[string]float64{
+		`domaincerts_certificates_expiring{source="upload",within="expired"}`:        0,
+		`domaincerts_certificates_expiring{source="upload",within="7d"}`:             1,
+		`domaincerts_certificates_expiring{source="upload",within="14d"}`:            1,
+		`domaincerts_certificates_expiring{source="upload",within="30d"}`:            1,
+		`domaincerts_certificates_expiring{source="managed",within="7d"}`:            0,
+		`domaincerts_certificate_earliest_expiry_timestamp_seconds{source="upload"}`: float64(notAfter.Unix()),
+	} {
+		if v, present := values[name]; !present || v != want {
+			t.Errorf("after the expiring upload: %s = %v (present %v), want %v", name, v, present, want)
+		}
+	}
 
 	domID, _ := m.createDomain(t, soon, certID)
 	waitEvent(t, file, "domain_created", map[string]any{"domain_id": domID, "domain": soon})
@@ -183,7 +200,7 @@ func TestEventsAndMetrics(t *testing.T) {
 	}
 	expectFails(t, m.caddyProc, "nobody.events.test")
 
-	values := metricValues(t, m.caddyProc)
+	values = metricValues(t, m.caddyProc)
 	for name, ok := range map[string]func(float64) bool{
 		`domaincerts_domains{state="uploaded"}`:                                func(v float64) bool { return v == 1 },
 		`domaincerts_domains{state="issued"}`:                                  func(v float64) bool { return v == 1 },
@@ -204,6 +221,97 @@ func TestEventsAndMetrics(t *testing.T) {
 	waitEvent(t, file, "domain_deleted", map[string]any{"domain_id": domID, "domain": soon})
 	m.mustAPI(t, http.StatusNoContent, "DELETE", "/domaincerts/tls_certificates/"+certID, nil)
 	waitEvent(t, file, "certificate_deleted", map[string]any{"certificate_id": certID, "subject_common_name": soon})
+	values = metricValues(t, m.caddyProc)
+	if v := values[`domaincerts_certificates_expiring{source="upload",within="7d"}`]; v != 0 {
+		t.Errorf("the expiring upload is deleted, but the 7d bucket counts %v", v)
+	}
+	if _, present := values[`domaincerts_certificate_earliest_expiry_timestamp_seconds{source="upload"}`]; present {
+		t.Error("no upload is left, but an earliest upload expiry is reported")
+	}
+}
+
+// TestExpiryAnnouncedOncePerDay: two instances on one storage, each with
+// its own events handler and looking every second, announce each
+// certificate that ends within expiry_warning once between them: an
+// expiring upload (by the instance that took it), and one that enters the
+// window when a reload widens expiry_warning, with the domains that use
+// it.
+func TestExpiryAnnouncedOncePerDay(t *testing.T) {
+	storage := map[string]any{"module": "file_system", "root": t.TempDir()}
+	var nodes []*caddyProc
+	var files []string
+	for range 2 {
+		opts := caddyOpts{Storage: storage, App: map[string]any{"expiry_warning": "240h", "expiry_check_interval": "1s"}}
+		files = append(files, withEventRecorder(t, &opts))
+		nodes = append(nodes, startCaddy(t, opts))
+	}
+	a, b := nodes[0], nodes[1]
+	announced := func(certID string) int {
+		n := 0
+		for _, f := range files {
+			for _, e := range readEvents(t, f) {
+				if e.Name == "certificate_expiring" && e.Origin == "domaincerts" && e.Data["certificate_id"] == certID {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	upload := func(c *caddyProc, name string, days int) string {
+		certPEM, keyPEM := opensslLeaf(t, name, days)
+		return c.mustAPI(t, http.StatusCreated, "POST", "/domaincerts/tls_certificates",
+			map[string]any{"certificate_pem": certPEM, "private_key_pem": keyPEM})["id"].(string)
+	}
+
+	// 20 days left, outside the 10-day window; 5 days left, inside
+	later := upload(a, "later.expiry.test", 20)
+	domID, _ := a.createDomain(t, "later.expiry.test", later)
+	soon := upload(b, "soon.expiry.test", 5)
+	waitEvent(t, files[1], "certificate_expiring", map[string]any{"certificate_id": soon})
+	time.Sleep(3 * time.Second) // both instances look three times
+	if n := announced(soon); n != 1 {
+		t.Errorf("the 5-day upload was announced %d times by the two instances; want once", n)
+	}
+	if n := announced(later); n != 0 {
+		t.Errorf("the 20-day upload was announced %d times with a 10-day expiry_warning; want none", n)
+	}
+	// both instances count both certificates
+	for i, c := range nodes {
+		values := metricValues(t, c)
+		if v7, v30 := values[`domaincerts_certificates_expiring{source="upload",within="7d"}`], values[`domaincerts_certificates_expiring{source="upload",within="30d"}`]; v7 != 1 || v30 != 2 {
+			t.Errorf("instance %d: uploads within 7d %v, within 30d %v; want 1 and 2", i, v7, v30)
+		}
+	}
+
+	// a reload widens the window to 30 days on both: the 20-day upload is
+	// announced once, with its domain
+	for _, c := range nodes {
+		c.Config["apps"].(map[string]any)["domaincerts"].(map[string]any)["expiry_warning"] = "720h"
+		c.mustAPI(t, http.StatusOK, "POST", "/load", c.Config)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for announced(later) == 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second)
+	if n := announced(later); n != 1 {
+		t.Fatalf("after widening expiry_warning, the 20-day upload was announced %d times; want once", n)
+	}
+	for _, f := range files {
+		for _, e := range readEvents(t, f) {
+			if e.Name == "certificate_expiring" && e.Data["certificate_id"] == later {
+				if ids := fmt.Sprint(e.Data["domain_ids"]); ids != "["+domID+"]" {
+					t.Errorf("certificate_expiring domain_ids %s; want [%s]", ids, domID)
+				}
+				if d, _ := e.Data["days_left"].(float64); d < 19 || d > 20 {
+					t.Errorf("certificate_expiring days_left %v; want 19 or 20", e.Data["days_left"])
+				}
+			}
+		}
+	}
+	if n := announced(soon); n != 1 {
+		t.Errorf("the 5-day upload was announced %d times in the day; want once", n)
+	}
 }
 
 // TestUnknownNamesQuiet: with the domaincerts on-demand permission, a

@@ -40,6 +40,8 @@ type LeafOptions struct {
 	IPs []net.IP
 	// NotAfter defaults to 30 days from now.
 	NotAfter time.Time
+	// NotBefore defaults to an hour ago.
+	NotBefore time.Time
 }
 
 // NewChain makes a root CA ("<name> Root", valid 10 years) and an

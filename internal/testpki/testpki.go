@@ -104,6 +104,10 @@ func leafTemplate(tb testing.TB, names []string, o LeafOptions, key crypto.Signe
 	if notAfter.IsZero() {
 		notAfter = now.Add(30 * 24 * time.Hour)
 	}
+	notBefore := o.NotBefore
+	if notBefore.IsZero() {
+		notBefore = now.Add(-time.Hour)
+	}
 	cn := ""
 	if len(names) > 0 {
 		cn = names[0]
@@ -117,7 +121,7 @@ func leafTemplate(tb testing.TB, names []string, o LeafOptions, key crypto.Signe
 		Subject:      pkix.Name{CommonName: cn},
 		DNSNames:     names,
 		IPAddresses:  o.IPs,
-		NotBefore:    now.Add(-time.Hour),
+		NotBefore:    notBefore,
 		NotAfter:     notAfter,
 		KeyUsage:     ku,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},

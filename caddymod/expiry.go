@@ -1,0 +1,176 @@
+package caddymod
+
+import (
+	"context"
+	"math"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/domaincerts/caddy-domaincerts/domainstore"
+)
+
+// Certificates that end within expiry_warning are announced with
+// certificate_expiring (certificate_expired once they have ended) at most
+// once a day each, for all the instances on the storage: uploads, which
+// are the customer's to renew, and managed certificates whose renewal is
+// overdue. Each instance looks every expiry_check_interval; the store's
+// claims keep the fleet to one announcement per certificate and UTC day.
+
+// Defaults of the expiry options.
+const (
+	DefaultExpiryWarning       = 30 * 24 * time.Hour
+	DefaultExpiryCheckInterval = time.Hour
+)
+
+// firstExpiryCheck bounds the wait for an instance's first look, so that
+// instances restarted more often than expiry_check_interval still look.
+const firstExpiryCheck = time.Minute
+
+// expiryWatch announces the certificates that end soon, until stopped.
+type expiryWatch struct {
+	store    *domainstore.Store
+	warning  time.Duration
+	interval time.Duration
+	ratio    float64 // the renewal window ratio of managed certificates
+	log      *zap.Logger
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+func (w *expiryWatch) run() {
+	defer close(w.done)
+	t := time.NewTimer(min(w.interval, firstExpiryCheck))
+	defer t.Stop()
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-t.C:
+		}
+		w.check(time.Now())
+		t.Reset(w.interval)
+	}
+}
+
+// check announces what is due at now and was not announced today.
+func (w *expiryWatch) check(now time.Time) {
+	var due []domainstore.ExpiringCertificate
+	for _, c := range w.store.ExpiringCertificates(now.Add(w.warning)) {
+		if !c.Managed || renewalOverdue(c.NotBefore, c.NotAfter, w.ratio, now) {
+			due = append(due, c)
+		}
+	}
+	if len(due) == 0 {
+		return
+	}
+	ids := make([]string, len(due))
+	for i, c := range due {
+		ids[i] = c.ID
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-w.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	defer cancel()
+	claimed, err := w.store.ClaimAnnouncements(ctx, now, ids)
+	if err != nil {
+		w.log.Warn("announcing expiring certificates; trying again at the next check",
+			zap.Int("certificates", len(ids)), zap.Error(err))
+		return
+	}
+	if len(claimed) == 0 {
+		return
+	}
+	mine := make(map[string]bool, len(claimed))
+	for _, id := range claimed {
+		mine[id] = true
+	}
+	expiring, expired := 0, 0
+	for _, c := range due {
+		if !mine[c.ID] {
+			continue
+		}
+		name, data := expiryEvent(c.ID, c.DomainIDs, c.NotAfter, now)
+		if name == "certificate_expired" {
+			expired++
+		} else {
+			expiring++
+		}
+		if !emitEventWait(w.stop, name, data) {
+			return
+		}
+	}
+	w.log.Warn("certificates end soon; the customers should upload renewed ones (managed ones: see their provisioning status)",
+		zap.Int("expiring", expiring), zap.Int("expired", expired),
+		zap.Time("earliest_not_after", due[0].NotAfter), zap.String("earliest_certificate_id", due[0].ID))
+}
+
+// renewalOverdue reports whether a managed certificate valid from nb to na
+// should have been renewed by now: a day (or a quarter of the renewal
+// window, if shorter) past the point where CertMagic renews it.
+func renewalOverdue(nb, na time.Time, ratio float64, now time.Time) bool {
+	if !now.Before(na) {
+		return true
+	}
+	window := time.Duration(float64(na.Sub(nb)) * ratio)
+	grace := min(24*time.Hour, window/4)
+	return now.After(na.Add(-window).Add(grace))
+}
+
+// expiryEvent returns the event that announces a certificate ending at
+// notAfter, and its data.
+func expiryEvent(id string, domainIDs []string, notAfter, now time.Time) (string, map[string]any) {
+	if domainIDs == nil {
+		domainIDs = []string{}
+	}
+	name := "certificate_expiring"
+	if !now.Before(notAfter) {
+		name = "certificate_expired"
+	}
+	return name, map[string]any{
+		"certificate_id": id, "domain_ids": domainIDs, "not_after": eventTime(notAfter), "days_left": daysLeft(notAfter, now),
+	}
+}
+
+// daysLeft counts the whole days until notAfter, rounded down: 0 on its
+// last day, -1 on the day after it ended.
+func daysLeft(notAfter, now time.Time) int {
+	return int(math.Floor(notAfter.Sub(now).Hours() / 24))
+}
+
+// warnExpiring logs an upload that has ended, or ends within
+// expiry_warning, once at WARN, and announces it (unless the fleet did so
+// today) without holding up the API call. Customers rotate by upload, so
+// it is accepted.
+func (h *handler) warnExpiring(c *domainstore.Certificate) {
+	now := time.Now()
+	left := c.NotAfter.Sub(now)
+	if left > h.expiryWarning {
+		return
+	}
+	msg := "uploaded certificate expires soon; the customer should upload a renewed one"
+	if left <= 0 {
+		msg = "uploaded certificate has already expired; the customer should upload a valid one"
+	}
+	h.log.Warn(msg, zap.String("certificate_id", c.ID), zap.String("subject_common_name", c.SubjectCommonName),
+		zap.Time("not_after", c.NotAfter), zap.Int("days_left", daysLeft(c.NotAfter, now)))
+	store, log := h.store, h.log
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		claimed, err := store.ClaimAnnouncements(ctx, now, []string{c.ID})
+		if err != nil {
+			log.Warn("announcing an expiring upload; the next expiry check tries again",
+				zap.String("certificate_id", c.ID), zap.Error(err))
+			return
+		}
+		if len(claimed) == 1 {
+			emitEvent(expiryEvent(c.ID, nil, c.NotAfter, now))
+		}
+	}()
+}
