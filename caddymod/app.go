@@ -316,6 +316,12 @@ func (a *App) Validate() error {
 	if !slices.Contains(a.issuerNames, a.DefaultAuthority) {
 		return fmt.Errorf("default_authority %q names no issuer; configure it under issuers (have %v)", a.DefaultAuthority, a.authorityNames())
 	}
+	if a.ExpiryCheckInterval != 0 && time.Duration(a.ExpiryCheckInterval) < minExpiryCheckInterval {
+		return fmt.Errorf("expiry_check_interval must be at least %v, got %v", minExpiryCheckInterval, time.Duration(a.ExpiryCheckInterval))
+	}
+	if a.ExpiryWarning < 0 {
+		return fmt.Errorf("expiry_warning must not be negative, got %v", time.Duration(a.ExpiryWarning))
+	}
 	if a.RenewalWindowRatio < 0 || a.RenewalWindowRatio >= 1 {
 		return fmt.Errorf("renewal_window_ratio must be between 0 and 1, got %v", a.RenewalWindowRatio)
 	}

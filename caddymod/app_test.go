@@ -38,6 +38,9 @@ func TestValidate(t *testing.T) {
 		{"edge addresses", App{DefaultAuthority: "letsencrypt", EdgeAddresses: []string{"203.0.113.10", "2001:db8::10"}}, ""},
 		{"edge address not an IP", App{DefaultAuthority: "letsencrypt", EdgeAddresses: []string{"edge.example.net"}}, `edge_addresses: "edge.example.net" is not an IP address`},
 		{"negative provisioning_timeout", App{DefaultAuthority: "letsencrypt", ProvisioningTimeout: -1}, "provisioning_timeout must not be negative"},
+		{"expiry_check_interval too short", App{DefaultAuthority: "letsencrypt", ExpiryCheckInterval: caddy.Duration(time.Millisecond)}, "expiry_check_interval must be at least 1s"},
+		{"negative expiry_check_interval", App{DefaultAuthority: "letsencrypt", ExpiryCheckInterval: -1}, "expiry_check_interval must be at least 1s"},
+		{"negative expiry_warning", App{DefaultAuthority: "letsencrypt", ExpiryWarning: -1}, "expiry_warning must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

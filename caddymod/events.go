@@ -76,19 +76,28 @@ func emitEvent(name string, data map[string]any) {
 	}
 }
 
-// emitEventWait queues an event, waiting for room in the queue until stop
-// is closed; it reports whether the event was queued. It is for background
-// work that sends many events at once (the expiry announcements), never
-// for an API call or a handshake.
+// emitEventWait queues an event once the queue is less than half full,
+// waiting until stop is closed; it reports whether the event was queued.
+// It is for background work that sends many events at once (the expiry
+// announcements), never for an API call or a handshake, and it leaves
+// half the queue to their events.
 func emitEventWait(stop <-chan struct{}, name string, data map[string]any) bool {
-	if eventsTo.Load() == nil {
-		return true
-	}
-	select {
-	case eventQueue <- queuedEvent{name: name, data: data}:
-		return true
-	case <-stop:
-		return false
+	for {
+		if eventsTo.Load() == nil {
+			return true
+		}
+		if len(eventQueue) < eventQueueSize/2 {
+			select {
+			case eventQueue <- queuedEvent{name: name, data: data}:
+				return true
+			default:
+			}
+		}
+		select {
+		case <-stop:
+			return false
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 

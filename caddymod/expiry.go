@@ -23,9 +23,14 @@ const (
 	DefaultExpiryCheckInterval = time.Hour
 )
 
-// firstExpiryCheck bounds the wait for an instance's first look, so that
-// instances restarted more often than expiry_check_interval still look.
-const firstExpiryCheck = time.Minute
+// Bounds of the expiry checks: the first comes at most firstExpiryCheck
+// after start (so that instances restarted more often than
+// expiry_check_interval still look), and expiry_check_interval is at
+// least minExpiryCheckInterval.
+const (
+	firstExpiryCheck       = time.Minute
+	minExpiryCheckInterval = time.Second
+)
 
 // expiryWatch announces the certificates that end soon, until stopped.
 type expiryWatch struct {
@@ -38,6 +43,11 @@ type expiryWatch struct {
 	done     chan struct{}
 }
 
+// uploadsToAnnounce carries the IDs of expiring uploads from the API to
+// the running app's expiryWatch, which announces them at once; when it is
+// full, or no app runs, the next check announces them.
+var uploadsToAnnounce = make(chan string, 1024)
+
 func (w *expiryWatch) run() {
 	defer close(w.done)
 	t := time.NewTimer(min(w.interval, firstExpiryCheck))
@@ -46,27 +56,35 @@ func (w *expiryWatch) run() {
 		select {
 		case <-w.stop:
 			return
+		case id := <-uploadsToAnnounce:
+			ids := []string{id}
+			for len(ids) < 256 && len(uploadsToAnnounce) > 0 {
+				ids = append(ids, <-uploadsToAnnounce)
+			}
+			w.announce(time.Now(), ids)
 		case <-t.C:
+			w.check(time.Now())
+			t.Reset(w.interval)
 		}
-		w.check(time.Now())
-		t.Reset(w.interval)
 	}
 }
 
 // check announces what is due at now and was not announced today.
 func (w *expiryWatch) check(now time.Time) {
-	var due []domainstore.ExpiringCertificate
+	var ids []string
 	for _, c := range w.store.ExpiringCertificates(now.Add(w.warning)) {
 		if !c.Managed || renewalOverdue(c.NotBefore, c.NotAfter, w.ratio, now) {
-			due = append(due, c)
+			ids = append(ids, c.ID)
 		}
 	}
-	if len(due) == 0 {
+	w.announce(now, ids)
+}
+
+// announce claims those of ids that the fleet has not announced today,
+// and sends their events.
+func (w *expiryWatch) announce(now time.Time, ids []string) {
+	if len(ids) == 0 {
 		return
-	}
-	ids := make([]string, len(due))
-	for i, c := range due {
-		ids[i] = c.ID
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
@@ -86,28 +104,34 @@ func (w *expiryWatch) check(now time.Time) {
 	if len(claimed) == 0 {
 		return
 	}
-	mine := make(map[string]bool, len(claimed))
-	for _, id := range claimed {
-		mine[id] = true
-	}
+	users := w.store.DomainsUsing(claimed)
+	var earliest domainstore.ExpiringCertificate
 	expiring, expired := 0, 0
-	for _, c := range due {
-		if !mine[c.ID] {
+	for _, c := range w.store.ExpiringCertificates(now.Add(w.warning)) {
+		if _, mine := users[c.ID]; !mine {
 			continue
 		}
-		name, data := expiryEvent(c.ID, c.DomainIDs, c.NotAfter, now)
+		if earliest.ID == "" {
+			earliest = c
+		}
+		name, data := expiryEvent(c.ID, users[c.ID], c.NotAfter, now)
 		if name == "certificate_expired" {
 			expired++
 		} else {
 			expiring++
 		}
+		// claimed is promised: once stopping, the rest go without waiting
+		// (a full queue drops them, with a WARN line)
 		if !emitEventWait(w.stop, name, data) {
-			return
+			emitEvent(name, data)
 		}
+	}
+	if earliest.ID == "" {
+		return // deleted meanwhile
 	}
 	w.log.Warn("certificates end soon; the customers should upload renewed ones (managed ones: see their provisioning status)",
 		zap.Int("expiring", expiring), zap.Int("expired", expired),
-		zap.Time("earliest_not_after", due[0].NotAfter), zap.String("earliest_certificate_id", due[0].ID))
+		zap.Time("earliest_not_after", earliest.NotAfter), zap.String("earliest_certificate_id", earliest.ID))
 }
 
 // renewalOverdue reports whether a managed certificate valid from nb to na
@@ -144,9 +168,9 @@ func daysLeft(notAfter, now time.Time) int {
 }
 
 // warnExpiring logs an upload that has ended, or ends within
-// expiry_warning, once at WARN, and announces it (unless the fleet did so
-// today) without holding up the API call. Customers rotate by upload, so
-// it is accepted.
+// expiry_warning, once at WARN, and hands it to the running app's
+// expiryWatch to announce (unless the fleet did so today), without holding
+// up the API call. Customers rotate by upload, so it is accepted.
 func (h *handler) warnExpiring(c *domainstore.Certificate) {
 	now := time.Now()
 	left := c.NotAfter.Sub(now)
@@ -159,18 +183,8 @@ func (h *handler) warnExpiring(c *domainstore.Certificate) {
 	}
 	h.log.Warn(msg, zap.String("certificate_id", c.ID), zap.String("subject_common_name", c.SubjectCommonName),
 		zap.Time("not_after", c.NotAfter), zap.Int("days_left", daysLeft(c.NotAfter, now)))
-	store, log := h.store, h.log
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		claimed, err := store.ClaimAnnouncements(ctx, now, []string{c.ID})
-		if err != nil {
-			log.Warn("announcing an expiring upload; the next expiry check tries again",
-				zap.String("certificate_id", c.ID), zap.Error(err))
-			return
-		}
-		if len(claimed) == 1 {
-			emitEvent(expiryEvent(c.ID, nil, c.NotAfter, now))
-		}
-	}()
+	select {
+	case uploadsToAnnounce <- c.ID:
+	default: // the next check announces it
+	}
 }

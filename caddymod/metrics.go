@@ -27,6 +27,9 @@ var (
 	metricEarliestExpiry = prometheus.NewDesc("domaincerts_certificate_earliest_expiry_timestamp_seconds",
 		"The earliest end (not_after, Unix time) of a certificate in the store, by source (upload, managed); absent when there is none.",
 		[]string{"source"}, nil)
+	metricDatesPending = prometheus.NewDesc("domaincerts_certificate_dates_pending",
+		"Certificates whose validity dates this instance is still reading from storage (after a start without them); the expiry figures leave them out until then.",
+		nil, nil)
 	metricProvisioningFailures = prometheus.NewDesc("domaincerts_provisioning_failures_total",
 		"Failed certificate provisioning attempts and renewals on this instance, by error code.",
 		[]string{"error_code"}, nil)
@@ -70,7 +73,7 @@ type collector struct{ inst *instance }
 
 // Describe is part of prometheus.Collector.
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{metricDomains, metricExpiring, metricEarliestExpiry, metricHandshakes, metricProvisioningFailures, metricCacheEntries, metricCacheCapacity,
+	for _, d := range []*prometheus.Desc{metricDomains, metricExpiring, metricEarliestExpiry, metricDatesPending, metricHandshakes, metricProvisioningFailures, metricCacheEntries, metricCacheCapacity,
 		metricCacheBytes, metricCacheMaxBytes, metricCacheHits, metricCacheMisses, metricCacheEvictions,
 		metricDamaged, metricJournal, metricLastSync, metricStorageErrors} {
 		ch <- d
@@ -107,6 +110,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(metricEarliestExpiry, prometheus.GaugeValue, float64(src.f.Earliest.Unix()), src.name)
 		}
 	}
+	gauge(metricDatesPending, float64(c.inst.store.DatesPending()))
 	hs := c.inst.source.Handshakes()
 	for _, r := range []struct {
 		result string

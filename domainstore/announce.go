@@ -16,7 +16,8 @@ import (
 //
 //	announced/<YYYY-MM-DD, UTC>   one certificate ID a line
 //
-// The first claim of a day deletes the records of earlier days.
+// The first claim of a day deletes the records of earlier days; an
+// instance whose clock is behind a later day's record claims nothing.
 const (
 	announcedDir = prefix + "/announced"
 	announceLock = "domaincerts_announce"
@@ -44,6 +45,24 @@ func (s *Store) ClaimAnnouncements(ctx context.Context, now time.Time, ids []str
 		s.stats.storageErrors.Add(1)
 		return nil, storageFailed("reading the day's announcements", err)
 	}
+	if first {
+		// a new day: drop the records of earlier days; if a later day has
+		// one, this instance's clock is behind the others', and what it
+		// would announce was announced already
+		keys, err := st.List(ctx, announcedDir, false)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.stats.storageErrors.Add(1)
+			return nil, storageFailed("listing the announcements", err)
+		}
+		for _, k := range keys {
+			switch day := path.Base(k); {
+			case day > path.Base(key):
+				return nil, nil
+			case day < path.Base(key):
+				_ = st.Delete(ctx, k)
+			}
+		}
+	}
 	claimed := make(map[string]bool)
 	for line := range strings.Lines(string(b)) {
 		claimed[strings.TrimSpace(line)] = true
@@ -67,15 +86,6 @@ func (s *Store) ClaimAnnouncements(ctx context.Context, now time.Time, ids []str
 	if err := st.Store(ctx, key, []byte(sb.String())); err != nil {
 		s.stats.storageErrors.Add(1)
 		return nil, storageFailed("recording the day's announcements", err)
-	}
-	if first {
-		if keys, err := st.List(ctx, announcedDir, false); err == nil {
-			for _, k := range keys {
-				if path.Base(k) != path.Base(key) {
-					_ = st.Delete(ctx, k)
-				}
-			}
-		}
 	}
 	return fresh, nil
 }

@@ -117,15 +117,22 @@ func (s *Store) fillDates() int {
 	}
 	wg.Wait()
 	filled := 0
+	var items [numSources][]expiryItem
 	s.mu.Lock()
 	for i, w := range wants {
 		cur, ok := s.certs[w.id]
-		if !ok || cur.datesKnown() || !got[i].datesKnown() {
+		_, bad := s.damaged[w.id]
+		if !ok || bad || cur.datesKnown() || !got[i].datesKnown() {
 			continue
 		}
-		got[i].version = cur.version
-		s.putCertLocked(w.id, got[i])
+		m := got[i]
+		m.version = cur.version
+		s.certs[w.id] = m
+		items[sourceOf(m)] = append(items[sourceOf(m)], expiryItem{m.notAfter, w.id})
 		filled++
+	}
+	for src := range items {
+		s.expiry[src].addMany(items[src])
 	}
 	s.mu.Unlock()
 	if filled > 0 {

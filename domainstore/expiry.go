@@ -123,6 +123,23 @@ func (x *expiryIndex) build(items []expiryItem) {
 	}
 }
 
+// addMany adds items: one by one when they are few next to the index,
+// else by building the index again (a sort beats many inserts into the
+// middle of large day buckets).
+func (x *expiryIndex) addMany(items []expiryItem) {
+	if len(items) < 64 || len(items) < x.n/4 {
+		for _, it := range items {
+			x.add(it.t, it.id)
+		}
+		return
+	}
+	all := make([]expiryItem, 0, x.n+len(items))
+	for _, d := range x.keys {
+		all = append(all, x.days[d]...)
+	}
+	x.build(append(all, items...))
+}
+
 func (x *expiryIndex) remove(t int64, id string) {
 	d := dayOf(t)
 	items := x.days[d]
@@ -254,43 +271,49 @@ type ExpiringCertificate struct {
 	NotBefore, NotAfter time.Time
 	// Managed is set for a certificate that ACME issued.
 	Managed bool
-	// DomainIDs are the domains that use it, oldest first.
-	DomainIDs []string
 }
 
 // ExpiringCertificates returns the certificates, uploaded and managed,
-// that end at or before by, earliest first, with the domains that use
-// each. It reads memory only.
+// that end at or before by, earliest first. It reads the in-memory index
+// (the certificates it returns, and one step per day of expiry).
 func (s *Store) ExpiringCertificates(by time.Time) []ExpiringCertificate {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var out []ExpiringCertificate
-	at := make(map[string]int)
 	for src := range numSources {
 		s.expiry[src].eachBy(by.Unix(), func(it expiryItem) {
 			m := s.certs[it.id]
-			at[it.id] = len(out)
 			out = append(out, ExpiringCertificate{
-				ID: it.id, NotBefore: time.Unix(m.notBefore, 0).UTC(), NotAfter: time.Unix(m.notAfter, 0).UTC(),
-				Managed: m.managed, DomainIDs: []string{},
+				ID: it.id, NotBefore: time.Unix(m.notBefore, 0).UTC(), NotAfter: time.Unix(m.notAfter, 0).UTC(), Managed: m.managed,
 			})
 		})
 	}
-	if len(out) == 0 {
-		return nil
+	slices.SortStableFunc(out, func(a, b ExpiringCertificate) int { return a.NotAfter.Compare(b.NotAfter) })
+	return out
+}
+
+// DomainsUsing returns, for each of the certificates ids, the domains that
+// use it, oldest first (an empty list for one that no domain uses). It
+// reads memory: one pass over the domains, so ask for many at once.
+func (s *Store) DomainsUsing(ids []string) map[string][]string {
+	out := make(map[string][]string, len(ids))
+	for _, id := range ids {
+		out[id] = []string{}
 	}
-	// the users of these certificates: one pass over the domains, and
-	// only when some certificate ends soon
+	if len(ids) == 0 {
+		return out
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	for _, id := range s.domainIDs {
 		e := s.domains[id]
 		if e == nil || e.CertificateID == "" {
 			continue
 		}
-		if i, ok := at[e.CertificateID]; ok {
-			out[i].DomainIDs = append(out[i].DomainIDs, id)
+		if users, ok := out[e.CertificateID]; ok {
+			out[e.CertificateID] = append(users, id)
 		}
 	}
-	slices.SortStableFunc(out, func(a, b ExpiringCertificate) int { return a.NotAfter.Compare(b.NotAfter) })
 	return out
 }
 

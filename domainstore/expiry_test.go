@@ -90,6 +90,18 @@ func TestExpiryIndex(t *testing.T) {
 	if built.countBy(base+30*86400) != x.countBy(base+30*86400) {
 		t.Fatal("built index diverged after changes")
 	}
+	// added in batches, small (one by one) and large (a rebuild)
+	var batched expiryIndex
+	var batch []expiryItem
+	for id, at := range live {
+		batch = append(batch, expiryItem{at + 86400, id})
+	}
+	batched.addMany(batch[:10])
+	batched.addMany(batch[10:])
+	batched.addMany(batch[:5]) // again: no change
+	if batched.n != x.n || batched.countBy(base+30*86400) != x.countBy(base+30*86400) {
+		t.Fatalf("batched index: %d items, %d by day 30; want %d, %d", batched.n, batched.countBy(base+30*86400), x.n, x.countBy(base+30*86400))
+	}
 
 	// the exact second counts: ending at by is ending by it
 	var y expiryIndex
@@ -165,17 +177,21 @@ func TestExpiryFigures(t *testing.T) {
 	for _, c := range soon {
 		ids = append(ids, c.ID)
 	}
-	if len(soon) != 5 || soon[0].ID != expired.ID || soon[1].ID != in3.ID || !slices.Equal(soon[1].DomainIDs, []string{d.ID}) {
-		t.Fatalf("expiring within 30 days: %v (%+v); want 5, the expired one first, then in3.test used by %s", ids, soon, d.ID)
+	if len(soon) != 5 || soon[0].ID != expired.ID || soon[1].ID != in3.ID {
+		t.Fatalf("expiring within 30 days: %v (%+v); want 5, the expired one first, then in3.test's", ids, soon)
 	}
 	mdNow, err := s.GetDomain(ctx, md.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range soon {
-		if c.Managed != (c.ID == mdNow.CertificateID) || c.DomainIDs == nil {
+		if c.Managed != (c.ID == mdNow.CertificateID) {
 			t.Fatalf("expiring certificate %+v", c)
 		}
+	}
+	users := s.DomainsUsing([]string{in3.ID, expired.ID, mdNow.CertificateID})
+	if !slices.Equal(users[in3.ID], []string{d.ID}) || users[expired.ID] == nil || len(users[expired.ID]) != 0 || !slices.Equal(users[mdNow.CertificateID], []string{md.ID}) {
+		t.Fatalf("DomainsUsing = %v; want in3 used by %s, the expired one by none, the managed one by %s", users, d.ID, md.ID)
 	}
 
 	if err := s.DeleteCertificate(ctx, in20.ID); err != nil {
@@ -216,28 +232,28 @@ func TestExpiryFigures(t *testing.T) {
 	if err := s3.Close(); err != nil {
 		t.Fatal(err)
 	}
-	snaps, _ = st.List(ctx, snapshotsDir, false)
-	if len(snaps) == 0 {
-		t.Fatal("no snapshot written after the dates were read")
-	}
-	b, err := st.Load(ctx, snaps[len(snaps)-1])
+	b, err := st.Load(ctx, datesKey(s3.position()))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("no dates beside the snapshot written after the dates were read: %v", err)
 	}
-	line := "c " + in3.ID + " "
+	line := in3.ID + " "
 	i := strings.Index(string(b), line)
-	if i < 0 || !strings.HasPrefix(string(b), snapshotHeader) {
-		t.Fatalf("snapshot lacks %s:\n%s", in3.ID, b)
+	if i < 0 || !strings.HasPrefix(string(b), datesHeader) {
+		t.Fatalf("dates lack %s:\n%s", in3.ID, b)
 	}
 	fields := strings.Fields(strings.SplitN(string(b[i:]), "\n", 2)[0])
-	if len(fields) != 6 || fields[4] != itoa(in3.NotAfter.Unix()) || fields[5] != "u" {
-		t.Fatalf("snapshot line %q; want the dates of %s", fields, in3.ID)
+	if len(fields) != 4 || fields[2] != itoa(in3.NotAfter.Unix()) || fields[3] != "u" {
+		t.Fatalf("dates line %q; want the dates of %s", fields, in3.ID)
+	}
+	snap, err := st.Load(ctx, snapshotKey(s3.position()))
+	if err != nil || !strings.HasPrefix(string(snap), snapshotHeader+" ") || strings.Contains(string(snap), in3.NotAfter.Format("2006")) {
+		t.Fatalf("the snapshot is not in the format earlier releases read (%v):\n%s", err, snap)
 	}
 }
 
-// TestExpiryFromOlderSnapshot starts from a snapshot of an earlier release
-// (format 2, no dates) and reads the dates.
-func TestExpiryFromOlderSnapshot(t *testing.T) {
+// TestExpiryFromSnapshotWithoutDates starts from a snapshot without its
+// dates file (written by an earlier release) and reads the dates.
+func TestExpiryFromSnapshotWithoutDates(t *testing.T) {
 	ctx := context.Background()
 	st := new(memstorage.Storage)
 	s := openOn(t, st)
@@ -250,21 +266,9 @@ func TestExpiryFromOlderSnapshot(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	snaps, _ := st.List(ctx, snapshotsDir, false)
-	if len(snaps) != 1 {
-		t.Fatalf("snapshots %v; want one", snaps)
-	}
-	b, _ := st.Load(ctx, snaps[0])
-	var older []string
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) == 6 && f[0] == "c" {
-			line = strings.Join(f[:3], " ")
-		}
-		older = append(older, line)
-	}
-	v2 := strings.Replace(strings.Join(older, "\n"), snapshotHeader, snapshotHeaderV2, 1)
-	if err := st.Store(ctx, snaps[0], []byte(v2)); err != nil {
-		t.Fatal(err)
+	pos := s.position()
+	if err := st.Delete(ctx, datesKey(pos)); err != nil {
+		t.Fatalf("no dates file beside the snapshot: %v", err)
 	}
 	s2 := openOn(t, st)
 	deadline := time.Now().Add(10 * time.Second)
@@ -276,8 +280,42 @@ func TestExpiryFromOlderSnapshot(t *testing.T) {
 	}
 	up, _ := s2.ExpiryFigures(time.Now(), 7*24*time.Hour)
 	if up.Within[0] != 1 || !up.Earliest.Equal(c.NotAfter) {
-		t.Fatalf("figures from a format 2 snapshot: %+v; want 1 within 7 days ending %v", up, c.NotAfter)
+		t.Fatalf("figures from a snapshot without dates: %+v; want 1 within 7 days ending %v", up, c.NotAfter)
 	}
+	// the next close writes the dates at the same position
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Load(ctx, datesKey(pos)); err != nil {
+		t.Fatalf("the dates read were not written beside the snapshot: %v", err)
+	}
+}
+
+func FuzzDecodeDates(f *testing.F) {
+	f.Add([]byte(datesHeader+" 9\ncert_01m8djch0ss9fesqghxx6mv9mk 1700000000 1707776000 u\n"), uint64(9))
+	f.Add([]byte(datesHeader+" a\ncert_01m8djch0ss9fesqghxx6mv9mk -5 7 m\n"), uint64(10))
+	f.Fuzz(func(t *testing.T, b []byte, seq uint64) {
+		dates, err := decodeDates(b, seq)
+		if err != nil {
+			return
+		}
+		snap := &snapshot{seq: seq}
+		for id, d := range dates {
+			if d.notAfter == 0 {
+				t.Fatalf("accepted dates %+v", d)
+			}
+			snap.certs = append(snap.certs, certVersion{id: id, certMeta: certMeta{notBefore: d.notBefore, notAfter: d.notAfter, managed: d.managed}})
+		}
+		again, err := decodeDates(snap.encodeDates(), seq)
+		if err != nil || len(again) != len(dates) {
+			t.Fatalf("round trip: %v, %d of %d", err, len(again), len(dates))
+		}
+		for id, d := range dates {
+			if again[id] != d {
+				t.Fatalf("round trip changed %s: %+v to %+v", id, d, again[id])
+			}
+		}
+	})
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
@@ -333,5 +371,13 @@ func TestClaimAnnouncements(t *testing.T) {
 	keys, _ := st.List(ctx, announcedDir, false)
 	if len(keys) != 1 || !strings.HasSuffix(keys[0], "2026-12-01") {
 		t.Fatalf("announcement records %v; want only 2026-12-01", keys)
+	}
+	// an instance whose clock is behind (still the day before) claims
+	// nothing, and leaves the later day's record alone
+	if got := claim(a, today.Add(59*time.Minute), "x", "new"); len(got) != 0 {
+		t.Fatalf("a late clock claimed %v; want nothing", got)
+	}
+	if got := claim(a, tomorrow, "x", "new"); !slices.Equal(got, []string{"new"}) {
+		t.Fatalf("after a late clock's claim: %v; want [new]", got)
 	}
 }

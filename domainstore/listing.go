@@ -269,6 +269,10 @@ func (s *Store) adopt(ctx context.Context, state adoptState, pos uint64) (int, e
 		if dm := state.damaged[id]; dm != nil {
 			d := *dm
 			s.damaged[id] = &d
+			// a damaged record's dates are not trusted, nor counted
+			cur := s.certs[id]
+			s.unindexDatesLocked(id, cur)
+			s.certs[id] = certMeta{version: cur.version}
 		}
 	}
 	s.pos = pos

@@ -24,25 +24,37 @@ import (
 // The format is text, one record a line, fields separated by one space,
 // sorted by ID within each kind:
 //
-//	domaincerts-index 3 <seq, hex>
+//	domaincerts-index 2 <seq, hex>
 //	d <domain id> <version, hex> <name> <certificate id or -> <m|f|u>
-//	c <certificate id> <version, hex> [<not before> <not after> <m|u>]
+//	c <certificate id> <version, hex>
 //	x <record id> <version, hex> <name or -> <reason...>
 //
-// (m: managed, f: managed and its job reports an error, u: not; a
-// certificate's dates are Unix seconds, absent when not known; x: a
+// (m: managed, f: managed and its job reports an error, u: not; x: a
 // damaged record, listed so that it can be deleted). It is decoded several
-// times faster than JSON, which matters at a million domains. Version 2,
-// of earlier releases, is read too: it has no certificate dates.
+// times faster than JSON, which matters at a million domains.
+//
+// The certificates' validity dates, for the expiry figures, are beside it,
+// in a file that earlier releases do not look for (so that they keep
+// starting from the snapshot during an upgrade or a rollback):
+//
+//	snapshots/<seq, 16 hex digits>.dates
+//
+//	domaincerts-dates 1 <seq, hex>
+//	<certificate id> <not before> <not after> <m|u>
+//
+// (Unix seconds; m: managed, u: uploaded). A snapshot without its dates,
+// or with dates that do not decode, is used without them: the store reads
+// the dates from the records in the background.
 const (
 	snapshotsDir      = prefix + "/snapshots"
-	snapshotHeader    = "domaincerts-index 3"
-	snapshotHeaderV2  = "domaincerts-index 2"
+	snapshotHeader    = "domaincerts-index 2"
+	datesHeader       = "domaincerts-dates 1"
 	snapshotLock      = "domaincerts_snapshot"
 	legacySnapshotKey = prefix + "/index.snapshot"
 )
 
 func snapshotKey(seq uint64) string { return fmt.Sprintf("%s/%016x.snapshot", snapshotsDir, seq) }
+func datesKey(seq uint64) string    { return fmt.Sprintf("%s/%016x.dates", snapshotsDir, seq) }
 
 // When to write a snapshot: after snapshotEvery journal entries, at most
 // once per snapshotCheck, and when the store closes. snapshotsKept are
@@ -115,9 +127,35 @@ func (s *Store) loadSnapshot(ctx context.Context) *snapshot {
 			s.log.Warn("decoding index snapshot; trying an older one", zap.Uint64("seq", seq), zap.Error(err))
 			continue
 		}
+		s.loadDates(ctx, snap)
 		return snap
 	}
 	return nil
+}
+
+// loadDates fills in the certificate dates of snap from its dates file,
+// if it has one that decodes; else they are read from the records later.
+func (s *Store) loadDates(ctx context.Context, snap *snapshot) {
+	b, err := s.Storage().Load(ctx, datesKey(snap.seq))
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("reading the certificate dates of the index snapshot; reading them from the records instead",
+				zap.Uint64("seq", snap.seq), zap.Error(err))
+		}
+		return
+	}
+	dates, err := decodeDates(b, snap.seq)
+	if err != nil {
+		s.log.Warn("decoding the certificate dates of the index snapshot; reading them from the records instead",
+			zap.Uint64("seq", snap.seq), zap.Error(err))
+		return
+	}
+	for i := range snap.certs {
+		if d, ok := dates[snap.certs[i].id]; ok {
+			c := &snap.certs[i]
+			c.notBefore, c.notAfter, c.managed = d.notBefore, d.notAfter, d.managed
+		}
+	}
 }
 
 // publishSnapshot makes memory what snap says.
@@ -186,9 +224,6 @@ func decodeSnapshot(b []byte) (*snapshot, error) {
 	text := string(b)
 	header, rest, _ := strings.Cut(text, "\n")
 	seqText, ok := strings.CutPrefix(header, snapshotHeader+" ")
-	if !ok {
-		seqText, ok = strings.CutPrefix(header, snapshotHeaderV2+" ")
-	}
 	if !ok {
 		return nil, fmt.Errorf("unknown snapshot format %q", header)
 	}
@@ -277,27 +312,81 @@ func parseSnapshotDomain(fields string) (*Entry, bool) {
 	return e, true
 }
 
-// parseSnapshotCert parses "<certificate id> <version, hex> [<not
-// before> <not after> <m|u>]".
+// parseSnapshotCert parses "<certificate id> <version, hex>".
 func parseSnapshotCert(fields string) (certVersion, bool) {
-	f := strings.Split(fields, " ")
-	if (len(f) != 2 && len(f) != 5) || !validID(CertificatePrefix, f[0]) {
+	cid, ver, ok := strings.Cut(fields, " ")
+	v, err := strconv.ParseUint(ver, 16, 64)
+	if !ok || err != nil || !validID(CertificatePrefix, cid) {
 		return certVersion{}, false
 	}
-	v, err := strconv.ParseUint(f[1], 16, 64)
-	if err != nil {
-		return certVersion{}, false
-	}
-	c := certVersion{id: f[0], certMeta: certMeta{version: v}}
-	if len(f) == 5 {
-		nb, err1 := strconv.ParseInt(f[2], 10, 64)
-		na, err2 := strconv.ParseInt(f[3], 10, 64)
-		if err1 != nil || err2 != nil || na == 0 || (f[4] != "m" && f[4] != "u") {
-			return certVersion{}, false
+	return certVersion{id: cid, certMeta: certMeta{version: v}}, true
+}
+
+// certDates are a certificate's validity period and source, as the dates
+// file holds them.
+type certDates struct {
+	notBefore, notAfter int64
+	managed             bool
+}
+
+// encodeDates writes the dates of snap's certificates that are known.
+func (snap *snapshot) encodeDates() []byte {
+	var sb strings.Builder
+	sb.Grow(32 + len(snap.certs)*56)
+	sb.WriteString(datesHeader)
+	sb.WriteByte(' ')
+	sb.WriteString(strconv.FormatUint(snap.seq, 16))
+	sb.WriteByte('\n')
+	for _, c := range snap.certs {
+		if !c.datesKnown() {
+			continue
 		}
-		c.notBefore, c.notAfter, c.managed = nb, na, f[4] == "m"
+		src := " u\n"
+		if c.managed {
+			src = " m\n"
+		}
+		sb.WriteString(c.id)
+		sb.WriteByte(' ')
+		sb.WriteString(strconv.FormatInt(c.notBefore, 10))
+		sb.WriteByte(' ')
+		sb.WriteString(strconv.FormatInt(c.notAfter, 10))
+		sb.WriteString(src)
 	}
-	return c, true
+	return []byte(sb.String())
+}
+
+// decodeDates parses a dates file of the snapshot at seq. Like a
+// snapshot, it is trusted whole or not at all.
+func decodeDates(b []byte, seq uint64) (map[string]certDates, error) {
+	header, rest, _ := strings.Cut(string(b), "\n")
+	if header != datesHeader+" "+strconv.FormatUint(seq, 16) {
+		return nil, fmt.Errorf("dates header %q, want %q", clipText(header), datesHeader+" "+strconv.FormatUint(seq, 16))
+	}
+	out := make(map[string]certDates, strings.Count(rest, "\n"))
+	for line := range strings.Lines(rest) {
+		f := strings.Split(strings.TrimSuffix(line, "\n"), " ")
+		if len(f) != 4 || !validID(CertificatePrefix, f[0]) || (f[3] != "m" && f[3] != "u") {
+			return nil, fmt.Errorf("malformed dates line %q", clipText(line))
+		}
+		nb, err1 := strconv.ParseInt(f[1], 10, 64)
+		na, err2 := strconv.ParseInt(f[2], 10, 64)
+		if err1 != nil || err2 != nil || na == 0 {
+			return nil, fmt.Errorf("malformed dates line %q", clipText(line))
+		}
+		if _, dup := out[f[0]]; dup {
+			return nil, fmt.Errorf("certificate %s appears twice in the dates", f[0])
+		}
+		out[f[0]] = certDates{notBefore: nb, notAfter: na, managed: f[3] == "m"}
+	}
+	return out, nil
+}
+
+// clipText cuts s for an error message.
+func clipText(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }
 
 // parseSnapshotDamaged parses "<record id> <version, hex> <name or ->
@@ -380,17 +469,6 @@ func (snap *snapshot) encode() []byte {
 		sb.WriteString(c.id)
 		sb.WriteByte(' ')
 		sb.WriteString(strconv.FormatUint(c.version, 16))
-		if c.datesKnown() {
-			sb.WriteByte(' ')
-			sb.WriteString(strconv.FormatInt(c.notBefore, 10))
-			sb.WriteByte(' ')
-			sb.WriteString(strconv.FormatInt(c.notAfter, 10))
-			if c.managed {
-				sb.WriteString(" m")
-			} else {
-				sb.WriteString(" u")
-			}
-		}
 		sb.WriteByte('\n')
 	}
 	for _, d := range snap.damaged {
@@ -422,26 +500,35 @@ func (s *Store) writeSnapshot(ctx context.Context, force bool) error {
 	}
 	s.mu.RLock()
 	pos := s.pos
-	if len(seqs) > 0 && (seqs[0] > pos || (seqs[0] == pos && !force)) {
+	newer := len(seqs) > 0 && seqs[0] > pos
+	same := len(seqs) > 0 && seqs[0] == pos
+	if newer || (same && !force) {
 		s.mu.RUnlock()
 		s.snapSeq.Store(seqs[0])
+		s.snapWanted.Store(false)
 		return nil // another instance wrote one at least as new
 	}
 	snap := s.copySnapshotLocked()
-	s.snapWanted.Store(false)
 	s.mu.RUnlock()
+	// the dates first: a snapshot is never newer than its dates file
+	if err := s.Storage().Store(ctx, datesKey(pos), snap.encodeDates()); err != nil {
+		s.stats.storageErrors.Add(1)
+		return fmt.Errorf("writing index snapshot dates: %w", err)
+	}
 	b := snap.encode()
 	if err := s.Storage().Store(ctx, snapshotKey(pos), b); err != nil {
 		s.stats.storageErrors.Add(1)
 		return fmt.Errorf("writing index snapshot: %w", err)
 	}
 	s.snapSeq.Store(pos)
-	if len(seqs) > 0 && seqs[0] == pos {
+	s.snapWanted.Store(false)
+	if same {
 		seqs = seqs[1:]
 	}
 	seqs = append([]uint64{pos}, seqs...)
 	for _, old := range seqs[min(len(seqs), snapshotsKept):] {
 		_ = s.Storage().Delete(ctx, snapshotKey(old))
+		_ = s.Storage().Delete(ctx, datesKey(old))
 	}
 	s.log.Debug("index snapshot written", zap.Uint64("seq", pos), zap.Int("bytes", len(b)))
 	return nil
