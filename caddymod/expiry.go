@@ -61,7 +61,7 @@ func (w *expiryWatch) run() {
 			for len(ids) < 256 && len(uploadsToAnnounce) > 0 {
 				ids = append(ids, <-uploadsToAnnounce)
 			}
-			w.announce(time.Now(), ids)
+			w.announce(time.Now(), ids, false) // the upload logged its own WARN line
 		case <-t.C:
 			w.check(time.Now())
 			t.Reset(w.interval)
@@ -77,12 +77,13 @@ func (w *expiryWatch) check(now time.Time) {
 			ids = append(ids, c.ID)
 		}
 	}
-	w.announce(now, ids)
+	w.announce(now, ids, true)
 }
 
 // announce claims those of ids that the fleet has not announced today,
-// and sends their events.
-func (w *expiryWatch) announce(now time.Time, ids []string) {
+// and sends their events; with summary, it also logs one WARN line about
+// them.
+func (w *expiryWatch) announce(now time.Time, ids []string, summary bool) {
 	if len(ids) == 0 {
 		return
 	}
@@ -126,8 +127,8 @@ func (w *expiryWatch) announce(now time.Time, ids []string) {
 			emitEvent(name, data)
 		}
 	}
-	if earliest.ID == "" {
-		return // deleted meanwhile
+	if earliest.ID == "" || !summary {
+		return // deleted meanwhile, or logged already
 	}
 	w.log.Warn("certificates end soon; the customers should upload renewed ones (managed ones: see their provisioning status)",
 		zap.Int("expiring", expiring), zap.Int("expired", expired),
