@@ -11,6 +11,9 @@
 //	tls.certificates.domaincerts     loads attached uploads into Caddy's cache
 //	caddy.storage.sealed             seals private keys at rest (NaCl secretbox)
 //	admin.api.domaincerts            the admin API under /domaincerts/
+//	http.handlers.domaincerts_api    the same API on a site route (and ngrok's dialect)
+//
+// and the `caddy domaincerts` command.
 package domaincerts
 
 import (
@@ -18,6 +21,9 @@ import (
 	_ "github.com/domaincerts/caddy-domaincerts/caddymod"
 	// caddy.storage.sealed and the seal-keygen and seal-reseal commands
 	_ "github.com/domaincerts/caddy-domaincerts/sealedstorage"
-	// the domaincerts global option and the domaincerts_load directive
+	// the domaincerts global option and the domaincerts_load and
+	// domaincerts_api directives
 	_ "github.com/domaincerts/caddy-domaincerts/caddyfile"
+	// the caddy domaincerts command
+	_ "github.com/domaincerts/caddy-domaincerts/cli"
 )

@@ -55,6 +55,9 @@ func TestAdaptErrors(t *testing.T) {
 		{"dns_server unknown", "{\n\tdomaincerts {\n\t\tdns_server :53 {\n\t\t\tport 5\n\t\t}\n\t}\n}\n", "unrecognized dns_server option 'port'"},
 		{"manager argument", "https:// {\n\ttls {\n\t\tget_certificate domaincerts extra\n\t}\n}\n", "wrong argument count"},
 		{"loader block", "https:// {\n\tdomaincerts_load {\n\t\tx\n\t}\n}\n", "unrecognized subdirective"},
+		{"api unknown option", "https:// {\n\tdomaincerts_api {\n\t\tkeys x\n\t}\n}\n", "unknown domaincerts_api option \"keys\""},
+		{"api argument", "https:// {\n\tdomaincerts_api ngrok\n}\n", "wrong argument count"},
+		{"api compat without value", "https:// {\n\tdomaincerts_api {\n\t\tcompat\n\t}\n}\n", "wrong argument count"},
 	}
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	for _, tt := range tests {

@@ -4,7 +4,11 @@
 //     (see caddymod.App.UnmarshalCaddyfile for its options);
 //   - the site directive `domaincerts_load [<domain or cert_id>...]`, which
 //     loads uploaded certificates into Caddy's certificate cache at config
-//     load (the tls.certificates.domaincerts loader).
+//     load (the tls.certificates.domaincerts loader);
+//   - the site directive `domaincerts_api { compat ngrok; api_keys ... }`,
+//     the API on a site route (http.handlers.domaincerts_api), ordered after
+//     metrics: after the handlers that guard a route (basic_auth,
+//     forward_auth), with the other handlers that answer requests.
 //
 // Serving by SNI needs no new directive: `tls { get_certificate domaincerts }`
 // uses the manager through Caddy's own tls directive.
@@ -14,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/domaincerts/caddy-domaincerts/caddymod"
 )
@@ -21,6 +26,16 @@ import (
 func init() {
 	httpcaddyfile.RegisterGlobalOption("domaincerts", parseGlobalOption)
 	httpcaddyfile.RegisterDirective("domaincerts_load", parseLoadDirective)
+	httpcaddyfile.RegisterHandlerDirective("domaincerts_api", parseAPIDirective)
+	httpcaddyfile.RegisterDirectiveOrder("domaincerts_api", httpcaddyfile.After, "metrics")
+}
+
+// parseAPIDirective parses a domaincerts_api site directive (see
+// caddymod.HTTPAPI.UnmarshalCaddyfile).
+func parseAPIDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	api := new(caddymod.HTTPAPI)
+	err := api.UnmarshalCaddyfile(h.Dispenser)
+	return api, err
 }
 
 // parseGlobalOption parses the domaincerts global option into the app.

@@ -4,13 +4,10 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/domaincerts/caddy-domaincerts/certsource"
-	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
@@ -18,12 +15,10 @@ func init() {
 	caddy.RegisterModule(adminAPI{})
 }
 
-// API paths.
+// The admin API's place on the admin endpoint.
 const (
-	apiPrefix           = "/domaincerts/"
-	certificatesPath    = "/domaincerts/tls_certificates"
-	domainsPath         = "/domaincerts/domains"
-	maxRequestBodyBytes = 256 << 10
+	adminBase   = "/domaincerts"
+	adminPrefix = adminBase + "/"
 )
 
 // adminAPI is the admin API of domaincerts, mounted on Caddy's admin
@@ -52,7 +47,7 @@ func (a *adminAPI) Provision(ctx caddy.Context) error {
 
 // Routes returns the admin routes.
 func (a *adminAPI) Routes() []caddy.AdminRoute {
-	return []caddy.AdminRoute{{Pattern: apiPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
+	return []caddy.AdminRoute{{Pattern: adminPrefix, Handler: caddy.AdminHandlerFunc(a.serve)}}
 }
 
 // serve routes a request below /domaincerts/. Errors are written here, in
@@ -64,21 +59,8 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		writeError(w, err)
 		return nil
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxRequestBodyBytes)
-	h := &handler{store: app.inst.store, acme: app.acme, log: a.log, expiryWarning: time.Duration(app.ExpiryWarning)}
-	err = h.route(w, r)
-	if err != nil {
-		switch code := dcerr.CodeOf(err); code {
-		case dcerr.Internal:
-			a.log.Error("admin request failed", zap.String("method", r.Method),
-				zap.String("path", r.URL.Path), zap.Error(err))
-		case dcerr.StorageUnavailable, dcerr.RecordDamaged:
-			a.log.Warn("admin request failed", zap.String("method", r.Method),
-				zap.String("path", r.URL.Path), zap.String("error_code", string(code)),
-				zap.NamedError("cause", errors.Unwrap(err)))
-		}
-		writeError(w, err)
-	}
+	h := app.apiHandler(a.log, door{base: adminBase, domains: "domains", admin: true})
+	h.serve(w, r, strings.TrimPrefix(r.URL.Path, adminBase), r.URL.RequestURI())
 	return nil
 }
 
@@ -97,84 +79,6 @@ func runningApp() (*App, error) {
 		return nil, errors.New("domaincerts app is not provisioned")
 	}
 	return app, nil
-}
-
-type handler struct {
-	store *domainstore.Store
-	acme  *certsource.ACME // nil until the app has started
-	log   *zap.Logger
-	// expiryWarning is the app's expiry_warning
-	expiryWarning time.Duration
-}
-
-// route dispatches on path and method.
-func (h *handler) route(w http.ResponseWriter, r *http.Request) error {
-	p := strings.TrimSuffix(r.URL.Path, "/")
-	switch {
-	case p == certificatesPath:
-		switch r.Method {
-		case http.MethodGet:
-			return h.listCertificates(w, r)
-		case http.MethodPost:
-			return h.createCertificate(w, r)
-		}
-		return methodNotAllowed(w, "GET, POST")
-	case p == domainsPath:
-		switch r.Method {
-		case http.MethodGet:
-			return h.listDomains(w, r)
-		case http.MethodPost:
-			return h.createDomain(w, r)
-		}
-		return methodNotAllowed(w, "GET, POST")
-	}
-	if id, ok := strings.CutPrefix(p, certificatesPath+"/"); ok && !strings.Contains(id, "/") {
-		switch r.Method {
-		case http.MethodGet:
-			return h.getCertificate(w, r, id)
-		case http.MethodPatch:
-			return h.updateCertificate(w, r, id)
-		case http.MethodDelete:
-			return h.deleteCertificate(w, r, id)
-		}
-		return methodNotAllowed(w, "GET, PATCH, DELETE")
-	}
-	if rest, ok := strings.CutPrefix(p, domainsPath+"/"); ok {
-		id, sub, _ := strings.Cut(rest, "/")
-		switch sub {
-		case "":
-			switch r.Method {
-			case http.MethodGet:
-				return h.getDomain(w, r, id)
-			case http.MethodPatch:
-				return h.updateDomain(w, r, id)
-			case http.MethodDelete:
-				return h.deleteDomain(w, r, id)
-			}
-			return methodNotAllowed(w, "GET, PATCH, DELETE")
-		case "certificate":
-			if r.Method != http.MethodDelete {
-				return methodNotAllowed(w, "DELETE")
-			}
-			return h.detach(w, r, id, h.store.DetachCertificate)
-		case "certificate_management_policy":
-			if r.Method != http.MethodDelete {
-				return methodNotAllowed(w, "DELETE")
-			}
-			return h.detach(w, r, id, h.store.DetachPolicy)
-		case "provision":
-			if r.Method != http.MethodPost {
-				return methodNotAllowed(w, "POST")
-			}
-			return h.provisionDomain(w, r, id)
-		}
-	}
-	return dcerr.New(dcerr.NotFound, "no such resource: %s", r.URL.Path)
-}
-
-func methodNotAllowed(w http.ResponseWriter, allow string) error {
-	w.Header().Set("Allow", allow)
-	return dcerr.New(dcerr.MethodNotAllowed, "method not allowed; this path accepts %s", allow)
 }
 
 // Interface guards

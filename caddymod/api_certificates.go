@@ -2,10 +2,13 @@ package caddymod
 
 import (
 	"net/http"
+	"net/url"
+	"slices"
 	"time"
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
+	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
 // certificateView is the API object of a TLS certificate: the contract's
@@ -21,10 +24,10 @@ type certificateView struct {
 	ManagedDomainID string     `json:"managed_domain_id,omitempty"`
 }
 
-func viewCertificate(c *domainstore.Certificate) certificateView {
+func (h *handler) viewCertificate(c *domainstore.Certificate) certificateView {
 	return certificateView{
 		resourceView: resourceView{
-			ID: c.ID, URI: certificatesPath + "/" + c.ID,
+			ID: c.ID, URI: h.door.certificatesPath() + "/" + c.ID,
 			CreatedAt: c.CreatedAt, UpdatedAt: c.UpdatedAt,
 			Description: c.Description, Metadata: c.Metadata,
 		},
@@ -62,16 +65,28 @@ func (h *handler) createCertificate(w http.ResponseWriter, r *http.Request) erro
 	}
 	emitCertificate("certificate_uploaded", c)
 	h.warnExpiring(c)
-	writeJSON(w, http.StatusCreated, viewCertificate(c))
+	writeJSON(w, http.StatusCreated, h.viewCertificate(c))
 	return nil
 }
 
-func (h *handler) listCertificates(w http.ResponseWriter, r *http.Request) error {
+func (h *handler) listCertificates(w http.ResponseWriter, r *http.Request, uri string) error {
 	limit, before, err := pageParams(r)
 	if err != nil {
 		return err
 	}
-	certs, more, err := h.store.ListCertificates(r.Context(), limit, before)
+	var certs []*domainstore.Certificate
+	var more bool
+	selector := ""
+	if q := r.URL.Query(); q.Get("filter") != "" {
+		selector = "&filter=" + url.QueryEscape(q.Get("filter"))
+		var terms []filterTerm
+		if terms, err = parseFilter(q.Get("filter"), "id"); err == nil {
+			certs, err = h.certificatesMatching(r, terms)
+		}
+		certs, more = pageOf(certs, func(c *domainstore.Certificate) string { return c.ID }, limit, before)
+	} else {
+		certs, more, err = h.store.ListCertificates(r.Context(), limit, before)
+	}
 	if err != nil {
 		return err
 	}
@@ -79,14 +94,42 @@ func (h *handler) listCertificates(w http.ResponseWriter, r *http.Request) error
 	last := ""
 	for i, c := range certs {
 		if c.Damage != nil {
-			views[i] = viewDamaged(certificatesPath, c.ID, nil, c.Damage)
+			views[i] = viewDamaged(h.door.certificatesPath(), c.ID, nil, c.Damage)
 		} else {
-			views[i] = viewCertificate(c)
+			views[i] = h.viewCertificate(c)
 		}
 		last = c.ID
 	}
-	writeJSON(w, http.StatusOK, listBody("tls_certificates", views, r, last, limit, more))
+	writeJSON(w, http.StatusOK, h.listBody(certificatesName, h.door.certificatesPath(), selector, views, uri, last, limit, more))
 	return nil
+}
+
+// certificatesMatching returns the certificates that a filter selects,
+// newest first.
+func (h *handler) certificatesMatching(r *http.Request, terms []filterTerm) ([]*domainstore.Certificate, error) {
+	ids := make([]string, 0, len(terms))
+	for _, t := range terms {
+		ids = append(ids, t.value)
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	slices.Reverse(ids)
+	out := make([]*domainstore.Certificate, 0, len(ids))
+	for _, id := range ids {
+		c, err := h.store.GetCertificate(r.Context(), id)
+		switch dcerr.CodeOf(err) {
+		case dcerr.NotFound:
+			continue
+		case dcerr.RecordDamaged:
+			out = append(out, &domainstore.Certificate{ID: id, Damage: &domainstore.Damaged{ID: id, Reason: "it cannot be read"}})
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 func (h *handler) getCertificate(w http.ResponseWriter, r *http.Request, id string) error {
@@ -94,13 +137,15 @@ func (h *handler) getCertificate(w http.ResponseWriter, r *http.Request, id stri
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, viewCertificate(c))
+	writeJSON(w, http.StatusOK, h.viewCertificate(c))
 	return nil
 }
 
 // updateCertificateRequest is the PATCH body: description and metadata
 // only; anything else is an unknown field.
 type updateCertificateRequest struct {
+	// ID is accepted in ngrok's dialect, whose clients repeat it.
+	ID          *string `json:"id"`
 	Description *string `json:"description"`
 	Metadata    *string `json:"metadata"`
 }
@@ -110,13 +155,16 @@ func (h *handler) updateCertificate(w http.ResponseWriter, r *http.Request, id s
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
+	if err := checkBodyID(h.door.ngrok, req.ID, id); err != nil {
+		return err
+	}
 	c, err := h.store.UpdateCertificate(r.Context(), id, domainstore.CertificatePatch{
 		Description: req.Description, Metadata: req.Metadata,
 	})
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, viewCertificate(c))
+	writeJSON(w, http.StatusOK, h.viewCertificate(c))
 	return nil
 }
 

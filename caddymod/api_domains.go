@@ -2,8 +2,11 @@ package caddymod
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
+	"slices"
 	"time"
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
@@ -42,8 +45,8 @@ type damagedView struct {
 	Msg       string     `json:"msg"`
 }
 
-func viewDamaged(base, id string, name *string, dm *domainstore.Damaged) damagedView {
-	return damagedView{ID: id, URI: base + "/" + id, Domain: name, ErrorCode: dcerr.RecordDamaged,
+func viewDamaged(collection, id string, name *string, dm *domainstore.Damaged) damagedView {
+	return damagedView{ID: id, URI: collection + "/" + id, Domain: name, ErrorCode: dcerr.RecordDamaged,
 		Msg: "the stored record cannot be read (" + dm.Reason + "); delete it and create it again"}
 }
 
@@ -53,10 +56,10 @@ type reference struct {
 	URI string `json:"uri"`
 }
 
-func viewDomain(d *domainstore.Domain) domainView {
+func (h *handler) viewDomain(d *domainstore.Domain) domainView {
 	v := domainView{
 		resourceView: resourceView{
-			ID: d.ID, URI: domainsPath + "/" + d.ID,
+			ID: d.ID, URI: h.door.domainsPath() + "/" + d.ID,
 			CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
 			Description: d.Description, Metadata: d.Metadata,
 		},
@@ -65,7 +68,7 @@ func viewDomain(d *domainstore.Domain) domainView {
 		ACMEChallengeCNAMETarget: d.ACMEChallengeCNAMETarget,
 	}
 	if d.CertificateID != "" {
-		v.Certificate = &reference{ID: d.CertificateID, URI: certificatesPath + "/" + d.CertificateID}
+		v.Certificate = &reference{ID: d.CertificateID, URI: h.door.certificatesPath() + "/" + d.CertificateID}
 	}
 	return v
 }
@@ -77,11 +80,57 @@ type createDomainRequest struct {
 	Metadata      string              `json:"metadata"`
 	CertificateID *string             `json:"certificate_id"`
 	Policy        *domainstore.Policy `json:"certificate_management_policy"`
+	ngrokCreateFields
+}
+
+// ngrokCreateFields are fields of ngrok's create body that only its dialect
+// accepts.
+type ngrokCreateFields struct {
+	// Region is ngrok's legacy region; an edge has none, so it is ignored.
+	Region *string `json:"region"`
+	// ResolvesTo lists ngrok's points of presence; only an empty list is
+	// accepted.
+	ResolvesTo []json.RawMessage `json:"resolves_to"`
+}
+
+func (f ngrokCreateFields) check(ngrok bool) error {
+	switch {
+	case !ngrok && f.Region != nil:
+		return errUnknownField("region")
+	case !ngrok && f.ResolvesTo != nil:
+		return errUnknownField("resolves_to")
+	case len(f.ResolvesTo) > 0:
+		return dcerr.New(dcerr.BadRequest, "resolves_to is not supported: the domain resolves to the edge its CNAME or A records point at; leave it out")
+	}
+	return nil
+}
+
+// errUnknownField is the error of a field that this door does not accept,
+// worded as decodeBody words one.
+func errUnknownField(name string) error {
+	return dcerr.New(dcerr.BadRequest, "the request body is not valid: json: unknown field %q", name)
+}
+
+// checkBodyID checks the id that ngrok's update bodies repeat: it must be
+// the one in the path. Other doors accept no id in a body.
+func checkBodyID(ngrok bool, bodyID *string, id string) error {
+	switch {
+	case bodyID == nil:
+		return nil
+	case !ngrok:
+		return errUnknownField("id")
+	case *bodyID != id:
+		return dcerr.New(dcerr.BadRequest, "the body's id %q is not the id in the path (%s); leave it out or send the same", *bodyID, id)
+	}
+	return nil
 }
 
 func (h *handler) createDomain(w http.ResponseWriter, r *http.Request) error {
 	var req createDomainRequest
 	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if err := req.check(h.door.ngrok); err != nil {
 		return err
 	}
 	in := domainstore.DomainInput{
@@ -99,18 +148,39 @@ func (h *handler) createDomain(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	emitDomain("domain_created", d)
-	writeJSON(w, http.StatusCreated, viewDomain(d))
+	writeJSON(w, http.StatusCreated, h.viewDomain(d))
 	return nil
 }
 
-func (h *handler) listDomains(w http.ResponseWriter, r *http.Request) error {
+func (h *handler) listDomains(w http.ResponseWriter, r *http.Request, uri string) error {
 	limit, before, err := pageParams(r)
 	if err != nil {
 		return err
 	}
-	domains, more, err := h.store.ListDomains(r.Context(), limit, before)
+	var domains []*domainstore.Domain
+	var more bool
+	q := r.URL.Query()
+	selector := "" // the query that selects, kept on the next page's uri
+	switch {
+	case q.Get("domain") != "" && q.Get("filter") != "":
+		return dcerr.New(dcerr.BadRequest, "give domain or filter, not both")
+	case q.Has("domain"):
+		selector = "&domain=" + url.QueryEscape(q.Get("domain"))
+		domains, err = h.domainsNamed(r, []string{q.Get("domain")})
+	case q.Get("filter") != "":
+		selector = "&filter=" + url.QueryEscape(q.Get("filter"))
+		var terms []filterTerm
+		if terms, err = parseFilter(q.Get("filter"), "id", "domain"); err == nil {
+			domains, err = h.domainsMatching(r, terms)
+		}
+	default:
+		domains, more, err = h.store.ListDomains(r.Context(), limit, before)
+	}
 	if err != nil {
 		return err
+	}
+	if selector != "" {
+		domains, more = pageOf(domains, func(d *domainstore.Domain) string { return d.ID }, limit, before)
 	}
 	views := make([]any, len(domains))
 	last := ""
@@ -120,14 +190,91 @@ func (h *handler) listDomains(w http.ResponseWriter, r *http.Request) error {
 			if d.Domain != "" {
 				name = &d.Domain
 			}
-			views[i] = viewDamaged(domainsPath, d.ID, name, d.Damage)
+			views[i] = viewDamaged(h.door.domainsPath(), d.ID, name, d.Damage)
 		} else {
-			views[i] = viewDomain(d)
+			views[i] = h.viewDomain(d)
 		}
 		last = d.ID
 	}
-	writeJSON(w, http.StatusOK, listBody("domains", views, r, last, limit, more))
+	writeJSON(w, http.StatusOK, h.listBody(h.door.domains, h.door.domainsPath(), selector, views, uri, last, limit, more))
 	return nil
+}
+
+// pageOf pages items (newest first): those created before beforeID (all
+// when it is empty), at most limit, and whether more follow.
+func pageOf[T any](items []T, id func(T) string, limit int, beforeID string) ([]T, bool) {
+	start := 0
+	if beforeID != "" {
+		for start < len(items) && id(items[start]) >= beforeID {
+			start++
+		}
+	}
+	items = items[start:]
+	if len(items) > limit {
+		return items[:limit], true
+	}
+	return items, false
+}
+
+// domainsNamed returns the domains with these exact names (after
+// normalization, so a U-label finds its A-label), newest first. A name
+// that is not a valid domain name is DOMAIN_INVALID.
+func (h *handler) domainsNamed(r *http.Request, names []string) ([]*domainstore.Domain, error) {
+	var ids []string
+	for _, name := range names {
+		norm, err := domainstore.NormalizeDomain(name)
+		if err != nil {
+			return nil, err
+		}
+		if id, ok := h.store.DomainID(norm); ok {
+			ids = append(ids, id)
+		}
+	}
+	return h.domainsByID(r, ids)
+}
+
+// domainsMatching returns the domains that a filter selects, newest first.
+func (h *handler) domainsMatching(r *http.Request, terms []filterTerm) ([]*domainstore.Domain, error) {
+	var ids, names []string
+	for _, t := range terms {
+		if t.field == "id" {
+			ids = append(ids, t.value)
+		} else {
+			names = append(names, t.value)
+		}
+	}
+	byName, err := h.domainsNamed(r, names)
+	if err != nil && dcerr.CodeOf(err) != dcerr.DomainInvalid {
+		return nil, err
+	}
+	for _, d := range byName { // an invalid name matches nothing
+		ids = append(ids, d.ID)
+	}
+	return h.domainsByID(r, ids)
+}
+
+// domainsByID reads the domains with these IDs that exist, once each,
+// newest first.
+func (h *handler) domainsByID(r *http.Request, ids []string) ([]*domainstore.Domain, error) {
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	slices.Reverse(ids)
+	out := make([]*domainstore.Domain, 0, len(ids))
+	for _, id := range ids {
+		d, err := h.store.GetDomain(r.Context(), id)
+		switch dcerr.CodeOf(err) {
+		case dcerr.NotFound:
+			continue
+		case dcerr.RecordDamaged:
+			out = append(out, &domainstore.Domain{ID: id, Damage: &domainstore.Damaged{ID: id, Reason: "it cannot be read"}})
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
 }
 
 func (h *handler) getDomain(w http.ResponseWriter, r *http.Request, id string) error {
@@ -135,12 +282,16 @@ func (h *handler) getDomain(w http.ResponseWriter, r *http.Request, id string) e
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, viewDomain(d))
+	writeJSON(w, http.StatusOK, h.viewDomain(d))
 	return nil
 }
 
 // updateDomainRequest is the PATCH body.
 type updateDomainRequest struct {
+	// ID is accepted in ngrok's dialect, whose clients repeat it.
+	ID *string `json:"id"`
+	// Region is accepted in ngrok's dialect, and ignored.
+	Region        *string             `json:"region"`
 	Domain        *string             `json:"domain"`
 	Description   *string             `json:"description"`
 	Metadata      *string             `json:"metadata"`
@@ -153,6 +304,12 @@ func (h *handler) updateDomain(w http.ResponseWriter, r *http.Request, id string
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
+	if err := checkBodyID(h.door.ngrok, req.ID, id); err != nil {
+		return err
+	}
+	if req.Region != nil && !h.door.ngrok {
+		return errUnknownField("region")
+	}
 	d, err := h.store.UpdateDomain(r.Context(), id, domainstore.DomainPatch{
 		Domain: req.Domain, Description: req.Description, Metadata: req.Metadata,
 		CertificateID: req.CertificateID, Policy: req.Policy,
@@ -161,7 +318,7 @@ func (h *handler) updateDomain(w http.ResponseWriter, r *http.Request, id string
 		return err
 	}
 	emitDomain("domain_updated", d)
-	writeJSON(w, http.StatusOK, viewDomain(d))
+	writeJSON(w, http.StatusOK, h.viewDomain(d))
 	return nil
 }
 
@@ -209,6 +366,6 @@ func (h *handler) provisionDomain(w http.ResponseWriter, r *http.Request, id str
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusAccepted, viewDomain(d))
+	writeJSON(w, http.StatusAccepted, h.viewDomain(d))
 	return nil
 }

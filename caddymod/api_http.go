@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
@@ -14,11 +15,11 @@ import (
 
 // errorBody is the error response: Caddy's "error" plus ngrok's fields.
 type errorBody struct {
-	Error      string         `json:"error"`
-	ErrorCode  dcerr.Code     `json:"error_code"`
-	StatusCode int            `json:"status_code"`
-	Msg        string         `json:"msg"`
-	Details    map[string]any `json:"details"`
+	Error      string            `json:"error"`
+	ErrorCode  dcerr.Code        `json:"error_code"`
+	StatusCode int               `json:"status_code"`
+	Msg        string            `json:"msg"`
+	Details    map[string]string `json:"details"`
 }
 
 // writeError writes err in the contract's error shape. Errors without a
@@ -30,7 +31,7 @@ func writeError(w http.ResponseWriter, err error) {
 	}
 	details := e.Details
 	if details == nil {
-		details = map[string]any{}
+		details = map[string]string{}
 	}
 	status := e.Code.Status()
 	writeJSON(w, status, errorBody{Error: e.Msg, ErrorCode: e.Code, StatusCode: status, Msg: e.Msg, Details: details})
@@ -118,11 +119,14 @@ func pageParams(r *http.Request) (int, string, error) {
 	return limit, q.Get("before_id"), nil
 }
 
-// listBody builds a list response.
-func listBody(plural string, items any, r *http.Request, lastID string, limit int, more bool) map[string]any {
+// listBody builds a list response: the items under their plural, the
+// request's uri, and the next page's (a path, or an absolute URL in
+// ngrok's dialect; selector, "&domain=..." or "&filter=...", keeps a
+// selection), null on the last page.
+func (h *handler) listBody(plural, collection, selector string, items any, uri, lastID string, limit int, more bool) map[string]any {
 	var next any
 	if more && lastID != "" {
-		next = fmt.Sprintf("%s?limit=%d&before_id=%s", r.URL.Path, limit, lastID)
+		next = h.door.origin + fmt.Sprintf("%s?limit=%d&before_id=%s%s", collection, limit, url.QueryEscape(lastID), selector)
 	}
-	return map[string]any{plural: items, "uri": r.URL.RequestURI(), "next_page_uri": next}
+	return map[string]any{plural: items, "uri": uri, "next_page_uri": next}
 }

@@ -202,6 +202,9 @@ type App struct {
 	events *eventTarget
 	// expiry announces expiring certificates while the app runs
 	expiry *expiryWatch
+	// running is acme once Start has set it, for the API's doors: an HTTP
+	// handler may serve a request while the app starts
+	running *atomic.Pointer[certsource.ACME]
 	// denyOnDemand is set when this config's tls app has the domaincerts
 	// on-demand permission, which refuses every name (see Manager)
 	denyOnDemand *atomic.Bool
@@ -229,6 +232,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.denyOnDemand = new(atomic.Bool)
+	a.running = new(atomic.Pointer[certsource.ACME])
 	if a.ExpiryWarning == 0 {
 		a.ExpiryWarning = caddy.Duration(DefaultExpiryWarning)
 	}
@@ -385,6 +389,7 @@ func (a *App) Start() error {
 		certsource.ManagedCache(time.Duration(a.RenewCheckInterval), a.log.Named("cache")),
 		a.acmeOptions(authorities))
 	a.inst.store.SetPolicyOptions(a.DefaultAuthority, a.authorityNames(), a.acme.Decorate, a.acme.CheckPolicy)
+	a.running.Store(a.acme)
 	setEventTarget(a.events)
 	a.acme.Start()
 	a.expiry = &expiryWatch{
@@ -409,6 +414,9 @@ func (a *App) Stop() error {
 	if a.acme != nil {
 		a.acme.Stop()
 	}
+	if a.running != nil {
+		a.running.Store(nil) // the doors of this config stop reaching its jobs
+	}
 	if a.expiry != nil {
 		close(a.expiry.stop)
 		<-a.expiry.done
@@ -418,6 +426,15 @@ func (a *App) Stop() error {
 		clearEventTarget(a.events)
 	}
 	return nil
+}
+
+// acmeNow returns the app's certificate management once it has started,
+// else nil.
+func (a *App) acmeNow() *certsource.ACME {
+	if a.running == nil {
+		return nil
+	}
+	return a.running.Load()
 }
 
 // Store returns the domain store.

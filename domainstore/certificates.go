@@ -298,15 +298,17 @@ func managedRecord(domainID string, issued *IssuedCertificate) (*Certificate, er
 		UpdatedAt:       t,
 		CertificatePEM:  issued.CertificatePEM,
 		CertInfo:        bundle.Info(chain[0]),
-		PrivateKeyType:  keyTypeOf(chain[0]),
+		PrivateKeyType:  KeyTypeOf(chain[0]),
 		ManagedDomainID: domainID,
 		KeyStorageKey:   issued.KeyStorageKey,
 		IssuedAt:        &at,
 	}, nil
 }
 
-// keyTypeOf names the key algorithm of a certificate's public key.
-func keyTypeOf(c *x509.Certificate) string {
+// KeyTypeOf names the key algorithm of a certificate's public key, as
+// policies and certificate records do: "rsa", "ecdsa", "ed25519" or
+// "unknown".
+func KeyTypeOf(c *x509.Certificate) string {
 	switch c.PublicKeyAlgorithm {
 	case x509.RSA:
 		return "rsa"

@@ -29,6 +29,12 @@ type DomainInput struct {
 	Metadata      string
 	CertificateID string
 	Policy        *Policy
+	// AdoptSerial, with a Policy, is the serial number (lowercase hex) of
+	// a certificate CertMagic already stores for the name, which the new
+	// domain takes as its own (a migration from stock Caddy): it is served
+	// as the domain's certificate, without the DNS checks that a
+	// certificate left by an earlier registration of the name gets.
+	AdoptSerial string
 }
 
 // DomainPatch updates a domain; nil fields stay as they are. Setting
@@ -91,6 +97,9 @@ func (s *Store) CreateDomain(ctx context.Context, in DomainInput) (*Domain, erro
 			Domain:        name,
 			CertificateID: in.CertificateID,
 			Policy:        policy,
+		}
+		if policy != nil {
+			d.ManagedSerial = in.AdoptSerial
 		}
 		if decorate := s.options().Decorate; decorate != nil {
 			decorate(d)

@@ -29,7 +29,7 @@ func recordDamaged(kind, id string, err error) error {
 		Code: dcerr.RecordDamaged,
 		Msg: "the stored record of " + kind + " " + id + " is damaged and cannot be read; " +
 			"delete it (DELETE works on damaged records) and create it again",
-		Details: map[string]any{"id": id},
+		Details: map[string]string{"id": id},
 		Err:     err,
 	}
 }

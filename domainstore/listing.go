@@ -358,7 +358,19 @@ func (s *Store) readCertificate(ctx context.Context, id string, v uint64, c cert
 	switch {
 	case err == nil:
 		if derr = decodeCertificate(b, id, c); derr == nil {
-			return nil
+			// the whole record may be older than the entry memory knows
+			// (an update whose record is not written yet): read that
+			// entry. The partial records read only what never changes.
+			full, ok := c.(*Certificate)
+			if !ok || v == 0 || full.JournalVersion >= v {
+				return nil
+			}
+			if newer, err := s.certificateFromEntry(ctx, id, v); err == nil && newer != nil {
+				*full = *newer
+			} else if dcerr.CodeOf(err) == dcerr.StorageUnavailable {
+				return err
+			}
+			return nil // the entry is compacted: the record is current
 		}
 	case !errors.Is(err, fs.ErrNotExist):
 		s.stats.storageErrors.Add(1)
@@ -368,7 +380,9 @@ func (s *Store) readCertificate(ctx context.Context, id string, v uint64, c cert
 		if e, err := s.readEntry(ctx, v); err == nil {
 			for i := len(e.Ops) - 1; i >= 0; i-- {
 				if op := e.Ops[i]; op.Op == opPutCert && op.ID == id {
-					b, _ := json.Marshal(op.Certificate)
+					rec := *op.Certificate
+					rec.JournalVersion = v
+					b, _ := json.Marshal(&rec)
 					return decodeCertificate(b, id, c)
 				}
 			}
@@ -380,6 +394,29 @@ func (s *Store) readCertificate(ctx context.Context, id string, v uint64, c cert
 		derr = errors.New("the record is missing")
 	}
 	return recordDamaged("certificate", id, derr)
+}
+
+// certificateFromEntry returns the record of certificate id that journal
+// entry v wrote, nil if the entry is gone or holds none.
+func (s *Store) certificateFromEntry(ctx context.Context, id string, v uint64) (*Certificate, error) {
+	e, err := s.readEntry(ctx, v)
+	if err != nil {
+		if dcerr.CodeOf(err) == dcerr.StorageUnavailable {
+			return nil, err
+		}
+		return nil, nil
+	}
+	for i := len(e.Ops) - 1; i >= 0; i-- {
+		if op := e.Ops[i]; op.Op == opPutCert && op.ID == id {
+			rec := *op.Certificate
+			rec.JournalVersion = v
+			if rec.Fingerprint == "" {
+				rec.Fingerprint = bundle.Fingerprint(rec.CertificatePEM)
+			}
+			return &rec, nil
+		}
+	}
+	return nil, nil
 }
 
 // certRecord is what readCertificate decodes into: a *Certificate, or a

@@ -45,6 +45,12 @@ type Certificate struct {
 	// lives: CertMagic's own key file. Empty for uploads, whose key is at
 	// CertificateKeyKey(ID).
 	KeyStorageKey string `json:"key_storage_key,omitempty"`
+
+	// JournalVersion is the journal entry that wrote the stored record (0
+	// in records of earlier releases): a record older than the version
+	// memory knows is read from that entry instead. Not part of the API
+	// object.
+	JournalVersion uint64 `json:"journal_version,omitempty"`
 }
 
 // Policy is a domain's certificate management policy: the certificate is

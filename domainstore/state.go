@@ -321,7 +321,9 @@ func (s *Store) applyOp(ctx context.Context, seq uint64, op *entryOp) error {
 			return st.Delete(ctx, domainRecordKey(op.ID, op.Prev))
 		}
 	case opPutCert:
-		b, err := json.Marshal(op.Certificate)
+		rec := *op.Certificate
+		rec.JournalVersion = seq
+		b, err := json.Marshal(&rec)
 		if err == nil {
 			err = st.Store(ctx, certRecordKey(op.ID), b)
 		}

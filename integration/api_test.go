@@ -122,8 +122,14 @@ func assertAPIError(t testing.TB, status int, resp map[string]any, wantStatus in
 			t.Errorf("%q is %v, want a non-empty string", k, resp[k])
 		}
 	}
-	if _, ok := resp["details"].(map[string]any); !ok {
+	details, ok := resp["details"].(map[string]any)
+	if !ok {
 		t.Errorf("details is %#v, want an object", resp["details"])
+	}
+	for k, v := range details {
+		if _, ok := v.(string); !ok {
+			t.Errorf("details[%q] is %#v, want a string (ngrok's clients decode details as strings)", k, v)
+		}
 	}
 }
 

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"encoding/json"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -123,17 +122,8 @@ type grafanaPanel struct {
 // series on c's /metrics.
 func scrapeSeries(t *testing.T, c *caddyProc) []map[string]string {
 	t.Helper()
-	resp, err := adminClient.Get("http://" + c.AdminAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
 	tp := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := tp.TextToMetricFamilies(strings.NewReader(string(body)))
+	families, err := tp.TextToMetricFamilies(strings.NewReader(scrapeMetrics(t, c)))
 	if err != nil {
 		t.Fatalf("parsing /metrics: %v", err)
 	}

@@ -50,6 +50,25 @@ func TestMetricsEndpoint(t *testing.T) {
 // them (`domaincerts_domains{state="issued"}`).
 func metricValues(t *testing.T, c *caddyProc) map[string]float64 {
 	t.Helper()
+	body := scrapeMetrics(t, c)
+	values := map[string]float64{}
+	for _, line := range strings.Split(body, "\n") {
+		name, value, ok := strings.Cut(line, " ")
+		if !ok || !strings.HasPrefix(name, "domaincerts_") {
+			continue
+		}
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		values[name] = v
+	}
+	return values
+}
+
+// scrapeMetrics returns the text of c's /metrics.
+func scrapeMetrics(t *testing.T, c *caddyProc) string {
+	t.Helper()
 	resp, err := adminClient.Get("http://" + c.AdminAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -62,17 +81,5 @@ func metricValues(t *testing.T, c *caddyProc) map[string]float64 {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /metrics: %s\n%s", resp.Status, body)
 	}
-	values := map[string]float64{}
-	for _, line := range strings.Split(string(body), "\n") {
-		name, value, ok := strings.Cut(line, " ")
-		if !ok || !strings.HasPrefix(name, "domaincerts_") {
-			continue
-		}
-		v, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			t.Fatalf("metric line %q: %v", line, err)
-		}
-		values[name] = v
-	}
-	return values
+	return string(body)
 }

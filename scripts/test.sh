@@ -54,10 +54,11 @@ step "fuzz smoke runs"
 step "xcaddy build"
 ./xcaddy/build.sh "$work/caddy"
 modules=$("$work/caddy" list-modules)
-for id in domaincerts tls.get_certificate.domaincerts tls.certificates.domaincerts tls.permission.domaincerts caddy.storage.sealed admin.api.domaincerts; do
+for id in domaincerts tls.get_certificate.domaincerts tls.certificates.domaincerts tls.permission.domaincerts caddy.storage.sealed admin.api.domaincerts http.handlers.domaincerts_api; do
 	grep -qx "$id" <<<"$modules" || { echo "module $id missing from the xcaddy build" >&2; exit 1; }
 done
 "$work/caddy" build-info | grep -q 'github.com/domaincerts/caddy-domaincerts' || { echo "plugin missing from build-info" >&2; exit 1; }
+"$work/caddy" domaincerts --help >/dev/null || { echo "the caddy domaincerts command is missing from the xcaddy build" >&2; exit 1; }
 
 step "integration tests (real Caddy built by xcaddy, Pebble, DNS, TLS clients, Redis)"
 # -v so that every test's verdict is visible; the check below fails the run

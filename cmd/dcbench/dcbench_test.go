@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -258,5 +260,33 @@ func TestCaddyEnv(t *testing.T) {
 		if len(got[k]) != 1 || got[k][0] != want {
 			t.Errorf("%s = %q, want exactly %q", k, got[k], want)
 		}
+	}
+}
+
+// TestWritePairs writes a small import directory whose pairs parse and
+// match.
+func TestWritePairs(t *testing.T) {
+	dir := t.TempDir()
+	var out strings.Builder
+	if err := run(context.Background(), []string{"-write-pairs", dir, "-n", "3", "-key", "ecdsa"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		name := fmt.Sprintf("d%07d.import.test", i)
+		chain, err := os.ReadFile(filepath.Join(dir, "0", name+".crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := os.ReadFile(filepath.Join(dir, "0", name+".key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pair, err := tls.X509KeyPair(chain, key)
+		if err != nil || pair.Leaf == nil || pair.Leaf.DNSNames[0] != name {
+			t.Fatalf("pair %d: %v", i, err)
+		}
+	}
+	if err := run(context.Background(), []string{"-write-pairs", dir, "-n", "3"}, &out); err == nil {
+		t.Error("-write-pairs with both key types was accepted")
 	}
 }

@@ -105,6 +105,7 @@ type options struct {
 	timeout     time.Duration
 	env         envFlag
 	flags       map[string]string
+	writePairs  string
 }
 
 func parseFlags(args []string, out io.Writer) (*options, error) {
@@ -127,6 +128,7 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 	fs.StringVar(&o.profileDir, "profile", "", "write profiles of the Caddy processes to this `directory`: CPU during the API load, extra handshake phases and the first phase after restart; heap after loading")
 	fs.DurationVar(&o.timeout, "timeout", 45*time.Minute, "give up after this long")
 	fs.Var(&o.env, "env", "`KEY=VALUE` for the environment of every Caddy it starts, e.g. GOGC=50 or GOMEMLIMIT=900MiB; repeatable")
+	fs.StringVar(&o.writePairs, "write-pairs", "", "only write -n certificate/key pairs (-key ecdsa or rsa) as PEM files into this `directory`, 1,000 a subdirectory, for `caddy domaincerts import`, and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: dcbench [flags]\n\nMeasures Caddy with the domaincerts plugin against stock Caddy. See docs/benchmarks.md.\n\n")
 		fs.PrintDefaults()
@@ -200,6 +202,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
+	if o.writePairs != "" {
+		return writePairs(ctx, o, stdout)
+	}
 
 	b := &bench{o: o, out: stdout, reg: &procs{}, start: time.Now()}
 	b.tmp, err = os.MkdirTemp("", "dcbench-")

@@ -6,6 +6,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
@@ -31,7 +32,7 @@ func ParseCertificates(certPEM string) ([]*x509.Certificate, error) {
 	if sc.broken > 0 {
 		return nil, dcerr.New(dcerr.CertPEMInvalid,
 			"certificate_pem block %d is not valid PEM (a BEGIN line without its END line, an END line without its BEGIN line, or damaged base64); paste each certificate whole, from its BEGIN CERTIFICATE line to its END CERTIFICATE line",
-			sc.broken).WithDetail("block", sc.broken)
+			sc.broken).WithDetail("block", strconv.Itoa(sc.broken))
 	}
 	if len(sc.blocks) == 0 {
 		return nil, dcerr.New(dcerr.CertPEMInvalid,
@@ -41,21 +42,21 @@ func ParseCertificates(certPEM string) ([]*x509.Certificate, error) {
 		if isKeyType(b.Type) {
 			return nil, dcerr.New(dcerr.CertIsKey,
 				"certificate_pem block %d is a private key (type %s); paste the key into private_key_pem and only certificates into certificate_pem",
-				i+1, typeName(b.Type)).WithDetail("block", i+1)
+				i+1, typeName(b.Type)).WithDetail("block", strconv.Itoa(i+1))
 		}
 	}
 	for i, b := range sc.blocks {
 		if b.Type != "CERTIFICATE" {
 			return nil, dcerr.New(dcerr.CertPEMType,
 				"certificate_pem block %d has type %s; %s",
-				i+1, typeName(b.Type), certTypeHint(b.Type)).WithDetail("block", i+1)
+				i+1, typeName(b.Type), certTypeHint(b.Type)).WithDetail("block", strconv.Itoa(i+1))
 		}
 	}
 	for i, b := range sc.blocks {
 		if len(b.Headers) > 0 {
 			return nil, dcerr.New(dcerr.PEMHeaders,
 				"certificate_pem block %d carries PEM headers (%s); remove the header lines between its BEGIN line and the base64 data",
-				i+1, headerNames(b)).WithDetail("block", i+1)
+				i+1, headerNames(b)).WithDetail("block", strconv.Itoa(i+1))
 		}
 	}
 	chain := make([]*x509.Certificate, len(sc.blocks))
@@ -64,7 +65,7 @@ func ParseCertificates(certPEM string) ([]*x509.Certificate, error) {
 		if err != nil {
 			return nil, dcerr.New(dcerr.CertPEMInvalid,
 				"certificate_pem block %d is not a valid X.509 certificate (%s); paste the certificate exactly as your certificate authority issued it",
-				i+1, parserReason(err)).WithDetail("block", i+1)
+				i+1, parserReason(err)).WithDetail("block", strconv.Itoa(i+1))
 		}
 		chain[i] = c
 	}
@@ -124,7 +125,7 @@ func checkChainOrder(chain []*x509.Certificate) error {
 		}
 		return dcerr.New(dcerr.ChainOrder,
 			"certificate_pem block %d is not signed by block %d%s; order the chain leaf first, then each issuer: found [%s]",
-			i+1, i+2, orderHint(chain, i, err), shown).WithDetail("order", order)
+			i+1, i+2, orderHint(chain, i, err), shown).WithDetail("order", strings.Join(order, "; "))
 	}
 	return nil
 }

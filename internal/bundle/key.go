@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"strconv"
 	"strings"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
@@ -58,7 +59,7 @@ func ParseKey(keyPEM string) (crypto.Signer, string, error) {
 	if sc.broken > 0 {
 		return nil, "", dcerr.New(dcerr.KeyUnsupported,
 			"private_key_pem block %d is not valid PEM (a BEGIN line without its END line, an END line without its BEGIN line, or damaged base64); expected a PEM private key, pasted whole",
-			sc.broken).WithDetail("block", sc.broken)
+			sc.broken).WithDetail("block", strconv.Itoa(sc.broken))
 	}
 	if len(sc.blocks) == 0 {
 		return nil, "", dcerr.New(dcerr.KeyUnsupported,
@@ -68,21 +69,21 @@ func ParseKey(keyPEM string) (crypto.Signer, string, error) {
 		if isCertType(b.Type) {
 			return nil, "", dcerr.New(dcerr.KeyIsCert,
 				"private_key_pem block %d is a certificate; paste certificates into certificate_pem and only the private key into private_key_pem",
-				i+1).WithDetail("block", i+1)
+				i+1).WithDetail("block", strconv.Itoa(i+1))
 		}
 	}
 	for i, b := range sc.blocks {
 		if b.Type == "ENCRYPTED PRIVATE KEY" || procTypeEncrypted(b) {
 			return nil, "", dcerr.New(dcerr.KeyEncrypted,
 				"private_key_pem block %d is encrypted; upload it unencrypted (decrypt it with openssl pkey -in key.pem -out plain.pem), it is stored sealed",
-				i+1).WithDetail("block", i+1)
+				i+1).WithDetail("block", strconv.Itoa(i+1))
 		}
 	}
 	for i, b := range sc.blocks {
 		if len(b.Headers) > 0 {
 			return nil, "", dcerr.New(dcerr.PEMHeaders,
 				"private_key_pem block %d carries PEM headers (%s); remove the header lines between its BEGIN line and the base64 data",
-				i+1, headerNames(b)).WithDetail("block", i+1)
+				i+1, headerNames(b)).WithDetail("block", strconv.Itoa(i+1))
 		}
 	}
 
@@ -138,7 +139,7 @@ func unsupportedType(n int, t string) *dcerr.Error {
 	default:
 		what = fmt.Sprintf("has type %s; expected a PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block", typeName(t))
 	}
-	return dcerr.New(dcerr.KeyUnsupported, "private_key_pem block %d %s", n, what).WithDetail("block", n)
+	return dcerr.New(dcerr.KeyUnsupported, "private_key_pem block %d %s", n, what).WithDetail("block", strconv.Itoa(n))
 }
 
 // parseKeyBlock parses block n, one of the accepted key types, and checks the
@@ -173,7 +174,7 @@ func parseKeyBlock(n int, b *pem.Block) (crypto.Signer, string, error) {
 				} else if name, ok := pkcs8Names[alg.String()]; ok {
 					return nil, "", dcerr.New(dcerr.KeyUnsupported,
 						"private_key_pem block %d is a key of type %s, which is not supported; %s",
-						n, name, supportedKeys).WithDetail("block", n)
+						n, name, supportedKeys).WithDetail("block", strconv.Itoa(n))
 				}
 			}
 			return nil, "", badForm(n, b, "a PKCS#8 RSA, ECDSA or Ed25519 key", err)
@@ -197,15 +198,15 @@ func checkKey(n int, k any) (crypto.Signer, string, error) {
 		}
 		return nil, "", dcerr.New(dcerr.KeyUnsupported,
 			"private_key_pem block %d is an ECDSA key on %s, which is not supported; %s",
-			n, clean(k.Curve.Params().Name, 20), supportedKeys).WithDetail("block", n)
+			n, clean(k.Curve.Params().Name, 20), supportedKeys).WithDetail("block", strconv.Itoa(n))
 	case ed25519.PrivateKey:
 		return k, KeyTypeEd25519, nil
 	case *ecdh.PrivateKey:
 		return nil, "", dcerr.New(dcerr.KeyUnsupported,
-			"private_key_pem block %d is an X25519 key, which cannot sign; %s", n, supportedKeys).WithDetail("block", n)
+			"private_key_pem block %d is an X25519 key, which cannot sign; %s", n, supportedKeys).WithDetail("block", strconv.Itoa(n))
 	default:
 		return nil, "", dcerr.New(dcerr.KeyUnsupported,
-			"private_key_pem block %d holds an unsupported kind of key; %s", n, supportedKeys).WithDetail("block", n)
+			"private_key_pem block %d holds an unsupported kind of key; %s", n, supportedKeys).WithDetail("block", strconv.Itoa(n))
 	}
 }
 
@@ -213,7 +214,7 @@ func checkKey(n int, k any) (crypto.Signer, string, error) {
 func weakRSA(n, bits int) *dcerr.Error {
 	return dcerr.New(dcerr.KeyWeak,
 		"private_key_pem block %d is a %d-bit RSA key; RSA keys need at least %d bits, so generate a new key (openssl genrsa 2048) and have the certificate reissued for it",
-		n, bits, MinRSABits).WithDetail("block", n)
+		n, bits, MinRSABits).WithDetail("block", strconv.Itoa(n))
 }
 
 // badForm rejects block b, number n, whose DER does not parse as the form its
@@ -222,11 +223,11 @@ func badForm(n int, b *pem.Block, want string, err error) *dcerr.Error {
 	if label := actualLabel(b.Bytes); label != "" && label != b.Type {
 		return dcerr.New(dcerr.KeyUnsupported,
 			"private_key_pem block %d is labelled %s but holds a %s key; change its BEGIN and END lines to %s",
-			n, typeName(b.Type), formNames[label], label).WithDetail("block", n)
+			n, typeName(b.Type), formNames[label], label).WithDetail("block", strconv.Itoa(n))
 	}
 	return dcerr.New(dcerr.KeyUnsupported,
 		"private_key_pem block %d is not %s (%s); %s, in PEM form as your tool wrote it",
-		n, want, parserReason(err), supportedKeys).WithDetail("block", n)
+		n, want, parserReason(err), supportedKeys).WithDetail("block", strconv.Itoa(n))
 }
 
 // formNames names the key form of each accepted PEM type.

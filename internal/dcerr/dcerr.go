@@ -47,6 +47,7 @@ const (
 	CertInUse           Code = "CERT_IN_USE"
 	NotFound            Code = "NOT_FOUND"
 	MethodNotAllowed    Code = "METHOD_NOT_ALLOWED"
+	Unauthorized        Code = "UNAUTHORIZED"
 	Internal            Code = "INTERNAL_ERROR"
 	StorageUnavailable  Code = "STORAGE_UNAVAILABLE"
 	// RecordDamaged is a record that exists in storage but cannot be
@@ -67,6 +68,8 @@ func (c Code) Status() int {
 		return http.StatusNotFound
 	case MethodNotAllowed:
 		return http.StatusMethodNotAllowed
+	case Unauthorized:
+		return http.StatusUnauthorized
 	case Internal, RecordDamaged:
 		return http.StatusInternalServerError
 	case StorageUnavailable:
@@ -80,9 +83,11 @@ func (c Code) Status() int {
 // wrong and what to do, and optional details. Messages never carry key
 // material or PEM text.
 type Error struct {
-	Code    Code
-	Msg     string
-	Details map[string]any
+	Code Code
+	Msg  string
+	// Details are machine-readable facts about the rejection, all strings
+	// (ngrok's API clients decode them into a map of strings).
+	Details map[string]string
 	// Err is the cause, for logs and errors.Is; it is not shown to
 	// clients.
 	Err error
@@ -100,9 +105,9 @@ func New(code Code, format string, args ...any) *Error {
 }
 
 // WithDetail returns e with one detail set, for chaining.
-func (e *Error) WithDetail(key string, value any) *Error {
+func (e *Error) WithDetail(key, value string) *Error {
 	if e.Details == nil {
-		e.Details = make(map[string]any)
+		e.Details = make(map[string]string)
 	}
 	e.Details[key] = value
 	return e
