@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/memstorage"
 	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
@@ -36,6 +37,14 @@ func TestCertificateReadBeforeItsRecord(t *testing.T) {
 	leaf := chain.Leaf(t, "held.test")
 	c, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.ChainPEM, PrivateKeyPEM: leaf.KeyPEM, Description: "first"})
 	if err != nil {
+		t.Fatal(err)
+	}
+	// the create's own record is written after its answer: hold only the
+	// update's
+	for !st.Exists(ctx, certRecordKey(c.ID)) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := s.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
 	st.holding.Store(true)
