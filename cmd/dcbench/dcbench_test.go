@@ -6,6 +6,8 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,13 +24,18 @@ func TestSmoke(t *testing.T) {
 	defer cancel()
 	jsonPath := filepath.Join(t.TempDir(), "report.json")
 	var out bytes.Buffer
-	args := []string{"-n", "20", "-duration", "300ms", "-samples", "5", "-concurrency", "4", "-key", "both", "-json", jsonPath}
+	// the many-names phase draws Zipf(1.0)-distributed names (the cold
+	// phase after a restart draws them uniformly)
+	args := []string{"-n", "20", "-duration", "300ms", "-samples", "5", "-concurrency", "4", "-key", "both", "-sni", "zipf:1.0", "-json", jsonPath}
 	start := time.Now()
 	if err := run(ctx, args, &out); err != nil {
 		t.Fatalf("run %v: %v\noutput:\n%s", args, err, out.String())
 	}
 	t.Logf("run took %v", time.Since(start).Round(time.Millisecond))
 	text := out.String()
+	if !strings.Contains(text, "SNI Zipf(1) over 20") || !strings.Contains(text, "the most popular 1% of names got") {
+		t.Errorf("the report does not show the Zipf phase:\n%s", text)
+	}
 
 	b, err := os.ReadFile(jsonPath)
 	if err != nil {
@@ -178,6 +185,9 @@ func TestFlags(t *testing.T) {
 		{"-env", "XDG_DATA_HOME=/tmp"},
 		{"-env", "gogc=50"},
 		{"extra"},
+		{"-sni", "zipf"},
+		{"-sni", "zipf:-1"},
+		{"-sni", "pareto:1"},
 	} {
 		var out bytes.Buffer
 		if err := run(context.Background(), args, &out); err == nil {
@@ -288,5 +298,39 @@ func TestWritePairs(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"-write-pairs", dir, "-n", "3"}, &out); err == nil {
 		t.Error("-write-pairs with both key types was accepted")
+	}
+}
+
+// TestZipf draws names as Zipf's law says: with s = 1 over 1,000 names the
+// first gets 1/H(1000) of the draws, the second half of that; s = 0 is
+// uniform.
+func TestZipf(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, tc := range []struct {
+		s          float64
+		want0      float64 // share of rank 0
+		want1ratio float64 // rank 1 / rank 0
+	}{
+		{1.0, 1 / 7.485470860550345, 0.5}, // H(1000) = 7.4855
+		{0, 0.001, 1},
+	} {
+		z := newZipf(1000, tc.s)
+		counts := make([]int, 1000)
+		const draws = 400_000
+		for range draws {
+			counts[z.draw(r)]++
+		}
+		got0 := float64(counts[0]) / draws
+		if math.Abs(got0-tc.want0) > 0.15*tc.want0+0.0005 {
+			t.Errorf("s=%g: rank 0 got %.4f of draws, want %.4f", tc.s, got0, tc.want0)
+		}
+		if tc.s > 0 {
+			if ratio := float64(counts[1]) / float64(counts[0]); math.Abs(ratio-tc.want1ratio) > 0.05 {
+				t.Errorf("s=%g: rank 1 / rank 0 = %.3f, want %.3f", tc.s, ratio, tc.want1ratio)
+			}
+		}
+		if share := z.share(0.01); tc.s == 1.0 && (share < 0.35 || share > 0.45) {
+			t.Errorf("s=1: the top 1%% share is %.3f, want about 0.39", share)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -76,15 +77,53 @@ type target struct {
 	label string
 	addr  string
 	sites []*site // one name: a single site; random: all of them
+	zipf  *zipf   // if set, names are drawn from it, else uniformly
 	pid   int     // the server's process, for its CPU time
 	pids  []int   // the Caddy processes of the benchmark, for CPU accounting
 }
 
 func (t *target) pick(r *rand.Rand) *site {
-	if len(t.sites) == 1 {
+	switch {
+	case len(t.sites) == 1:
 		return t.sites[0]
+	case t.zipf != nil:
+		return t.sites[t.zipf.draw(r)]
 	}
 	return t.sites[r.IntN(len(t.sites))]
+}
+
+// zipf draws ranks 0..n-1 with P(k) proportional to 1/(k+1)^s, the
+// popularity of real traffic over many domains (s about 1): a few names
+// get most handshakes, the long tail a few each. Rank 0 is the first
+// site, the one of the one-SNI phase.
+type zipf struct {
+	s   float64
+	cdf []float64
+}
+
+func newZipf(n int, s float64) *zipf {
+	cdf := make([]float64, n)
+	sum := 0.0
+	for k := range n {
+		sum += math.Pow(float64(k+1), -s)
+		cdf[k] = sum
+	}
+	for k := range cdf {
+		cdf[k] /= sum
+	}
+	return &zipf{s: s, cdf: cdf}
+}
+
+func (z *zipf) draw(r *rand.Rand) int {
+	i, _ := slices.BinarySearch(z.cdf, r.Float64())
+	return min(i, len(z.cdf)-1)
+}
+
+// share returns the share of draws that fall on the most popular
+// fraction of the ranks (at least one).
+func (z *zipf) share(fraction float64) float64 {
+	k := max(1, int(fraction*float64(len(z.cdf))))
+	return z.cdf[k-1]
 }
 
 // loadStats accumulates the handshakes of one server in one phase.

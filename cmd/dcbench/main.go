@@ -33,6 +33,7 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -106,6 +107,9 @@ type options struct {
 	env         envFlag
 	flags       map[string]string
 	writePairs  string
+	// zipfS is the exponent of the many-names phase's Zipf distribution;
+	// negative means uniform
+	zipfS float64
 }
 
 func parseFlags(args []string, out io.Writer) (*options, error) {
@@ -128,6 +132,7 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 	fs.StringVar(&o.profileDir, "profile", "", "write profiles of the Caddy processes to this `directory`: CPU during the API load, extra handshake phases and the first phase after restart; heap after loading")
 	fs.DurationVar(&o.timeout, "timeout", 45*time.Minute, "give up after this long")
 	fs.Var(&o.env, "env", "`KEY=VALUE` for the environment of every Caddy it starts, e.g. GOGC=50 or GOMEMLIMIT=900MiB; repeatable")
+	sni := fs.String("sni", "uniform", "how the many-names phase draws its SNI: uniform, or zipf:<s> (e.g. zipf:1.0) for Zipf-distributed popularity")
 	fs.StringVar(&o.writePairs, "write-pairs", "", "only write -n certificate/key pairs (-key ecdsa or rsa) as PEM files into this `directory`, 1,000 a subdirectory, for `caddy domaincerts import`, and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(out, "Usage: dcbench [flags]\n\nMeasures Caddy with the domaincerts plugin against stock Caddy. See docs/benchmarks.md.\n\n")
@@ -148,6 +153,15 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 		o.keys = []keyKind{keyECDSA, keyRSA}
 	default:
 		return nil, fmt.Errorf("-key %q: use ecdsa, rsa or both", *key)
+	}
+	o.zipfS = -1
+	if *sni != "uniform" {
+		v, ok := strings.CutPrefix(*sni, "zipf:")
+		exp, err := strconv.ParseFloat(v, 64)
+		if !ok || err != nil || exp < 0 || exp > 5 {
+			return nil, fmt.Errorf("-sni %q: use uniform or zipf:<s> with s from 0 to 5, e.g. zipf:1.0", *sni)
+		}
+		o.zipfS = exp
 	}
 	if *cacheMemory != "" {
 		n, err := humanize.ParseBytes(*cacheMemory)
@@ -650,17 +664,23 @@ func (b *bench) throughput(ctx context.Context, sr *suiteResult, ours, stock *in
 		pids = append(pids, stock.pid())
 	}
 	var targets []*target
-	for _, mode := range []string{"one-sni", "random-sni"} {
-		set := sites
+	var z *zipf
+	many, dist := "random-sni", fmt.Sprintf("SNI random over %d", o.n)
+	if o.zipfS >= 0 {
+		z = newZipf(len(sites), o.zipfS)
+		many, dist = fmt.Sprintf("zipf-%g-sni", o.zipfS), fmt.Sprintf("SNI Zipf(%g) over %d", o.zipfS, o.n)
+	}
+	for _, mode := range []string{"one-sni", many} {
+		set, dz := sites, z
 		if mode == "one-sni" {
-			set = sites[:1]
+			set, dz = sites[:1], nil
 		}
-		targets = append(targets, &target{label: "ours " + mode, addr: ours.httpsAddr(), sites: set, pid: ours.pid(), pids: pids})
+		targets = append(targets, &target{label: "ours " + mode, addr: ours.httpsAddr(), sites: set, zipf: dz, pid: ours.pid(), pids: pids})
 		if stock != nil {
-			targets = append(targets, &target{label: "stock " + mode, addr: stock.httpsAddr(), sites: set, pid: stock.pid(), pids: pids})
+			targets = append(targets, &target{label: "stock " + mode, addr: stock.httpsAddr(), sites: set, zipf: dz, pid: stock.pid(), pids: pids})
 		}
 	}
-	b.logf("%s: measuring throughput, one SNI and random SNI, ours and stock interleaved (%v each)", sr.Key, o.duration)
+	b.logf("%s: measuring throughput, one SNI and %s, ours and stock interleaved (%v each)", sr.Key, dist, o.duration)
 	stats, err := measure(ctx, targets, o.concurrency, o.duration)
 	if err != nil {
 		return err
@@ -703,17 +723,26 @@ func (b *bench) throughput(ctx context.Context, sr *suiteResult, ours, stock *in
 	sr.row("hs_one_p99", "latency p99, one SNI", "ms").set(pct(one[0], 99), pct(one[1], 99))
 	sr.row("cpu_one", "Caddy CPU time per handshake, one SNI", "µs").set(cpu(one[0]), cpu(one[1]))
 
-	r = sr.row("hs_rand", fmt.Sprintf("full handshakes/s, SNI random over %d", o.n), "hs/s").set(rate(rnd[0]), rate(rnd[1]))
+	r = sr.row("hs_rand", "full handshakes/s, "+dist, "hs/s").set(rate(rnd[0]), rate(rnd[1]))
 	r.check("≥ 0.95× ours one-SNI", rnd[0].rate() >= 0.95*one[0].rate(), o.n, true)
 	m, q1, q3, _ := pairedRatio(rnd[0], one[0])
-	r.Detail = fmt.Sprintf("ours random/one = %.3f (per round: median %.3f, quartiles %.3f–%.3f); %s%s",
-		rnd[0].rate()/one[0].rate(), m, q1, q3, pairedDetail(rnd), b.phaseDetail(rnd[:]))
-	sr.row("hs_rand_p50", fmt.Sprintf("latency p50, SNI random over %d", o.n), "ms").set(pct(rnd[0], 50), pct(rnd[1], 50))
-	r = sr.row("hs_rand_p99", fmt.Sprintf("latency p99, SNI random over %d", o.n), "ms").set(pct(rnd[0], 99), pct(rnd[1], 99))
+	r.Detail = fmt.Sprintf("ours random/one = %.3f (per round: median %.3f, quartiles %.3f–%.3f); %s%s%s",
+		rnd[0].rate()/one[0].rate(), m, q1, q3, pairedDetail(rnd), b.phaseDetail(rnd[:]), zipfDetail(z))
+	sr.row("hs_rand_p50", "latency p50, "+dist, "ms").set(pct(rnd[0], 50), pct(rnd[1], 50))
+	r = sr.row("hs_rand_p99", "latency p99, "+dist, "ms").set(pct(rnd[0], 99), pct(rnd[1], 99))
 	r.check("≤ 1.2× ours one-SNI p99", rnd[0].percentile(99) <= 1.2*one[0].percentile(99), o.n, true)
 	r.Detail = fmt.Sprintf("ours random p99 / one-SNI p99 = %.3f", rnd[0].percentile(99)/one[0].percentile(99))
-	sr.row("cpu_rand", fmt.Sprintf("Caddy CPU time per handshake, SNI random over %d", o.n), "µs").set(cpu(rnd[0]), cpu(rnd[1]))
+	sr.row("cpu_rand", "Caddy CPU time per handshake, "+dist, "µs").set(cpu(rnd[0]), cpu(rnd[1]))
 	return nil
+}
+
+// zipfDetail says how concentrated a Zipf phase's traffic was.
+func zipfDetail(z *zipf) string {
+	if z == nil {
+		return ""
+	}
+	return fmt.Sprintf("; Zipf(%g): the most popular 1%% of names got %.0f%% of handshakes, 10%% got %.0f%%",
+		z.s, 100*z.share(0.01), 100*z.share(0.10))
 }
 
 // pairedDetail gives the median and quartiles of the per-round ratios
