@@ -3,12 +3,10 @@ package caddymod
 import (
 	"net/http"
 	"net/url"
-	"slices"
 	"time"
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
-	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
 // certificateView is the API object of a TLS certificate: the contract's
@@ -80,10 +78,17 @@ func (h *handler) listCertificates(w http.ResponseWriter, r *http.Request, uri s
 	if q := r.URL.Query(); q.Get("filter") != "" {
 		selector = "&filter=" + url.QueryEscape(q.Get("filter"))
 		var terms []filterTerm
-		if terms, err = parseFilter(q.Get("filter"), "id"); err == nil {
-			certs, err = h.certificatesMatching(r, terms)
+		if terms, err = parseFilter(q.Get("filter"), "id"); err != nil {
+			return err
 		}
-		certs, more = pageOf(certs, func(c *domainstore.Certificate) string { return c.ID }, limit, before)
+		ids := make([]string, len(terms))
+		for i, t := range terms {
+			ids[i] = t.value
+		}
+		certs, more, err = readByIDs(r.Context(), ids, before, limit, h.store.GetCertificate,
+			func(id string) *domainstore.Certificate {
+				return &domainstore.Certificate{ID: id, Damage: &domainstore.Damaged{ID: id, Reason: "it cannot be read"}}
+			})
 	} else {
 		certs, more, err = h.store.ListCertificates(r.Context(), limit, before)
 	}
@@ -102,34 +107,6 @@ func (h *handler) listCertificates(w http.ResponseWriter, r *http.Request, uri s
 	}
 	writeJSON(w, http.StatusOK, h.listBody(certificatesName, h.door.certificatesPath(), selector, views, uri, last, limit, more))
 	return nil
-}
-
-// certificatesMatching returns the certificates that a filter selects,
-// newest first.
-func (h *handler) certificatesMatching(r *http.Request, terms []filterTerm) ([]*domainstore.Certificate, error) {
-	ids := make([]string, 0, len(terms))
-	for _, t := range terms {
-		ids = append(ids, t.value)
-	}
-	slices.Sort(ids)
-	ids = slices.Compact(ids)
-	slices.Reverse(ids)
-	out := make([]*domainstore.Certificate, 0, len(ids))
-	for _, id := range ids {
-		c, err := h.store.GetCertificate(r.Context(), id)
-		switch dcerr.CodeOf(err) {
-		case dcerr.NotFound:
-			continue
-		case dcerr.RecordDamaged:
-			out = append(out, &domainstore.Certificate{ID: id, Damage: &domainstore.Damaged{ID: id, Reason: "it cannot be read"}})
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	return out, nil
 }
 
 func (h *handler) getCertificate(w http.ResponseWriter, r *http.Request, id string) error {

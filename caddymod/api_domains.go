@@ -161,26 +161,33 @@ func (h *handler) listDomains(w http.ResponseWriter, r *http.Request, uri string
 	var more bool
 	q := r.URL.Query()
 	selector := "" // the query that selects, kept on the next page's uri
+	var ids []string
 	switch {
 	case q.Get("domain") != "" && q.Get("filter") != "":
 		return dcerr.New(dcerr.BadRequest, "give domain or filter, not both")
 	case q.Has("domain"):
 		selector = "&domain=" + url.QueryEscape(q.Get("domain"))
-		domains, err = h.domainsNamed(r, []string{q.Get("domain")})
+		ids, err = h.domainIDsNamed([]string{q.Get("domain")})
 	case q.Get("filter") != "":
 		selector = "&filter=" + url.QueryEscape(q.Get("filter"))
 		var terms []filterTerm
 		if terms, err = parseFilter(q.Get("filter"), "id", "domain"); err == nil {
-			domains, err = h.domainsMatching(r, terms)
+			ids = h.domainIDsMatching(terms)
 		}
-	default:
-		domains, more, err = h.store.ListDomains(r.Context(), limit, before)
 	}
 	if err != nil {
 		return err
 	}
 	if selector != "" {
-		domains, more = pageOf(domains, func(d *domainstore.Domain) string { return d.ID }, limit, before)
+		domains, more, err = readByIDs(r.Context(), ids, before, limit, h.store.GetDomain,
+			func(id string) *domainstore.Domain {
+				return &domainstore.Domain{ID: id, Damage: &domainstore.Damaged{ID: id, Reason: "it cannot be read"}}
+			})
+	} else {
+		domains, more, err = h.store.ListDomains(r.Context(), limit, before)
+	}
+	if err != nil {
+		return err
 	}
 	views := make([]any, len(domains))
 	last := ""
@@ -200,26 +207,43 @@ func (h *handler) listDomains(w http.ResponseWriter, r *http.Request, uri string
 	return nil
 }
 
-// pageOf pages items (newest first): those created before beforeID (all
-// when it is empty), at most limit, and whether more follow.
-func pageOf[T any](items []T, id func(T) string, limit int, beforeID string) ([]T, bool) {
-	start := 0
-	if beforeID != "" {
-		for start < len(items) && id(items[start]) >= beforeID {
-			start++
+// readByIDs reads the records of ids that exist, once each, newest first
+// (IDs sort by creation time): those created before beforeID (all when it
+// is empty), at most limit, and whether more follow. It reads no more
+// records than the page needs. A record that cannot be read is listed as
+// damaged(id).
+func readByIDs[T any](ctx context.Context, ids []string, beforeID string, limit int,
+	get func(context.Context, string) (T, error), damaged func(id string) T) ([]T, bool, error) {
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	slices.Reverse(ids)
+	var out []T
+	for _, id := range ids {
+		if beforeID != "" && id >= beforeID {
+			continue
 		}
+		rec, err := get(ctx, id)
+		switch dcerr.CodeOf(err) {
+		case dcerr.NotFound:
+			continue
+		case dcerr.RecordDamaged:
+			rec, err = damaged(id), nil
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if len(out) == limit {
+			return out, true, nil
+		}
+		out = append(out, rec)
 	}
-	items = items[start:]
-	if len(items) > limit {
-		return items[:limit], true
-	}
-	return items, false
+	return out, false, nil
 }
 
-// domainsNamed returns the domains with these exact names (after
-// normalization, so a U-label finds its A-label), newest first. A name
-// that is not a valid domain name is DOMAIN_INVALID.
-func (h *handler) domainsNamed(r *http.Request, names []string) ([]*domainstore.Domain, error) {
+// domainIDsNamed returns the IDs of the domains with these exact names
+// (after normalization, so a U-label finds its A-label). A name that is
+// not a valid domain name is DOMAIN_INVALID.
+func (h *handler) domainIDsNamed(names []string) ([]string, error) {
 	var ids []string
 	for _, name := range names {
 		norm, err := domainstore.NormalizeDomain(name)
@@ -230,51 +254,21 @@ func (h *handler) domainsNamed(r *http.Request, names []string) ([]*domainstore.
 			ids = append(ids, id)
 		}
 	}
-	return h.domainsByID(r, ids)
+	return ids, nil
 }
 
-// domainsMatching returns the domains that a filter selects, newest first.
-func (h *handler) domainsMatching(r *http.Request, terms []filterTerm) ([]*domainstore.Domain, error) {
-	var ids, names []string
+// domainIDsMatching returns the IDs that a filter names, and those of the
+// domains it names; a name that cannot exist matches nothing.
+func (h *handler) domainIDsMatching(terms []filterTerm) []string {
+	var ids []string
 	for _, t := range terms {
 		if t.field == "id" {
 			ids = append(ids, t.value)
-		} else {
-			names = append(names, t.value)
+		} else if named, err := h.domainIDsNamed([]string{t.value}); err == nil {
+			ids = append(ids, named...)
 		}
 	}
-	byName, err := h.domainsNamed(r, names)
-	if err != nil && dcerr.CodeOf(err) != dcerr.DomainInvalid {
-		return nil, err
-	}
-	for _, d := range byName { // an invalid name matches nothing
-		ids = append(ids, d.ID)
-	}
-	return h.domainsByID(r, ids)
-}
-
-// domainsByID reads the domains with these IDs that exist, once each,
-// newest first.
-func (h *handler) domainsByID(r *http.Request, ids []string) ([]*domainstore.Domain, error) {
-	slices.Sort(ids)
-	ids = slices.Compact(ids)
-	slices.Reverse(ids)
-	out := make([]*domainstore.Domain, 0, len(ids))
-	for _, id := range ids {
-		d, err := h.store.GetDomain(r.Context(), id)
-		switch dcerr.CodeOf(err) {
-		case dcerr.NotFound:
-			continue
-		case dcerr.RecordDamaged:
-			out = append(out, &domainstore.Domain{ID: id, Damage: &domainstore.Damaged{ID: id, Reason: "it cannot be read"}})
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, nil
+	return ids
 }
 
 func (h *handler) getDomain(w http.ResponseWriter, r *http.Request, id string) error {

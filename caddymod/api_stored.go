@@ -1,6 +1,7 @@
 package caddymod
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"github.com/caddyserver/certmagic"
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
+	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
@@ -33,77 +35,62 @@ type storedCertificateView struct {
 	DomainID         *string   `json:"domain_id"`
 }
 
-// storedCert is a certificate CertMagic keeps in storage.
-type storedCert struct {
-	view      storedCertificateView
-	issuerKey string
-}
-
-// storedCertificates reads the certificates CertMagic keeps in Caddy's
-// storage, sorted by name, then latest end first.
-func (h *handler) storedCertificates(r *http.Request) ([]storedCert, error) {
-	st := h.store.Storage()
-	keys, err := st.List(r.Context(), "certificates", true)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, &dcerr.Error{Code: dcerr.StorageUnavailable, Msg: "the storage failed while listing its certificates; retry later", Err: err}
-	}
-	authorityOf := make(map[string]string) // issuer key -> authority
+// authorityOf maps the issuer keys of the app's authorities to their
+// names.
+func (h *handler) authorityOf() map[string]string {
+	out := make(map[string]string, len(h.issuers))
 	for name, iss := range h.issuers {
 		if key := issuerKey(iss); key != "" {
-			authorityOf[key] = name
+			out[key] = name
 		}
 	}
-	var out []storedCert
-	for _, k := range keys {
-		// certificates/<issuer key>/<safe name>/<safe name>.crt
-		parts := strings.Split(k, "/")
-		if len(parts) != 4 || parts[0] != "certificates" || parts[3] != parts[2]+".crt" {
-			continue
-		}
-		b, err := st.Load(r.Context(), k)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // deleted meanwhile
-		}
-		if err != nil {
-			return nil, &dcerr.Error{Code: dcerr.StorageUnavailable, Msg: "the storage failed while reading its certificates; retry later", Err: err}
-		}
-		block, _ := pem.Decode(b)
-		if block == nil || block.Type != "CERTIFICATE" {
-			continue
-		}
-		leaf, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			continue
-		}
-		name := ""
-		for _, n := range leaf.DNSNames {
-			if certmagic.StorageKeys.Safe(n) == parts[2] {
-				name = n
-				break
-			}
-		}
-		if name == "" {
-			continue
-		}
-		v := storedCertificateView{
-			Domain: name, PrivateKeyType: domainstore.KeyTypeOf(leaf), NotAfter: leaf.NotAfter.UTC(),
-			SerialNumber: strings.ToLower(leaf.SerialNumber.Text(16)), IssuerCommonName: leaf.Issuer.CommonName,
-		}
-		if a, ok := authorityOf[parts[1]]; ok {
-			v.Authority = &a
-		}
-		if id, ok := h.store.DomainID(name); ok {
-			v.DomainID = &id
-		}
-		out = append(out, storedCert{view: v, issuerKey: parts[1]})
+	return out
+}
+
+// storedCertificate reads the certificate CertMagic keeps at key,
+// certificates/<issuer key>/<safe name>/<safe name>.crt; ok is false
+// for anything else, or a certificate gone or unreadable.
+func (h *handler) storedCertificate(ctx context.Context, key string, authorityOf map[string]string) (storedCertificateView, bool, error) {
+	parts := strings.Split(key, "/")
+	if len(parts) != 4 || parts[0] != "certificates" || parts[3] != parts[2]+".crt" {
+		return storedCertificateView{}, false, nil
 	}
-	slices.SortFunc(out, func(a, b storedCert) int {
-		if c := strings.Compare(a.view.Domain, b.view.Domain); c != 0 {
-			return c
+	b, err := h.store.Storage().Load(ctx, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return storedCertificateView{}, false, nil // none, or deleted meanwhile
+	}
+	if err != nil {
+		return storedCertificateView{}, false, &dcerr.Error{Code: dcerr.StorageUnavailable, Msg: "the storage failed while reading its certificates; retry later", Err: err}
+	}
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return storedCertificateView{}, false, nil
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return storedCertificateView{}, false, nil
+	}
+	name := ""
+	for _, n := range leaf.DNSNames {
+		if certmagic.StorageKeys.Safe(n) == parts[2] {
+			name = n
+			break
 		}
-		return b.view.NotAfter.Compare(a.view.NotAfter)
-	})
-	return out, nil
+	}
+	if name == "" {
+		return storedCertificateView{}, false, nil
+	}
+	v := storedCertificateView{
+		Domain: name, PrivateKeyType: bundle.KeyType(leaf.PublicKey), NotAfter: leaf.NotAfter.UTC(),
+		SerialNumber: strings.ToLower(leaf.SerialNumber.Text(16)), IssuerCommonName: leaf.Issuer.CommonName,
+	}
+	if a, ok := authorityOf[parts[1]]; ok {
+		v.Authority = &a
+	}
+	if id, ok := h.store.DomainID(name); ok {
+		v.DomainID = &id
+	}
+	return v, true, nil
 }
 
 // listStoredCertificates answers GET /domaincerts/stored_certificates on
@@ -111,14 +98,27 @@ func (h *handler) storedCertificates(r *http.Request) ([]storedCert, error) {
 // name, with the authority of this config whose issuer obtained each (null
 // when none does) and the domain that has the name, if any.
 func (h *handler) listStoredCertificates(w http.ResponseWriter, r *http.Request) error {
-	certs, err := h.storedCertificates(r)
-	if err != nil {
-		return err
+	keys, err := h.store.Storage().List(r.Context(), "certificates", true)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return &dcerr.Error{Code: dcerr.StorageUnavailable, Msg: "the storage failed while listing its certificates; retry later", Err: err}
 	}
-	views := make([]storedCertificateView, len(certs))
-	for i, c := range certs {
-		views[i] = c.view
+	authorityOf := h.authorityOf()
+	views := []storedCertificateView{}
+	for _, k := range keys {
+		v, ok, err := h.storedCertificate(r.Context(), k, authorityOf)
+		if err != nil {
+			return err
+		}
+		if ok {
+			views = append(views, v)
+		}
 	}
+	slices.SortFunc(views, func(a, b storedCertificateView) int {
+		if c := strings.Compare(a.Domain, b.Domain); c != 0 {
+			return c
+		}
+		return b.NotAfter.Compare(a.NotAfter)
+	})
 	writeJSON(w, http.StatusOK, map[string]any{"stored_certificates": views, "uri": path.Join(h.door.base, "stored_certificates")})
 	return nil
 }
@@ -139,16 +139,18 @@ func (h *handler) adoptStoredCertificate(w http.ResponseWriter, r *http.Request)
 	if err != nil {
 		return err
 	}
-	certs, err := h.storedCertificates(r)
-	if err != nil {
-		return err
-	}
+	// the name's certificate under each authority's issuer, the latest
+	// unexpired one with a key a policy can ask for
+	authorityOf := h.authorityOf()
 	var pick *storedCertificateView
-	for i := range certs {
-		v := &certs[i].view
-		if v.Domain == name && v.Authority != nil && time.Now().Before(v.NotAfter) && (v.PrivateKeyType == "ecdsa" || v.PrivateKeyType == "rsa") {
-			pick = v
-			break // the latest first
+	for key := range authorityOf {
+		v, ok, err := h.storedCertificate(r.Context(), certmagic.StorageKeys.SiteCert(key, name), authorityOf)
+		if err != nil {
+			return err
+		}
+		if ok && v.Domain == name && time.Now().Before(v.NotAfter) && (v.PrivateKeyType == "ecdsa" || v.PrivateKeyType == "rsa") &&
+			(pick == nil || v.NotAfter.After(pick.NotAfter)) {
+			pick = &v
 		}
 	}
 	if pick == nil {

@@ -1,6 +1,7 @@
 package caddymod
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -200,8 +201,10 @@ type App struct {
 	globalDNS bool
 	// events is this config's events app, for the events the app sends
 	events *eventTarget
-	// expiry announces expiring certificates while the app runs
-	expiry *expiryWatch
+	// expiry announces expiring certificates while the app runs, until
+	// stopExpiry
+	expiry     *expiryWatch
+	stopExpiry context.CancelFunc
 	// running is acme once Start has set it, for the API's doors: an HTTP
 	// handler may serve a request while the app starts
 	running *atomic.Pointer[certsource.ACME]
@@ -392,10 +395,12 @@ func (a *App) Start() error {
 	a.running.Store(a.acme)
 	setEventTarget(a.events)
 	a.acme.Start()
+	expiryCtx, stopExpiry := context.WithCancel(context.Background())
 	a.expiry = &expiryWatch{
 		store: a.inst.store, warning: time.Duration(a.ExpiryWarning), interval: time.Duration(a.ExpiryCheckInterval),
-		ratio: a.renewalRatio(), log: a.log.Named("expiry"), stop: make(chan struct{}), done: make(chan struct{}),
+		ratio: a.renewalRatio(), log: a.log.Named("expiry"), ctx: expiryCtx, done: make(chan struct{}),
 	}
+	a.stopExpiry = stopExpiry
 	go a.expiry.run()
 	return nil
 }
@@ -418,7 +423,7 @@ func (a *App) Stop() error {
 		a.running.Store(nil) // the doors of this config stop reaching its jobs
 	}
 	if a.expiry != nil {
-		close(a.expiry.stop)
+		a.stopExpiry()
 		<-a.expiry.done
 		a.expiry = nil
 	}

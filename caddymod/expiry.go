@@ -39,7 +39,7 @@ type expiryWatch struct {
 	interval time.Duration
 	ratio    float64 // the renewal window ratio of managed certificates
 	log      *zap.Logger
-	stop     chan struct{}
+	ctx      context.Context // done when the app stops
 	done     chan struct{}
 }
 
@@ -54,7 +54,7 @@ func (w *expiryWatch) run() {
 	defer t.Stop()
 	for {
 		select {
-		case <-w.stop:
+		case <-w.ctx.Done():
 			return
 		case id := <-uploadsToAnnounce:
 			ids := []string{id}
@@ -87,15 +87,7 @@ func (w *expiryWatch) announce(now time.Time, ids []string, summary bool) {
 	if len(ids) == 0 {
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		select {
-		case <-w.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	defer cancel()
+	ctx := w.ctx
 	claimed, err := w.store.ClaimAnnouncements(ctx, now, ids)
 	if err != nil {
 		w.log.Warn("announcing expiring certificates; trying again at the next check",
@@ -123,7 +115,7 @@ func (w *expiryWatch) announce(now time.Time, ids []string, summary bool) {
 		}
 		// claimed is promised: once stopping, the rest go without waiting
 		// (a full queue drops them, with a WARN line)
-		if !emitEventWait(w.stop, name, data) {
+		if !emitEventWait(w.ctx.Done(), name, data) {
 			emitEvent(name, data)
 		}
 	}

@@ -123,7 +123,7 @@ func TestExpiryCheck(t *testing.T) {
 	}
 
 	watch := func(s *domainstore.Store) *expiryWatch {
-		return &expiryWatch{store: s, warning: 30 * day, interval: time.Hour, ratio: 1.0 / 3, log: zap.NewNop(), stop: make(chan struct{}), done: make(chan struct{})}
+		return &expiryWatch{store: s, warning: 30 * day, interval: time.Hour, ratio: 1.0 / 3, log: zap.NewNop(), ctx: t.Context(), done: make(chan struct{})}
 	}
 	watch(a).check(now)
 	watch(b).check(now)

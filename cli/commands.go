@@ -103,8 +103,8 @@ func buildCommand(cmd *cobra.Command) {
 		})
 	add("delete <domain name|rd_...|cert_...>", "Deletes a domain or a certificate", "", cobra.ExactArgs(1), runDelete, nil)
 	add("provision <domain name|rd_...>", "Runs a managed domain's provisioning job now", "", cobra.ExactArgs(1), runProvision, nil)
-	add("import <dir> | import --from-storage", "Imports certificate files, or CertMagic's certificates in Caddy's storage",
-		importLong, cobra.MaximumNArgs(1), runImport, func(c *cobra.Command) {
+	add("import <dir> | import --from-storage [name...]", "Imports certificate files, or CertMagic's certificates in Caddy's storage",
+		importLong, cobra.ArbitraryArgs, runImport, func(c *cobra.Command) {
 			c.Flags().Bool("from-storage", false, "Import the certificates CertMagic manages in the running Caddy's storage, as managed domains")
 			c.Flags().Int("parallel", 8, "Requests in flight at once")
 			c.Flags().Bool("dry-run", false, "Report what would be done; change nothing")
@@ -465,8 +465,8 @@ type progress struct {
 	every time.Duration
 }
 
-func (p *progress) show(force bool, format string, args ...any) {
-	if !force && time.Since(p.last) < p.every {
+func (p *progress) show(format string, args ...any) {
+	if time.Since(p.last) < p.every {
 		return
 	}
 	p.last = time.Now()

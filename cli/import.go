@@ -1,10 +1,7 @@
 package cli
 
 import (
-	"crypto"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -17,6 +14,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
+	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
 // maxImportFile bounds the files import reads; larger ones are not
@@ -31,7 +31,6 @@ type pair struct {
 	leaf              *x509.Certificate
 	certs             []*x509.Certificate // the chain as found, leaf first if it is in order
 	fingerprint       string
-	chainLen          int
 }
 
 // problem is something import could not do, by file.
@@ -83,16 +82,19 @@ func scanDir(dir string) ([]*pair, []problem, error) {
 			case block.Type == "CERTIFICATE":
 				chain = append(chain, block)
 			case strings.HasSuffix(block.Type, "PRIVATE KEY"):
-				if block.Type == "ENCRYPTED PRIVATE KEY" || block.Headers["Proc-Type"] != "" {
-					problems = append(problems, problem{File: p, Code: "KEY_ENCRYPTED", Msg: "the private key is encrypted; decrypt it (openssl pkey -in key.pem -out plain.pem) and import again"})
+				// checked as an upload checks it, for the same codes
+				keyPEM := string(pem.EncodeToMemory(block))
+				signer, _, err := bundle.ParseKey(keyPEM)
+				if err != nil {
+					problems = append(problems, problemOf(p, err))
 					continue
 				}
-				pub, err := publicKeyOf(block)
+				pub, err := x509.MarshalPKIXPublicKey(signer.Public())
 				if err != nil {
 					problems = append(problems, problem{File: p, Code: "KEY_UNSUPPORTED", Msg: err.Error()})
 					continue
 				}
-				keys[pub] = key{file: p, pem: string(pem.EncodeToMemory(block))}
+				keys[string(pub)] = key{file: p, pem: keyPEM}
 			}
 		}
 		if len(chain) == 0 {
@@ -109,9 +111,8 @@ func scanDir(dir string) ([]*pair, []problem, error) {
 			certs = append(certs, c)
 			sb.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: blk.Bytes}))
 		}
-		sum := sha256.Sum256(certs[0].Raw)
 		chains = append(chains, &pair{certFile: p, chainPEM: sb.String(), leaf: certs[0], certs: certs,
-			fingerprint: hex.EncodeToString(sum[:]), chainLen: len(chain)})
+			fingerprint: bundle.Fingerprint(sb.String())})
 		return nil
 	})
 	if err != nil {
@@ -120,7 +121,7 @@ func scanDir(dir string) ([]*pair, []problem, error) {
 	// one pair per leaf: the longest chain (fullchain.pem over cert.pem)
 	byLeaf := map[string]*pair{}
 	for _, c := range chains {
-		if cur, ok := byLeaf[c.fingerprint]; !ok || c.chainLen > cur.chainLen {
+		if cur, ok := byLeaf[c.fingerprint]; !ok || len(c.certs) > len(cur.certs) {
 			byLeaf[c.fingerprint] = c
 		}
 	}
@@ -156,32 +157,6 @@ func scanDir(dir string) ([]*pair, []problem, error) {
 	return pairs, problems, nil
 }
 
-// publicKeyOf parses a private key block and returns its public key as
-// PKIX DER.
-func publicKeyOf(block *pem.Block) (string, error) {
-	var key any
-	var err error
-	switch block.Type {
-	case "PRIVATE KEY":
-		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	case "EC PRIVATE KEY":
-		key, err = x509.ParseECPrivateKey(block.Bytes)
-	case "RSA PRIVATE KEY":
-		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-	default:
-		return "", fmt.Errorf("a %s block is not a supported private key", block.Type)
-	}
-	if err != nil {
-		return "", fmt.Errorf("the private key does not parse: %v", err)
-	}
-	signer, ok := key.(crypto.Signer)
-	if !ok {
-		return "", fmt.Errorf("the private key cannot sign")
-	}
-	pub, err := x509.MarshalPKIXPublicKey(signer.Public())
-	return string(pub), err
-}
-
 // importSummary is what import did.
 type importSummary struct {
 	Pairs           int `json:"pairs"`
@@ -204,7 +179,7 @@ func runImport(e *env) (int, error) {
 		return e.importFromStorage(e.args)
 	}
 	if len(e.args) != 1 {
-		return exitUsage, &usageError{fmt.Errorf("import needs a directory (or --from-storage)")}
+		return exitUsage, &usageError{fmt.Errorf("import takes one directory (or --from-storage and names)")}
 	}
 	start := time.Now()
 	pairs, problems, err := scanDir(e.args[0])
@@ -335,7 +310,7 @@ func runImport(e *env) (int, error) {
 				certIDs[i] = str(c, "id")
 				sum.Uploaded++
 			}
-			prog.show(false, "import: uploaded %d of %d certificates", done.Add(1), len(toUpload))
+			prog.show("import: uploaded %d of %d certificates", done.Add(1), len(toUpload))
 		})
 	}
 	sum.UploadSeconds = time.Since(uploadStart).Seconds()
@@ -373,7 +348,7 @@ func runImport(e *env) (int, error) {
 			default:
 				sum.DomainsUpdated++
 			}
-			prog.show(false, "import: attached %d of %d domains", done.Add(1), len(jobs))
+			prog.show("import: attached %d of %d domains", done.Add(1), len(jobs))
 		})
 	}
 	sum.AttachSeconds = time.Since(attachStart).Seconds()
@@ -439,6 +414,10 @@ func (e *env) importDone(sum importSummary, dry bool) (int, error) {
 func problemOf(file string, err error) problem {
 	if ae, ok := err.(*apiError); ok {
 		return problem{File: file, Code: ae.Code, Msg: ae.Msg}
+	}
+	var de *dcerr.Error
+	if errors.As(err, &de) { // found before the upload, as the API would
+		return problem{File: file, Code: string(de.Code), Msg: de.Msg}
 	}
 	return problem{File: file, Code: "FAILED", Msg: err.Error()}
 }

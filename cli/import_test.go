@@ -60,8 +60,8 @@ func TestScanDir(t *testing.T) {
 	if pairs[0].leaf.Subject.CommonName != "early.scan.test" || pairs[1].leaf.Subject.CommonName != "late.scan.test" {
 		t.Errorf("pairs in the order %s, %s; want the earlier end first", pairs[0].leaf.Subject.CommonName, pairs[1].leaf.Subject.CommonName)
 	}
-	if filepath.Base(pairs[1].certFile) != "fullchain.pem" || pairs[1].chainLen != 2 || filepath.Base(pairs[1].keyFile) != "private.txt" {
-		t.Errorf("late pair from %s (%d certificates) with key %s; want fullchain.pem, 2, private.txt", pairs[1].certFile, pairs[1].chainLen, pairs[1].keyFile)
+	if filepath.Base(pairs[1].certFile) != "fullchain.pem" || len(pairs[1].certs) != 2 || filepath.Base(pairs[1].keyFile) != "private.txt" {
+		t.Errorf("late pair from %s (%d certificates) with key %s; want fullchain.pem, 2, private.txt", pairs[1].certFile, len(pairs[1].certs), pairs[1].keyFile)
 	}
 	if pairs[0].certFile != pairs[0].keyFile {
 		t.Errorf("combined file: certificate from %s, key from %s", pairs[0].certFile, pairs[0].keyFile)

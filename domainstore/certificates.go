@@ -3,7 +3,6 @@ package domainstore
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -298,24 +297,9 @@ func managedRecord(domainID string, issued *IssuedCertificate) (*Certificate, er
 		UpdatedAt:       t,
 		CertificatePEM:  issued.CertificatePEM,
 		CertInfo:        bundle.Info(chain[0]),
-		PrivateKeyType:  KeyTypeOf(chain[0]),
+		PrivateKeyType:  bundle.KeyType(chain[0].PublicKey),
 		ManagedDomainID: domainID,
 		KeyStorageKey:   issued.KeyStorageKey,
 		IssuedAt:        &at,
 	}, nil
-}
-
-// KeyTypeOf names the key algorithm of a certificate's public key, as
-// policies and certificate records do: "rsa", "ecdsa", "ed25519" or
-// "unknown".
-func KeyTypeOf(c *x509.Certificate) string {
-	switch c.PublicKeyAlgorithm {
-	case x509.RSA:
-		return "rsa"
-	case x509.ECDSA:
-		return "ecdsa"
-	case x509.Ed25519:
-		return "ed25519"
-	}
-	return "unknown"
 }

@@ -326,7 +326,7 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 // domain then has no certificate and its handshakes fail. A managed
 // domain's certificate cannot be detached: detach the policy instead.
 func (s *Store) DetachCertificate(ctx context.Context, id string) error {
-	return s.mutateDomain(ctx, id, func(d *Domain) (bool, error) {
+	return s.mutateDomain(ctx, id, func(_ *txn, d *Domain) (bool, error) {
 		if d.Policy != nil {
 			return false, dcerr.New(dcerr.DetachManaged,
 				"domain %s is managed; its certificate cannot be detached; detach the certificate_management_policy instead", id)
@@ -343,28 +343,23 @@ func (s *Store) DetachCertificate(ctx context.Context, id string) error {
 // the managed certificate is no longer served. An uploaded certificate that
 // was serving until the policy's own was issued stays attached.
 func (s *Store) DetachPolicy(ctx context.Context, id string) error {
-	return s.submit(ctx, func(tx *txn) error {
-		cur, err := tx.domain(id)
-		if err != nil || cur.Policy == nil {
-			return err
+	return s.mutateDomain(ctx, id, func(tx *txn, d *Domain) (bool, error) {
+		if d.Policy == nil {
+			return false, nil
 		}
-		d := cur.clone()
 		d.Policy, d.Status = nil, nil
 		if d.CertificateID != "" {
 			c, err := tx.certificate(d.CertificateID)
-			if err != nil && dcerr.CodeOf(err) != dcerr.NotFound {
-				return err
-			}
-			if err != nil || c.ManagedDomainID != "" {
+			switch code := dcerr.CodeOf(err); {
+			case code == dcerr.NotFound || code == dcerr.RecordDamaged:
+				d.CertificateID = "" // nothing left to serve
+			case err != nil:
+				return false, err
+			case c.ManagedDomainID != "":
 				d.CertificateID = ""
 			}
 		}
-		d.UpdatedAt = now()
-		if err := dropManagedCertificate(tx, cur, d); err != nil {
-			return err
-		}
-		tx.putDomain(d, cur)
-		return nil
+		return true, nil
 	})
 }
 
@@ -503,14 +498,14 @@ func (s *Store) DeleteDomain(ctx context.Context, id string) error {
 
 // mutateDomain applies fn to a copy of a domain and, if fn reports a
 // change, writes it.
-func (s *Store) mutateDomain(ctx context.Context, id string, fn func(*Domain) (bool, error)) error {
+func (s *Store) mutateDomain(ctx context.Context, id string, fn func(*txn, *Domain) (bool, error)) error {
 	return s.submit(ctx, func(tx *txn) error {
 		cur, err := tx.domain(id)
 		if err != nil {
 			return err
 		}
 		d := cur.clone()
-		changed, err := fn(d)
+		changed, err := fn(tx, d)
 		if err != nil || !changed {
 			return err
 		}

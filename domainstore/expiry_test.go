@@ -232,18 +232,18 @@ func TestExpiryFigures(t *testing.T) {
 	if err := s3.Close(); err != nil {
 		t.Fatal(err)
 	}
-	b, err := st.Load(ctx, datesKey(s3.position()))
+	b, err := st.Load(ctx, extraKey(s3.position()))
 	if err != nil {
-		t.Fatalf("no dates beside the snapshot written after the dates were read: %v", err)
+		t.Fatalf("no extra file beside the snapshot written after the dates were read: %v", err)
 	}
-	line := in3.ID + " "
+	line := "c " + in3.ID + " "
 	i := strings.Index(string(b), line)
-	if i < 0 || !strings.HasPrefix(string(b), datesHeader) {
-		t.Fatalf("dates lack %s:\n%s", in3.ID, b)
+	if i < 0 || !strings.HasPrefix(string(b), extraHeader) {
+		t.Fatalf("the extra file lacks %s:\n%s", in3.ID, b)
 	}
 	fields := strings.Fields(strings.SplitN(string(b[i:]), "\n", 2)[0])
-	if len(fields) != 4 || fields[2] != itoa(in3.NotAfter.Unix()) || fields[3] != "u" {
-		t.Fatalf("dates line %q; want the dates of %s", fields, in3.ID)
+	if len(fields) != 5 || fields[3] != itoa(in3.NotAfter.Unix()) || fields[4] != "u" {
+		t.Fatalf("extra line %q; want the dates of %s", fields, in3.ID)
 	}
 	snap, err := st.Load(ctx, snapshotKey(s3.position()))
 	if err != nil || !strings.HasPrefix(string(snap), snapshotHeader+" ") || strings.Contains(string(snap), in3.NotAfter.Format("2006")) {
@@ -267,8 +267,8 @@ func TestExpiryFromSnapshotWithoutDates(t *testing.T) {
 		t.Fatal(err)
 	}
 	pos := s.position()
-	if err := st.Delete(ctx, datesKey(pos)); err != nil {
-		t.Fatalf("no dates file beside the snapshot: %v", err)
+	if err := st.Delete(ctx, extraKey(pos)); err != nil {
+		t.Fatalf("no extra file beside the snapshot: %v", err)
 	}
 	s2 := openOn(t, st)
 	deadline := time.Now().Add(10 * time.Second)
@@ -286,16 +286,16 @@ func TestExpiryFromSnapshotWithoutDates(t *testing.T) {
 	if err := s2.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Load(ctx, datesKey(pos)); err != nil {
+	if _, err := st.Load(ctx, extraKey(pos)); err != nil {
 		t.Fatalf("the dates read were not written beside the snapshot: %v", err)
 	}
 }
 
-func FuzzDecodeDates(f *testing.F) {
-	f.Add([]byte(datesHeader+" 9\ncert_01m8djch0ss9fesqghxx6mv9mk 1700000000 1707776000 u\n"), uint64(9))
-	f.Add([]byte(datesHeader+" a\ncert_01m8djch0ss9fesqghxx6mv9mk -5 7 m\n"), uint64(10))
+func FuzzDecodeExtra(f *testing.F) {
+	f.Add([]byte(extraHeader+" 9\nc cert_01m8djch0ss9fesqghxx6mv9mk 1700000000 1707776000 u\nf rd_01m8djch0z1t3s0se2ynhqbc0m\n"), uint64(9))
+	f.Add([]byte(extraHeader+" a\nc cert_01m8djch0ss9fesqghxx6mv9mk -5 7 m\n"), uint64(10))
 	f.Fuzz(func(t *testing.T, b []byte, seq uint64) {
-		dates, err := decodeDates(b, seq)
+		dates, failing, err := decodeExtra(b, seq)
 		if err != nil {
 			return
 		}
@@ -304,11 +304,14 @@ func FuzzDecodeDates(f *testing.F) {
 			if d.notAfter == 0 {
 				t.Fatalf("accepted dates %+v", d)
 			}
-			snap.certs = append(snap.certs, certVersion{id: id, certMeta: certMeta{notBefore: d.notBefore, notAfter: d.notAfter, managed: d.managed}})
+			snap.certs = append(snap.certs, certVersion{id: id, certMeta: d})
 		}
-		again, err := decodeDates(snap.encodeDates(), seq)
-		if err != nil || len(again) != len(dates) {
-			t.Fatalf("round trip: %v, %d of %d", err, len(again), len(dates))
+		for id := range failing {
+			snap.domains = append(snap.domains, &Entry{DomainID: id, Managed: true, Failing: true})
+		}
+		again, againFailing, err := decodeExtra(snap.encodeExtra(), seq)
+		if err != nil || len(again) != len(dates) || len(againFailing) != len(failing) {
+			t.Fatalf("round trip: %v, %d of %d dates, %d of %d failing", err, len(again), len(dates), len(againFailing), len(failing))
 		}
 		for id, d := range dates {
 			if again[id] != d {

@@ -360,34 +360,31 @@ func (s *Store) readCertificate(ctx context.Context, id string, v uint64, c cert
 		if derr = decodeCertificate(b, id, c); derr == nil {
 			// the whole record may be older than the entry memory knows
 			// (an update whose record is not written yet): read that
-			// entry. The partial records read only what never changes.
+			// entry. The partial records read only what never changes;
+			// records of earlier releases carry no version and are taken
+			// as current.
 			full, ok := c.(*Certificate)
-			if !ok || v == 0 || full.JournalVersion >= v {
+			if !ok || v == 0 || full.JournalVersion == 0 || full.JournalVersion >= v {
 				return nil
 			}
-			if newer, err := s.certificateFromEntry(ctx, id, v); err == nil && newer != nil {
-				*full = *newer
-			} else if dcerr.CodeOf(err) == dcerr.StorageUnavailable {
-				return err
+			newer, err := s.certificateInEntry(ctx, id, v)
+			if err != nil || newer == nil {
+				return err // nil: the entry is compacted, so the record is current
 			}
-			return nil // the entry is compacted: the record is current
+			*full = Certificate{}
+			return decodeCertificate(newer, id, c)
 		}
 	case !errors.Is(err, fs.ErrNotExist):
 		s.stats.storageErrors.Add(1)
 		return storageFailed("reading certificate "+id, err)
 	}
 	if v > 0 {
-		if e, err := s.readEntry(ctx, v); err == nil {
-			for i := len(e.Ops) - 1; i >= 0; i-- {
-				if op := e.Ops[i]; op.Op == opPutCert && op.ID == id {
-					rec := *op.Certificate
-					rec.JournalVersion = v
-					b, _ := json.Marshal(&rec)
-					return decodeCertificate(b, id, c)
-				}
-			}
-		} else if dcerr.CodeOf(err) == dcerr.StorageUnavailable {
+		b, err := s.certificateInEntry(ctx, id, v)
+		if err != nil {
 			return err
+		}
+		if b != nil {
+			return decodeCertificate(b, id, c)
 		}
 	}
 	if derr == nil {
@@ -396,9 +393,10 @@ func (s *Store) readCertificate(ctx context.Context, id string, v uint64, c cert
 	return recordDamaged("certificate", id, derr)
 }
 
-// certificateFromEntry returns the record of certificate id that journal
-// entry v wrote, nil if the entry is gone or holds none.
-func (s *Store) certificateFromEntry(ctx context.Context, id string, v uint64) (*Certificate, error) {
+// certificateInEntry returns the record of certificate id that journal
+// entry v wrote, encoded as applying the entry stores it; nil if the entry
+// is gone or holds none.
+func (s *Store) certificateInEntry(ctx context.Context, id string, v uint64) ([]byte, error) {
 	e, err := s.readEntry(ctx, v)
 	if err != nil {
 		if dcerr.CodeOf(err) == dcerr.StorageUnavailable {
@@ -410,10 +408,7 @@ func (s *Store) certificateFromEntry(ctx context.Context, id string, v uint64) (
 		if op := e.Ops[i]; op.Op == opPutCert && op.ID == id {
 			rec := *op.Certificate
 			rec.JournalVersion = v
-			if rec.Fingerprint == "" {
-				rec.Fingerprint = bundle.Fingerprint(rec.CertificatePEM)
-			}
-			return &rec, nil
+			return json.Marshal(&rec)
 		}
 	}
 	return nil, nil

@@ -25,36 +25,40 @@ import (
 // sorted by ID within each kind:
 //
 //	domaincerts-index 2 <seq, hex>
-//	d <domain id> <version, hex> <name> <certificate id or -> <m|f|u>
+//	d <domain id> <version, hex> <name> <certificate id or -> <m|u>
 //	c <certificate id> <version, hex>
 //	x <record id> <version, hex> <name or -> <reason...>
 //
-// (m: managed, f: managed and its job reports an error, u: not; x: a
-// damaged record, listed so that it can be deleted). It is decoded several
-// times faster than JSON, which matters at a million domains.
+// (m: managed, u: not; x: a damaged record, listed so that it can be
+// deleted). It is decoded several times faster than JSON, which matters
+// at a million domains.
 //
-// The certificates' validity dates, for the expiry figures, are beside it,
-// in a file that earlier releases do not look for (so that they keep
-// starting from the snapshot during an upgrade or a rollback):
+// What memory knows beyond that format (certificates' validity dates, for
+// the expiry figures; managed domains whose job reports an error, for the
+// domain states) lies beside it, in a file that earlier releases do not
+// look for, so that they keep starting from the snapshot during an upgrade
+// or a rollback:
 //
-//	snapshots/<seq, 16 hex digits>.dates
+//	snapshots/<seq, 16 hex digits>.extra
 //
-//	domaincerts-dates 1 <seq, hex>
-//	<certificate id> <not before> <not after> <m|u>
+//	domaincerts-extra 1 <seq, hex>
+//	c <certificate id> <not before> <not after> <m|u>
+//	f <domain id>
 //
-// (Unix seconds; m: managed, u: uploaded). A snapshot without its dates,
-// or with dates that do not decode, is used without them: the store reads
-// the dates from the records in the background.
+// (Unix seconds; m: managed, u: uploaded). A snapshot without its extra
+// file, or with one that does not decode, is used without it: the store
+// reads the dates from the records in the background, and a failing job
+// shows again when it next reports.
 const (
 	snapshotsDir      = prefix + "/snapshots"
 	snapshotHeader    = "domaincerts-index 2"
-	datesHeader       = "domaincerts-dates 1"
+	extraHeader       = "domaincerts-extra 1"
 	snapshotLock      = "domaincerts_snapshot"
 	legacySnapshotKey = prefix + "/index.snapshot"
 )
 
 func snapshotKey(seq uint64) string { return fmt.Sprintf("%s/%016x.snapshot", snapshotsDir, seq) }
-func datesKey(seq uint64) string    { return fmt.Sprintf("%s/%016x.dates", snapshotsDir, seq) }
+func extraKey(seq uint64) string    { return fmt.Sprintf("%s/%016x.extra", snapshotsDir, seq) }
 
 // When to write a snapshot: after snapshotEvery journal entries, at most
 // once per snapshotCheck, and when the store closes. snapshotsKept are
@@ -127,34 +131,37 @@ func (s *Store) loadSnapshot(ctx context.Context) *snapshot {
 			s.log.Warn("decoding index snapshot; trying an older one", zap.Uint64("seq", seq), zap.Error(err))
 			continue
 		}
-		s.loadDates(ctx, snap)
+		s.loadExtra(ctx, snap)
 		return snap
 	}
 	return nil
 }
 
-// loadDates fills in the certificate dates of snap from its dates file,
-// if it has one that decodes; else they are read from the records later.
-func (s *Store) loadDates(ctx context.Context, snap *snapshot) {
-	b, err := s.Storage().Load(ctx, datesKey(snap.seq))
+// loadExtra fills in what snap's extra file adds, if it has one that
+// decodes.
+func (s *Store) loadExtra(ctx context.Context, snap *snapshot) {
+	b, err := s.Storage().Load(ctx, extraKey(snap.seq))
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
-			s.log.Warn("reading the certificate dates of the index snapshot; reading them from the records instead",
+			s.log.Warn("reading the index snapshot's certificate dates; reading them from the records instead",
 				zap.Uint64("seq", snap.seq), zap.Error(err))
 		}
 		return
 	}
-	dates, err := decodeDates(b, snap.seq)
+	dates, failing, err := decodeExtra(b, snap.seq)
 	if err != nil {
-		s.log.Warn("decoding the certificate dates of the index snapshot; reading them from the records instead",
+		s.log.Warn("decoding the index snapshot's certificate dates; reading them from the records instead",
 			zap.Uint64("seq", snap.seq), zap.Error(err))
 		return
 	}
 	for i := range snap.certs {
 		if d, ok := dates[snap.certs[i].id]; ok {
-			c := &snap.certs[i]
-			c.notBefore, c.notAfter, c.managed = d.notBefore, d.notAfter, d.managed
+			d.version = snap.certs[i].version
+			snap.certs[i].certMeta = d
 		}
+	}
+	for _, e := range snap.domains {
+		e.Failing = e.Managed && failing[e.DomainID] // not published yet
 	}
 }
 
@@ -186,7 +193,6 @@ func (s *Store) publishSnapshot(snap *snapshot) {
 		s.damaged[d.ID] = d
 	}
 	s.pos = snap.seq
-	s.wantDates()
 }
 
 // applySnapshot makes memory what snap says, for an instance that fell
@@ -322,18 +328,12 @@ func parseSnapshotCert(fields string) (certVersion, bool) {
 	return certVersion{id: cid, certMeta: certMeta{version: v}}, true
 }
 
-// certDates are a certificate's validity period and source, as the dates
-// file holds them.
-type certDates struct {
-	notBefore, notAfter int64
-	managed             bool
-}
-
-// encodeDates writes the dates of snap's certificates that are known.
-func (snap *snapshot) encodeDates() []byte {
+// encodeExtra writes what memory knows beyond the snapshot format: the
+// dates of snap's certificates that are known, and its failing domains.
+func (snap *snapshot) encodeExtra() []byte {
 	var sb strings.Builder
-	sb.Grow(32 + len(snap.certs)*56)
-	sb.WriteString(datesHeader)
+	sb.Grow(32 + len(snap.certs)*58)
+	sb.WriteString(extraHeader)
 	sb.WriteByte(' ')
 	sb.WriteString(strconv.FormatUint(snap.seq, 16))
 	sb.WriteByte('\n')
@@ -345,6 +345,7 @@ func (snap *snapshot) encodeDates() []byte {
 		if c.managed {
 			src = " m\n"
 		}
+		sb.WriteString("c ")
 		sb.WriteString(c.id)
 		sb.WriteByte(' ')
 		sb.WriteString(strconv.FormatInt(c.notBefore, 10))
@@ -352,33 +353,43 @@ func (snap *snapshot) encodeDates() []byte {
 		sb.WriteString(strconv.FormatInt(c.notAfter, 10))
 		sb.WriteString(src)
 	}
+	for _, e := range snap.domains {
+		if e.Failing {
+			sb.WriteString("f ")
+			sb.WriteString(e.DomainID)
+			sb.WriteByte('\n')
+		}
+	}
 	return []byte(sb.String())
 }
 
-// decodeDates parses a dates file of the snapshot at seq. Like a
-// snapshot, it is trusted whole or not at all.
-func decodeDates(b []byte, seq uint64) (map[string]certDates, error) {
+// decodeExtra parses the extra file of the snapshot at seq: certificate
+// dates (version 0) and failing domains. Like a snapshot, it is trusted
+// whole or not at all.
+func decodeExtra(b []byte, seq uint64) (map[string]certMeta, map[string]bool, error) {
 	header, rest, _ := strings.Cut(string(b), "\n")
-	if header != datesHeader+" "+strconv.FormatUint(seq, 16) {
-		return nil, fmt.Errorf("dates header %q, want %q", clipText(header), datesHeader+" "+strconv.FormatUint(seq, 16))
+	if want := extraHeader + " " + strconv.FormatUint(seq, 16); header != want {
+		return nil, nil, fmt.Errorf("header %q, want %q", clipText(header), want)
 	}
-	out := make(map[string]certDates, strings.Count(rest, "\n"))
+	dates := make(map[string]certMeta, strings.Count(rest, "\n"))
+	failing := make(map[string]bool)
 	for line := range strings.Lines(rest) {
 		f := strings.Split(strings.TrimSuffix(line, "\n"), " ")
-		if len(f) != 4 || !validID(CertificatePrefix, f[0]) || (f[3] != "m" && f[3] != "u") {
-			return nil, fmt.Errorf("malformed dates line %q", clipText(line))
+		switch {
+		case len(f) == 2 && f[0] == "f" && validID(DomainPrefix, f[1]) && !failing[f[1]]:
+			failing[f[1]] = true
+		case len(f) == 5 && f[0] == "c" && validID(CertificatePrefix, f[1]) && (f[4] == "m" || f[4] == "u"):
+			nb, err1 := strconv.ParseInt(f[2], 10, 64)
+			na, err2 := strconv.ParseInt(f[3], 10, 64)
+			if _, dup := dates[f[1]]; err1 != nil || err2 != nil || na == 0 || dup {
+				return nil, nil, fmt.Errorf("malformed line %q", clipText(line))
+			}
+			dates[f[1]] = certMeta{notBefore: nb, notAfter: na, managed: f[4] == "m"}
+		default:
+			return nil, nil, fmt.Errorf("malformed line %q", clipText(line))
 		}
-		nb, err1 := strconv.ParseInt(f[1], 10, 64)
-		na, err2 := strconv.ParseInt(f[2], 10, 64)
-		if err1 != nil || err2 != nil || na == 0 {
-			return nil, fmt.Errorf("malformed dates line %q", clipText(line))
-		}
-		if _, dup := out[f[0]]; dup {
-			return nil, fmt.Errorf("certificate %s appears twice in the dates", f[0])
-		}
-		out[f[0]] = certDates{notBefore: nb, notAfter: na, managed: f[3] == "m"}
 	}
-	return out, nil
+	return dates, failing, nil
 }
 
 // clipText cuts s for an error message.
@@ -446,11 +457,8 @@ func (snap *snapshot) encode() []byte {
 		if cert == "" {
 			cert = "-"
 		}
-		switch {
-		case e.Failing:
-			managed = "f"
-		case e.Managed:
-			managed = "m"
+		if e.Managed {
+			managed = "m" // failing goes to the extra file
 		}
 		sb.WriteString("d ")
 		sb.WriteString(e.DomainID)
@@ -510,10 +518,15 @@ func (s *Store) writeSnapshot(ctx context.Context, force bool) error {
 	}
 	snap := s.copySnapshotLocked()
 	s.mu.RUnlock()
-	// the dates first: a snapshot is never newer than its dates file
-	if err := s.Storage().Store(ctx, datesKey(pos), snap.encodeDates()); err != nil {
+	// the extra file first: a snapshot is never newer than it; at the
+	// position of the newest snapshot, only the extra file is new
+	if err := s.Storage().Store(ctx, extraKey(pos), snap.encodeExtra()); err != nil {
 		s.stats.storageErrors.Add(1)
-		return fmt.Errorf("writing index snapshot dates: %w", err)
+		return fmt.Errorf("writing index snapshot extras: %w", err)
+	}
+	if same {
+		s.snapWanted.Store(false)
+		return nil
 	}
 	b := snap.encode()
 	if err := s.Storage().Store(ctx, snapshotKey(pos), b); err != nil {
@@ -522,13 +535,10 @@ func (s *Store) writeSnapshot(ctx context.Context, force bool) error {
 	}
 	s.snapSeq.Store(pos)
 	s.snapWanted.Store(false)
-	if same {
-		seqs = seqs[1:]
-	}
 	seqs = append([]uint64{pos}, seqs...)
 	for _, old := range seqs[min(len(seqs), snapshotsKept):] {
 		_ = s.Storage().Delete(ctx, snapshotKey(old))
-		_ = s.Storage().Delete(ctx, datesKey(old))
+		_ = s.Storage().Delete(ctx, extraKey(old))
 	}
 	s.log.Debug("index snapshot written", zap.Uint64("seq", pos), zap.Int("bytes", len(b)))
 	return nil

@@ -761,6 +761,17 @@ func TestDomainStates(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// the snapshot stays readable by earlier releases (m|u only); the
+	// failing job travels in its extra file
+	snap, err := st.Load(ctx, snapshotKey(s.position()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(snap), "\n") {
+		if f := strings.Fields(line); len(f) == 6 && f[0] == "d" && f[5] != "m" && f[5] != "u" {
+			t.Fatalf("snapshot line %q has a flag earlier releases refuse", line)
+		}
+	}
 	s = openOn(t, st)
 	if got := s.Stats().States; got != want {
 		t.Fatalf("after a restart: states %v, want %v", got, want)

@@ -254,7 +254,7 @@ func TestCLIImportFromStorage(t *testing.T) {
 		"default_authority": "local",
 	}})
 	addr := "--address=" + c.AdminAddr
-	out := mustCLI(t, c, 0, "import", "--from-storage", addr)
+	out := mustCLI(t, c, 0, "import", "--from-storage", "one.stock.test", "two.stock.test", addr)
 	if !strings.Contains(out, "2 created") {
 		t.Fatalf("import --from-storage: %s", out)
 	}

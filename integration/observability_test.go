@@ -12,15 +12,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/domaincerts/caddy-domaincerts/integration/testevents"
 )
 
-// recordedEvent is a line of the test event recorder's file
-// (./testevents).
-type recordedEvent struct {
-	Name   string         `json:"name"`
-	Origin string         `json:"origin"`
-	Data   map[string]any `json:"data"`
-}
+// recordedEvent is a line of the test event recorder's file.
+type recordedEvent = testevents.Record
 
 // withEventRecorder runs the test Caddy with an events app whose one
 // subscription, to every event, records to a file; it returns the file.
@@ -28,7 +25,11 @@ func withEventRecorder(t *testing.T, opts *caddyOpts) string {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "events.jsonl")
 	opts.Bin = testCaddyBin(t)
-	opts.Mutate = func(cfg map[string]any, _ *caddyProc) {
+	prev := opts.Mutate
+	opts.Mutate = func(cfg map[string]any, c *caddyProc) {
+		if prev != nil {
+			prev(cfg, c)
+		}
 		cfg["apps"].(map[string]any)["events"] = map[string]any{
 			"subscriptions": []any{map[string]any{
 				"handlers": []any{map[string]any{"handler": "testrecorder", "file": file}},

@@ -741,7 +741,7 @@ func zipfDetail(z *zipf) string {
 	if z == nil {
 		return ""
 	}
-	return fmt.Sprintf("; Zipf(%g): the most popular 1%% of names got %.0f%% of handshakes, 10%% got %.0f%%",
+	return fmt.Sprintf("; Zipf(%g): the most popular 1%% of names (at least one) draw %.0f%% of handshakes by expectation, 10%% draw %.0f%%",
 		z.s, 100*z.share(0.01), 100*z.share(0.10))
 }
 

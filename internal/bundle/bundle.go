@@ -109,7 +109,7 @@ func checkMatch(chain []*x509.Certificate, key crypto.Signer, keyType string) er
 				i+1, name(chain[i].Subject), leaf)
 		}
 	}
-	if certType := publicKeyType(chain[0].PublicKey); certType != keyType {
+	if certType := KeyType(chain[0].PublicKey); certType != keyType {
 		return dcerr.New(dcerr.KeyMismatch,
 			"private_key_pem is an %s key but the leaf certificate (%s) holds an %s public key; upload the private key the leaf certificate was issued for",
 			keyType, leaf, certType)
@@ -119,8 +119,9 @@ func checkMatch(chain []*x509.Certificate, key crypto.Signer, keyType string) er
 		leaf)
 }
 
-// publicKeyType names the algorithm of a certificate's public key.
-func publicKeyType(pub crypto.PublicKey) string {
+// KeyType names the algorithm of a certificate's public key: KeyTypeRSA,
+// KeyTypeECDSA, KeyTypeEd25519 or "unsupported".
+func KeyType(pub crypto.PublicKey) string {
 	switch pub.(type) {
 	case *rsa.PublicKey:
 		return KeyTypeRSA
