@@ -33,6 +33,10 @@ func runMain(m *testing.M) int {
 	// that needs it); the package has no parallel test that depends on them.
 	os.Setenv("PEBBLE_VA_NOSLEEP", "1")
 	os.Setenv("PEBBLE_WFE_NONCEREJECT", "0")
+	// every order validates: Pebble otherwise reuses half of the valid
+	// authorizations at random, so a test whose CA can no longer reach
+	// Caddy (a failing renewal) could see every renewal succeed anyway
+	os.Setenv("PEBBLE_AUTHZREUSE", "0")
 
 	if bin := os.Getenv("DOMAINCERTS_CADDY_BIN"); bin != "" {
 		abs, err := filepath.Abs(bin)

@@ -87,8 +87,8 @@ func getPebble(t testing.TB) *pebbleEnv {
 }
 
 func startPebble() (*pebbleEnv, error) {
-	if os.Getenv("PEBBLE_VA_NOSLEEP") != "1" || os.Getenv("PEBBLE_WFE_NONCEREJECT") != "0" {
-		return nil, fmt.Errorf("PEBBLE_VA_NOSLEEP=1 and PEBBLE_WFE_NONCEREJECT=0 must be set before pebble is built (TestMain does)")
+	if os.Getenv("PEBBLE_VA_NOSLEEP") != "1" || os.Getenv("PEBBLE_WFE_NONCEREJECT") != "0" || os.Getenv("PEBBLE_AUTHZREUSE") != "0" {
+		return nil, fmt.Errorf("PEBBLE_VA_NOSLEEP=1, PEBBLE_WFE_NONCEREJECT=0 and PEBBLE_AUTHZREUSE=0 must be set before pebble is built (TestMain does)")
 	}
 	p := &pebbleEnv{logs: &syncBuffer{}}
 	p.HTTPPort = freePort(panicTB{})
