@@ -93,8 +93,10 @@ func TestManagerAndLoaderCaddyfile(t *testing.T) {
 	}
 }
 
-// FuzzUnmarshalCaddyfile feeds arbitrary Caddyfile text to the app's
-// parser: it must return an error or a config that encodes, never panic.
+// FuzzUnmarshalCaddyfile feeds arbitrary Caddyfile text to every
+// Caddyfile parser of the package (the app, the HTTP API handler, the
+// loader, the manager and the permission module): each must return an
+// error or a config that encodes, never panic.
 func FuzzUnmarshalCaddyfile(f *testing.F) {
 	for _, seed := range []string{
 		"domaincerts",
@@ -104,16 +106,25 @@ func FuzzUnmarshalCaddyfile(f *testing.F) {
 		"domaincerts {\n retry_interval 1s 2s\n renewal_window_ratio 0.5\n}",
 		"domaincerts {\n {\n}",
 		"domaincerts }",
+		"domaincerts_api {\n compat ngrok\n api_keys {env.K}\n public_url https://x\n}",
+		"domaincerts_load a.test cert_x",
 	} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, input string) {
-		var app App
-		if err := app.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
+		// caddyfile.NewTestDispenser exits the process on a lexer error;
+		// tokenize here so that such input is an ordinary rejection.
+		tokens, err := caddyfile.Tokenize([]byte(input), "Caddyfile")
+		if err != nil {
 			return
 		}
-		if _, err := json.Marshal(&app); err != nil {
-			t.Fatalf("parsed config does not encode: %v", err)
+		for _, m := range []caddyfile.Unmarshaler{new(App), new(HTTPAPI), new(Loader), new(Manager), new(Permission)} {
+			if err := m.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
+				continue
+			}
+			if _, err := json.Marshal(m); err != nil {
+				t.Fatalf("%T: parsed config does not encode: %v", m, err)
+			}
 		}
 	})
 }

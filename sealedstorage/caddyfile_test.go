@@ -176,3 +176,31 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		})
 	}
 }
+
+// FuzzUnmarshalCaddyfile feeds arbitrary Caddyfile text to the storage's
+// parser: it must return an error or a config that encodes, never panic.
+func FuzzUnmarshalCaddyfile(f *testing.F) {
+	for _, seed := range []string{
+		"sealed",
+		"sealed {\n key {env.K}\n old_key {env.O1}\n seal_all\n allow_unsealed\n inner file_system /data\n}",
+		"sealed {\n key_file /k\n inner file_system {\n  root /data\n }\n}",
+		"sealed {\n inner\n}",
+		"sealed x",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, input string) {
+		// caddyfile.NewTestDispenser exits the process on a lexer error.
+		tokens, err := caddyfile.Tokenize([]byte(input), "Caddyfile")
+		if err != nil {
+			return
+		}
+		var s SealedStorage
+		if err := s.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
+			return
+		}
+		if _, err := json.Marshal(&s); err != nil {
+			t.Fatalf("parsed config does not encode: %v", err)
+		}
+	})
+}
