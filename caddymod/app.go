@@ -50,6 +50,20 @@ type App struct {
 	// fleet mixes key types. Default: 0, no bound but cache_capacity.
 	CacheMemory int64 `json:"cache_memory,omitempty"`
 
+	// How many uploaded certificates are served straight from Caddy's own
+	// certificate cache, which every handshake consults before it asks
+	// a certificate manager: a handshake for one of them costs what a
+	// handshake for a certificate Caddy loaded itself costs. A certificate
+	// enters on its first handshake when each name it holds is a domain
+	// (not a wildcard) that serves it, and leaves on any change of those
+	// domains or of the certificate, or when it leaves this plugin's cache
+	// (so it never takes memory beyond cache_capacity and cache_memory).
+	// They count toward the capacity of Caddy's cache (the tls app's
+	// "cache": {"capacity"}, default 10000), where certificates that Caddy
+	// manages itself must keep room. Default: 0, half of that capacity and
+	// at most cache_capacity; -1 turns it off.
+	HotCertificates int `json:"hot_certificates,omitempty"`
+
 	// The ID of an uploaded certificate (cert_...) to serve to handshakes
 	// that match no domain, or whose domain has no usable certificate.
 	// Default: none; such handshakes fail.
@@ -314,6 +328,9 @@ func (a *App) Validate() error {
 	if a.CacheCapacity < 0 {
 		return fmt.Errorf("cache_capacity must not be negative, got %d", a.CacheCapacity)
 	}
+	if a.HotCertificates < -1 {
+		return fmt.Errorf("hot_certificates must be -1 (off), 0 (default) or a count, got %d", a.HotCertificates)
+	}
 	if a.CacheMemory < 0 {
 		return fmt.Errorf("cache_memory must not be negative, got %d", a.CacheMemory)
 	}
@@ -385,6 +402,7 @@ func (a *App) Start() error {
 	a.inst.store.SetStorage(a.storage)
 	a.inst.source.Cache().SetCapacity(a.CacheCapacity)
 	a.inst.source.Cache().SetMaxBytes(a.CacheMemory)
+	a.startHot()
 	a.inst.source.SetFallback(a.FallbackCertificateID)
 	a.inst.store.SetSyncInterval(time.Duration(a.SyncInterval))
 	a.inst.store.SetTimeout(time.Duration(a.StorageTimeout))

@@ -22,6 +22,7 @@ func TestValidate(t *testing.T) {
 		{"smallest cache_memory", App{DefaultAuthority: "letsencrypt", CacheMemory: 1 << 20}, ""},
 		{"negative cache_capacity", App{DefaultAuthority: "letsencrypt", CacheCapacity: -1}, "cache_capacity must not be negative"},
 		{"negative cache_memory", App{DefaultAuthority: "letsencrypt", CacheMemory: -1}, "cache_memory must not be negative"},
+		{"hot_certificates below -1", App{DefaultAuthority: "letsencrypt", HotCertificates: -2}, "hot_certificates must be -1 (off)"},
 		{"cache_memory in the wrong unit", App{DefaultAuthority: "letsencrypt", CacheMemory: 512}, "it is in bytes"},
 		{"unknown authority", App{DefaultAuthority: "nope"}, `default_authority "nope" names no issuer`},
 		{"issuer named", App{DefaultAuthority: "local", Issuers: map[string]json.RawMessage{"local": json.RawMessage(`{"module":"internal"}`)}}, ""},

@@ -18,6 +18,7 @@ import (
 //	domaincerts {
 //		cache_capacity <n>
 //		cache_memory <size>
+//		hot_certificates <n>|off
 //		fallback_certificate_id <cert_id>
 //		default_authority <name>
 //		issuer <name> <module> [<module args...>] {
@@ -78,6 +79,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = parseInt(d, &a.CacheCapacity)
 		case "cache_memory":
 			err = parseSize(d, &a.CacheMemory)
+		case "hot_certificates":
+			err = parseHot(d, &a.HotCertificates)
 		case "fallback_certificate_id":
 			err = oneArg(d, &a.FallbackCertificateID)
 		case "default_authority":
@@ -258,6 +261,24 @@ func parseInt(d *caddyfile.Dispenser, dst *int) error {
 	n, err := strconv.Atoi(s)
 	if err != nil {
 		return d.Errf("not a whole number: %s", s)
+	}
+	*dst = n
+	return nil
+}
+
+// parseHot reads hot_certificates: a count, or off (-1).
+func parseHot(d *caddyfile.Dispenser, dst *int) error {
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	if s == "off" {
+		*dst = -1
+		return nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return d.Errf("hot_certificates takes a count or off, got %s", s)
 	}
 	*dst = n
 	return nil

@@ -57,16 +57,39 @@ func (w *expiryWatch) run() {
 		case <-w.ctx.Done():
 			return
 		case id := <-uploadsToAnnounce:
-			ids := []string{id}
-			for len(ids) < 256 && len(uploadsToAnnounce) > 0 {
-				ids = append(ids, <-uploadsToAnnounce)
-			}
-			w.announce(time.Now(), ids, false) // the upload logged its own WARN line
+			w.announce(time.Now(), w.gather(id), false) // the upload logged its own WARN line
 		case <-t.C:
 			w.check(time.Now())
 			t.Reset(w.interval)
 		}
 	}
+}
+
+// Uploads of expiring certificates are announced in batches: the first
+// waits up to announceDelay for others, up to maxAnnounceBatch, so that a
+// bulk import claims and looks up its certificates a batch at a time.
+const (
+	announceDelay    = 500 * time.Millisecond
+	maxAnnounceBatch = 4096
+)
+
+// gather returns first and the uploads queued behind it within
+// announceDelay.
+func (w *expiryWatch) gather(first string) []string {
+	ids := []string{first}
+	t := time.NewTimer(announceDelay)
+	defer t.Stop()
+	for len(ids) < maxAnnounceBatch {
+		select {
+		case id := <-uploadsToAnnounce:
+			ids = append(ids, id)
+		case <-t.C:
+			return ids
+		case <-w.ctx.Done():
+			return ids
+		}
+	}
+	return ids
 }
 
 // check announces what is due at now and was not announced today.
@@ -100,10 +123,7 @@ func (w *expiryWatch) announce(now time.Time, ids []string, summary bool) {
 	users := w.store.DomainsUsing(claimed)
 	var earliest domainstore.ExpiringCertificate
 	expiring, expired := 0, 0
-	for _, c := range w.store.ExpiringCertificates(now.Add(w.warning)) {
-		if _, mine := users[c.ID]; !mine {
-			continue
-		}
+	for _, c := range w.store.CertificateDates(claimed) { // deleted ones are left out
 		if earliest.ID == "" {
 			earliest = c
 		}

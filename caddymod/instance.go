@@ -25,9 +25,15 @@ type instance struct {
 }
 
 // Destruct is called when the last app using the instance is cleaned up
-// (Caddy stops, or a reload moves to another storage): it writes the index
-// snapshot that makes the next start-up fast.
-func (i *instance) Destruct() error { return i.store.Close() }
+// (Caddy stops, or a reload moves to another storage): it takes its hot
+// certificates out of Caddy's cache and writes the index snapshot that
+// makes the next start-up fast.
+func (i *instance) Destruct() error {
+	if h := i.source.Hot(); h != nil {
+		h.Close()
+	}
+	return i.store.Close()
+}
 
 // storageIdentity names a storage location. Storages that print themselves
 // (certmagic.FileStorage, caddy.storage.sealed) are named by what they

@@ -47,6 +47,12 @@ var (
 		"Certificate lookups that missed the cache and read storage.", nil, nil)
 	metricCacheEvictions = prometheus.NewDesc("domaincerts_cache_evictions_total",
 		"Certificates evicted from the cache to stay within its bounds.", nil, nil)
+	metricHotEntries = prometheus.NewDesc("domaincerts_hot_certificates",
+		"Uploaded certificates served straight from Caddy's certificate cache (hot_certificates).", nil, nil)
+	metricHotCapacity = prometheus.NewDesc("domaincerts_hot_certificates_capacity",
+		"The bound of hot certificates; 0 if off.", nil, nil)
+	metricHotPromotions = prometheus.NewDesc("domaincerts_hot_promotions_total",
+		"Certificates put into Caddy's certificate cache.", nil, nil)
 
 	// The store: a growing journal lag or storage error count means this
 	// instance cannot reach the shared storage; damaged records need an
@@ -75,7 +81,7 @@ type collector struct{ inst *instance }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{metricDomains, metricExpiring, metricEarliestExpiry, metricDatesPending, metricHandshakes, metricProvisioningFailures, metricCacheEntries, metricCacheCapacity,
 		metricCacheBytes, metricCacheMaxBytes, metricCacheHits, metricCacheMisses, metricCacheEvictions,
-		metricDamaged, metricJournal, metricLastSync, metricStorageErrors} {
+		metricHotEntries, metricHotCapacity, metricHotPromotions, metricDamaged, metricJournal, metricLastSync, metricStorageErrors} {
 		ch <- d
 	}
 }
@@ -127,6 +133,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for code, n := range failures {
 		ch <- prometheus.MustNewConstMetric(metricProvisioningFailures, prometheus.CounterValue, float64(n), code)
 	}
+	var hot certsource.HotStats
+	if h := c.inst.source.Hot(); h != nil {
+		hot = h.Stats()
+	}
+	gauge(metricHotEntries, float64(hot.Entries))
+	gauge(metricHotCapacity, float64(hot.Capacity))
+	counter(metricHotPromotions, hot.Promotions)
 	gauge(metricDamaged, float64(ss.Damaged))
 	gauge(metricJournal, float64(ss.JournalPosition))
 	if !ss.LastSync.IsZero() {

@@ -24,6 +24,10 @@ type Cache struct {
 	hand     int
 
 	hits, misses, evictions atomic.Uint64
+
+	// onDrop, if set, hears the IDs of entries that left the cache or were
+	// replaced, after the cache's lock is released.
+	onDrop func(ids []string)
 }
 
 type cacheEntry struct {
@@ -84,6 +88,13 @@ func (c *Cache) peek(id string) *tls.Certificate {
 	return e.cert
 }
 
+// entry returns the entry cached for id, or nil, without marking it.
+func (c *Cache) entry(id string) *cacheEntry {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.entries[id]
+}
+
 // Put caches cert under id, replacing what was cached under it, and evicts
 // others while the cache is over a bound. A certificate larger than the memory bound on its own is still
 // cached, alone. The chain's intermediates are shared with other cached
@@ -94,29 +105,36 @@ func (c *Cache) Put(id string, cert *tls.Certificate) {
 		cert.Certificate[i] = intern(cert.Certificate[i])
 	}
 	size := CertMemory(cert)
+	var dropped []string
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if e, ok := c.entries[id]; ok {
 		// replaced by a new entry, so that a hit that holds the old one
 		// never sees it change; its ring slot turns stale
 		c.bytes -= e.size
 		delete(c.entries, id)
+		dropped = append(dropped, id)
 	}
 	for len(c.entries) > 0 && (len(c.entries) >= c.capacity || c.maxBytes > 0 && c.bytes+size > c.maxBytes) {
-		if !c.evictLocked() {
+		evicted, ok := c.evictLocked()
+		if !ok {
 			break
 		}
+		dropped = append(dropped, evicted)
 	}
 	c.entries[id] = &cacheEntry{cert: cert, size: size}
 	c.bytes += size
 	c.ring = append(c.ring, id)
+	c.mu.Unlock()
+	if len(dropped) > 0 && c.onDrop != nil {
+		c.onDrop(dropped)
+	}
 }
 
 // Remove drops id from the cache.
 func (c *Cache) Remove(id string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.entries[id]; ok {
+	e, ok := c.entries[id]
+	if ok {
 		c.bytes -= e.size
 		delete(c.entries, id)
 	}
@@ -126,17 +144,21 @@ func (c *Cache) Remove(id string) {
 		c.compactLocked()
 		c.hand = 0
 	}
+	c.mu.Unlock()
+	if ok && c.onDrop != nil {
+		c.onDrop([]string{id})
+	}
 }
 
 // evictLocked advances the clock hand until it evicts one entry, and
-// reports whether it did.
-func (c *Cache) evictLocked() bool {
+// returns its ID and whether it did.
+func (c *Cache) evictLocked() (string, bool) {
 	for len(c.ring) > 0 {
 		if c.hand >= len(c.ring) {
 			c.hand = 0
 			c.compactLocked()
 			if len(c.ring) == 0 {
-				return false
+				return "", false
 			}
 		}
 		id := c.ring[c.hand]
@@ -156,9 +178,9 @@ func (c *Cache) evictLocked() bool {
 		c.ring[c.hand] = c.ring[len(c.ring)-1]
 		c.ring = c.ring[:len(c.ring)-1]
 		c.evictions.Add(1)
-		return true
+		return id, true
 	}
-	return false
+	return "", false
 }
 
 // compactLocked drops ring slots of removed entries.

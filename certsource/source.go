@@ -45,6 +45,7 @@ type Source struct {
 	log   *zap.Logger
 
 	managed   atomic.Pointer[managedRef] // read on every handshake of a managed domain
+	hot       atomic.Pointer[Hot]        // promoted certificates, if any
 	deletions atomic.Uint64              // certificates deleted so far
 
 	_          [64]byte // the counters do not share a cache line with the fields above
@@ -68,6 +69,7 @@ func New(store *domainstore.Store, capacity int, log *zap.Logger) *Source {
 		log = zap.NewNop()
 	}
 	s := &Source{store: store, cache: NewCache(capacity), log: log, loading: make(map[string]*load)}
+	s.cache.onDrop = s.cacheDropped
 	store.Subscribe(s)
 	return s
 }
@@ -116,6 +118,11 @@ func (s *Source) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo)
 	if name == "" {
 		return s.fallbackOr(ctx, ErrNoServerName, &s.handshakes.NoSNI)
 	}
+	hot := s.hot.Load()
+	var gen uint64
+	if hot != nil {
+		gen = hot.gen.Load() // before the index read that a promotion relies on
+	}
 	e, ok := s.store.Lookup(name)
 	if !ok {
 		return s.fallbackOr(ctx, ErrNoDomain, &s.handshakes.NoDomain)
@@ -140,6 +147,9 @@ func (s *Source) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo)
 		return s.fallbackOr(ctx, ErrNoCertificate, &s.handshakes.NoCertificate)
 	}
 	s.handshakes.Served.Add(1)
+	if hot != nil {
+		hot.promote(gen, name, e, c)
+	}
 	return c, nil
 }
 
@@ -215,12 +225,40 @@ func (s *Source) CertificateStored(id string, b *bundle.Bundle) {
 // CertificateDeleted drops a deleted certificate from the cache.
 func (s *Source) CertificateDeleted(id string) {
 	s.deletions.Add(1)
+	if h := s.hot.Load(); h != nil {
+		h.changed([]string{id}, nil)
+	}
 	s.cache.Remove(id)
 }
 
-// DomainChanged is part of domainstore.Listener; the index already
-// reflects domain changes, so there is nothing to do.
-func (s *Source) DomainChanged(_, _ *domainstore.Domain) {}
+// DomainChanged removes the promoted certificates the change may have made
+// stale; the index already reflects it.
+func (s *Source) DomainChanged(old, new *domainstore.Domain) {
+	h := s.hot.Load()
+	if h == nil {
+		return
+	}
+	var ids, names []string
+	for _, d := range []*domainstore.Domain{old, new} {
+		if d != nil {
+			names = append(names, d.Domain)
+			if d.CertificateID != "" {
+				ids = append(ids, d.CertificateID)
+			}
+		}
+	}
+	h.changed(ids, names)
+}
+
+// cacheDropped removes promoted certificates that the cache dropped.
+func (s *Source) cacheDropped(ids []string) {
+	if h := s.hot.Load(); h != nil {
+		h.dropped(ids)
+	}
+}
+
+// Hot returns the promoted set attached with NewHot, or nil.
+func (s *Source) Hot() *Hot { return s.hot.Load() }
 
 // Interface guards
 var _ domainstore.Listener = (*Source)(nil)

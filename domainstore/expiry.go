@@ -292,6 +292,24 @@ func (s *Store) ExpiringCertificates(by time.Time) []ExpiringCertificate {
 	return out
 }
 
+// CertificateDates returns the dates of those of the certificates ids
+// whose dates memory knows, earliest end first. It reads memory: one
+// lookup per ID.
+func (s *Store) CertificateDates(ids []string) []ExpiringCertificate {
+	s.mu.RLock()
+	out := make([]ExpiringCertificate, 0, len(ids))
+	for _, id := range ids {
+		if m, ok := s.certs[id]; ok && m.datesKnown() {
+			out = append(out, ExpiringCertificate{
+				ID: id, NotBefore: time.Unix(m.notBefore, 0).UTC(), NotAfter: time.Unix(m.notAfter, 0).UTC(), Managed: m.managed,
+			})
+		}
+	}
+	s.mu.RUnlock()
+	slices.SortStableFunc(out, func(a, b ExpiringCertificate) int { return a.NotAfter.Compare(b.NotAfter) })
+	return out
+}
+
 // DomainsUsing returns, for each of the certificates ids, the domains that
 // use it, oldest first (an empty list for one that no domain uses). It
 // reads memory: one pass over the domains, so ask for many at once.

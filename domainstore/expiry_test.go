@@ -371,9 +371,11 @@ func TestClaimAnnouncements(t *testing.T) {
 	if got := claim(b, tomorrow, "x", "z"); !slices.Equal(got, []string{"x", "z"}) {
 		t.Fatalf("next day: %v; want [x z]", got)
 	}
-	keys, _ := st.List(ctx, announcedDir, false)
-	if len(keys) != 1 || !strings.HasSuffix(keys[0], "2026-12-01") {
-		t.Fatalf("announcement records %v; want only 2026-12-01", keys)
+	keys, _ := st.List(ctx, announcementsDir, false)
+	for _, k := range keys {
+		if d, _ := partDay(k); d != "2026-12-01" {
+			t.Fatalf("announcement records %v; want only 2026-12-01's", keys)
+		}
 	}
 	// an instance whose clock is behind (still the day before) claims
 	// nothing, and leaves the later day's record alone
@@ -382,5 +384,68 @@ func TestClaimAnnouncements(t *testing.T) {
 	}
 	if got := claim(a, tomorrow, "x", "new"); !slices.Equal(got, []string{"new"}) {
 		t.Fatalf("after a late clock's claim: %v; want [new]", got)
+	}
+}
+
+// TestClaimAnnouncementsParts claims one certificate at a time, as uploads
+// of expiring certificates do: each claim writes one small part, and the
+// parts are merged past maxDayParts, so that a claim never rewrites the
+// day's whole record; another instance still sees every claim.
+func TestClaimAnnouncementsParts(t *testing.T) {
+	ctx := context.Background()
+	st := new(memstorage.Storage)
+	// records of an earlier release: the earlier day's goes, today's
+	// stays for the instances of that release still running
+	for _, day := range []string{"2026-11-29", "2026-11-30"} {
+		if err := st.Store(ctx, legacyAnnounced+"/"+day, []byte("old\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := openOn(t, st), openOn(t, st)
+	day := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	n := maxDayParts + 40
+	for i := range n {
+		got, err := a.ClaimAnnouncements(ctx, day, []string{"c" + strconv.Itoa(i)})
+		if err != nil || len(got) != 1 {
+			t.Fatalf("claim %d: %v, %v", i, got, err)
+		}
+	}
+	parts, _ := st.List(ctx, announcementsDir, false)
+	if len(parts) > maxDayParts {
+		t.Fatalf("%d parts after %d claims; want them merged (at most %d)", len(parts), n, maxDayParts)
+	}
+	if keys, _ := st.List(ctx, legacyAnnounced, false); len(keys) != 1 || !strings.HasSuffix(keys[0], "2026-11-30") {
+		t.Fatalf("records of an earlier release: %v; want only today's", keys)
+	}
+	ids := []string{"new"}
+	for i := range n {
+		ids = append(ids, "c"+strconv.Itoa(i))
+	}
+	got, err := b.ClaimAnnouncements(ctx, day, ids)
+	if err != nil || !slices.Equal(got, []string{"new"}) {
+		t.Fatalf("the other instance claimed %v (%v); want only [new]", got, err)
+	}
+	if got, _ := a.ClaimAnnouncements(ctx, day, []string{"new", "c0"}); len(got) != 0 {
+		t.Fatalf("claimed again: %v", got)
+	}
+}
+
+func TestPartDay(t *testing.T) {
+	tests := []struct {
+		key, day string
+		ok       bool
+	}{
+		{announcementsDir + "/2026-11-30_1796070000000000000-a1b2c3d4e5f6", "2026-11-30", true},
+		{"2026-12-01_x", "2026-12-01", true},
+		{announcementsDir + "/2026-11-30", "", false}, // an earlier release's day file
+		{announcementsDir + "/2026-13-30_x", "", false},
+		{announcementsDir + "/2026-11-30-x", "", false},
+		{"", "", false},
+	}
+	for _, tt := range tests {
+		day, ok := partDay(tt.key)
+		if day != tt.day || ok != tt.ok {
+			t.Errorf("partDay(%q) = %q, %v; want %q, %v", tt.key, day, ok, tt.day, tt.ok)
+		}
 	}
 }

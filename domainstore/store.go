@@ -108,6 +108,8 @@ type Store struct {
 	listenMu  sync.RWMutex
 	listeners []Listener
 
+	claims dayClaims // this instance's memory of the day's announcements
+
 	ops          chan *op
 	pending      []*op           // writes put back for the next batch (sequencer only)
 	syncFailing  bool            // the last look at the journal failed (sequencer only)

@@ -39,6 +39,8 @@ type instance struct {
 	httpPort  int
 	admin     *adminClient
 
+	storage string // the file_system root; default: storage under dir
+
 	runs int // how many times it was started
 	proc *process
 	env  []string // extra KEY=VALUE pairs for the process environment
@@ -70,7 +72,12 @@ func (in *instance) httpsAddr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(in.httpsPort))
 }
 
-func (in *instance) storageDir() string { return filepath.Join(in.dir, "storage") }
+func (in *instance) storageDir() string {
+	if in.storage != "" {
+		return in.storage
+	}
+	return filepath.Join(in.dir, "storage")
+}
 func (in *instance) configPath() string { return filepath.Join(in.dir, "caddy.json") }
 
 // baseConfig is the config both servers share; tls is the "tls" app and
@@ -103,6 +110,8 @@ func (in *instance) baseConfig(storage, tls map[string]any, extraApps map[string
 type cacheBounds struct {
 	capacity int   // cache_capacity
 	memory   int64 // cache_memory in bytes; 0: none
+	hot      int   // hot_certificates; 0: default (half of tlsCache), -1: off
+	tlsCache int   // the tls app's cache capacity; 0: Caddy's default
 }
 
 // oursConfig is the config of Caddy with the plugin: storage is
@@ -115,9 +124,15 @@ func (in *instance) oursConfig(cache cacheBounds, sealKey string) map[string]any
 	tls := map[string]any{"automation": map[string]any{"policies": []any{
 		map[string]any{"get_certificate": []any{map[string]any{"via": "domaincerts"}}},
 	}}}
+	if cache.tlsCache > 0 {
+		tls["cache"] = map[string]any{"capacity": cache.tlsCache}
+	}
 	app := map[string]any{"cache_capacity": cache.capacity}
 	if cache.memory > 0 {
 		app["cache_memory"] = cache.memory
+	}
+	if cache.hot != 0 {
+		app["hot_certificates"] = cache.hot
 	}
 	return in.baseConfig(storage, tls, map[string]any{"domaincerts": app})
 }

@@ -334,3 +334,47 @@ func TestZipf(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreSmoke runs the kept-store mode twice on one directory: the
+// first run builds the store, the second reuses it (no build row value,
+// the same domains served).
+func TestStoreSmoke(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	for i, wantBuilt := range []bool{true, false} {
+		jsonPath := filepath.Join(t.TempDir(), "report.json")
+		var out bytes.Buffer
+		args := []string{"-n", "20", "-duration", "300ms", "-samples", "3", "-concurrency", "4", "-key", "ecdsa",
+			"-sni", "zipf:1.2", "-store", dir, "-warmup", "300ms", "-json", jsonPath}
+		if err := run(ctx, args, &out); err != nil {
+			t.Fatalf("run %d %v: %v\noutput:\n%s", i, args, err, out.String())
+		}
+		b, err := os.ReadFile(jsonPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rp report
+		if err := json.Unmarshal(b, &rp); err != nil {
+			t.Fatal(err)
+		}
+		if rp.WrongCerts != 0 || rp.Errors != 0 || len(rp.Suites) != 1 {
+			t.Fatalf("run %d: wrong certificates %d, errors %d, %d suites\n%s", i, rp.WrongCerts, rp.Errors, len(rp.Suites), out.String())
+		}
+		rows := map[string]*row{}
+		for _, r := range rp.Suites[0].Rows {
+			rows[r.ID] = r
+		}
+		if built := rows["store_build"] != nil && rows["store_build"].Ours != nil; built != wantBuilt {
+			t.Errorf("run %d: store built %v; want %v", i, built, wantBuilt)
+		}
+		for _, id := range []string{"cold_sealed", "hs_one", "hs_rand", "rss", "served_p50"} {
+			if r := rows[id]; r == nil || r.Ours == nil {
+				t.Errorf("run %d: row %s has no value", i, id)
+			}
+		}
+		if text := out.String(); !strings.Contains(text, "hot certificates") || !strings.Contains(text, "warm-up:") {
+			t.Errorf("run %d: the report lacks the hot certificates or warm-up notes:\n%s", i, text)
+		}
+	}
+}

@@ -97,6 +97,9 @@ type options struct {
 	samples     int
 	skipStock   bool
 	cache       int
+	hot         int
+	storeDir    string
+	warmup      time.Duration
 	cacheMemory int64
 	keep        bool
 	ours, stock string
@@ -122,6 +125,9 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 	key := fs.String("key", "both", "key type of the certificates: ecdsa (P-256), rsa (2048) or both")
 	fs.IntVar(&o.samples, "samples", 50, "samples of the time until a new certificate is served, per server")
 	fs.BoolVar(&o.skipStock, "skip-stock", false, "measure ours only")
+	fs.StringVar(&o.storeDir, "store", "", "measure ours alone on a sealed store of N domains kept in this `directory`: built on the first run (through the API), reused by later runs with the same -n and -key")
+	fs.DurationVar(&o.warmup, "warmup", 0, "with -store: run the many-names distribution this long, unmeasured, before the throughput phases (a warm cache, as on an edge that has served for a while)")
+	fs.IntVar(&o.hot, "hot", 0, "hot_certificates of ours: 0 the default, -1 off, or a count")
 	fs.IntVar(&o.cache, "cache", 0, "cache_capacity of ours; 0 means N+samples, at least 10000, so that every certificate stays cached as in stock")
 	cacheMemory := fs.String("cache-memory", "", "cache_memory of ours, e.g. 400MiB; default none")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs, storage, logs, binaries)")
@@ -181,8 +187,13 @@ func parseFlags(args []string, out io.Writer) (*options, error) {
 		return nil, fmt.Errorf("-samples %d: use 1 to 100000", o.samples)
 	case o.cache < 0:
 		return nil, fmt.Errorf("-cache %d: use 0 (automatic) or a positive capacity", o.cache)
+	case o.hot < -1:
+		return nil, fmt.Errorf("-hot %d: use -1 (off), 0 (default) or a count", o.hot)
 	case o.timeout <= 0:
 		return nil, fmt.Errorf("-timeout %v: must be positive", o.timeout)
+	}
+	if o.storeDir != "" {
+		o.skipStock = true // a kept store measures ours alone
 	}
 	o.flags = make(map[string]string)
 	fs.VisitAll(func(f *flag.Flag) { o.flags[f.Name] = f.Value.String() })
@@ -251,7 +262,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 		fmt.Fprintln(stdout, "note:", n)
 	}
 	for _, kind := range o.keys {
-		sr, err := b.suite(ctx, kind)
+		suite := b.suite
+		if o.storeDir != "" {
+			suite = b.storeSuite
+		}
+		sr, err := suite(ctx, kind)
 		if sr != nil {
 			b.rp.Suites = append(b.rp.Suites, sr)
 		}
@@ -432,12 +447,21 @@ func (b *bench) suite(ctx context.Context, kind keyKind) (*suiteResult, error) {
 		cacheCap = max(10_000, o.n+o.samples)
 	}
 	stockCap := max(10_000, o.n+o.samples+16)
-	cache := cacheBounds{capacity: cacheCap, memory: o.cacheMemory}
+	// ours gets twice stock's tls cache capacity: hot certificates take at
+	// most half of it by default, the rest stays for Caddy's own
+	cache := cacheBounds{capacity: cacheCap, memory: o.cacheMemory, hot: o.hot, tlsCache: 2 * stockCap}
 	memNote := ""
 	if o.cacheMemory > 0 {
 		memNote = fmt.Sprintf(", cache_memory %s", humanize.IBytes(uint64(o.cacheMemory)))
 	}
-	sr.Notes = append(sr.Notes, fmt.Sprintf("ours: cache_capacity %d%s; stock: tls cache capacity %d (stock's default, 10,000, would evict and then fail handshakes beyond it)", cacheCap, memNote, stockCap))
+	hotNote := "hot_certificates default (min of cache_capacity and half the tls cache capacity)"
+	switch {
+	case o.hot < 0:
+		hotNote = "hot_certificates off"
+	case o.hot > 0:
+		hotNote = fmt.Sprintf("hot_certificates %d", o.hot)
+	}
+	sr.Notes = append(sr.Notes, fmt.Sprintf("ours: cache_capacity %d%s, %s, tls cache capacity %d; stock: tls cache capacity %d (stock's default, 10,000, would evict and then fail handshakes beyond it)", cacheCap, memNote, hotNote, 2*stockCap, stockCap))
 
 	// ours: start and load through the admin API
 	ours, err := newInstance("ours-"+string(kind), b.ours, b.tmp, o.env)
@@ -733,7 +757,46 @@ func (b *bench) throughput(ctx context.Context, sr *suiteResult, ours, stock *in
 	r.check("≤ 1.2× ours one-SNI p99", rnd[0].percentile(99) <= 1.2*one[0].percentile(99), o.n, true)
 	r.Detail = fmt.Sprintf("ours random p99 / one-SNI p99 = %.3f", rnd[0].percentile(99)/one[0].percentile(99))
 	sr.row("cpu_rand", "Caddy CPU time per handshake, "+dist, "µs").set(cpu(rnd[0]), cpu(rnd[1]))
+	if hot, err := ours.admin.metrics(ctx, "domaincerts_hot_certificates", "domaincerts_hot_promotions_total", "domaincerts_cache_entries"); err == nil {
+		sr.Notes = append(sr.Notes, fmt.Sprintf("ours after the throughput phases: %.0f hot certificates (served from Caddy's cache; %.0f promotions), %.0f in its own cache",
+			hot[0], hot[1], hot[2]))
+	} else {
+		b.logf("reading ours's metrics: %v", err)
+	}
 	return nil
+}
+
+// metrics returns the values of unlabelled metrics on /metrics, in order.
+func (a *adminClient) metrics(ctx context.Context, names ...string) ([]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := a.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	text, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, err
+	}
+	vals := make([]float64, len(names))
+	for i, name := range names {
+		found := false
+		for _, line := range strings.Split(string(text), "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				if vals[i], err = strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+					found = true
+					break
+				}
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("no metric %s on /metrics", name)
+		}
+	}
+	return vals, nil
 }
 
 // zipfDetail says how concentrated a Zipf phase's traffic was.

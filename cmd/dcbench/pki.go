@@ -58,7 +58,7 @@ func newAuthority() (*authority, error) {
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: "dcbench CA", Organization: []string{"dcbench"}},
 		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(30 * 24 * time.Hour),
+		NotAfter:              now.Add(365 * 24 * time.Hour),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
@@ -141,11 +141,13 @@ func (is *issuer) issue(name string, i int) (*site, error) {
 	serial := is.ca.serial.Add(1)
 	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial),
-		Subject:               pkix.Name{CommonName: name},
-		DNSNames:              []string{name},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(29 * 24 * time.Hour),
+		SerialNumber: big.NewInt(serial),
+		Subject:      pkix.Name{CommonName: name},
+		DNSNames:     []string{name},
+		NotBefore:    now.Add(-time.Hour),
+		// 90 days, as Let's Encrypt issues: past the plugin's default
+		// expiry_warning, so that loading is not also announcing
+		NotAfter:              now.Add(90 * 24 * time.Hour),
 		KeyUsage:              usage,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
