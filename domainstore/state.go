@@ -70,14 +70,14 @@ type Damaged struct {
 
 // resetStateLocked empties the memory state and sizes it for n domains.
 // s.mu must be held, or s not yet shared.
-func (s *Store) resetStateLocked(n int) {
+func (s *Store) resetStateLocked(n, certs int) {
 	s.domains = make(map[string]*Entry, n)
 	s.names = make(map[string]string, n)
 	s.domainIDs = make([]string, 0, n)
-	s.certs = make(map[string]certMeta)
+	s.certs = make(map[string]certMeta, certs)
 	s.expiry = [numSources]expiryIndex{}
-	s.certIDs = nil
-	s.certUse = make(map[string]int)
+	s.certIDs = make([]string, 0, certs)
+	s.certUse = make(map[string]int, certs)
 	s.damaged = make(map[string]*Damaged)
 	s.states = [numDomainStates]int{}
 	s.index.Grow(n)

@@ -177,7 +177,7 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 	}
 	s.SetSyncInterval(opts.SyncInterval)
 	s.SetStorage(storage)
-	s.resetStateLocked(0)
+	s.resetStateLocked(0, 0)
 	start := time.Now()
 	from, err := s.load(ctx)
 	if err != nil {

@@ -86,6 +86,7 @@ func TestSmoke(t *testing.T) {
 		{"hs_rand_p50", both, false},
 		{"hs_rand_p99", both, true},
 		{"cpu_rand", coarse, false},
+		{"idle_cpu", coarse, false},
 		{"change_p50", both, false},
 		{"change_p99", both, false},
 		{"served_p50", oursOnly, true},

@@ -51,6 +51,9 @@ const (
 	sealedModule = "caddy.storage.sealed"
 )
 
+// idleWindow is how long the CPU of idle Caddys is measured.
+const idleWindow = 5 * time.Second
+
 // apiClients is how many clients upload at once in the concurrent load.
 const apiClients = 8
 
@@ -704,6 +707,23 @@ func (b *bench) throughput(ctx context.Context, sr *suiteResult, ours, stock *in
 			targets = append(targets, &target{label: "stock " + mode, addr: stock.httpsAddr(), sites: set, zipf: dz, pid: stock.pid(), pids: pids})
 		}
 	}
+	// what each Caddy spends with no traffic (background work: syncing,
+	// maintenance), which the CPU per handshake rows include
+	idle := []*instance{ours, stock}
+	var before [2]uint64
+	for i, in := range idle {
+		before[i] = procTicks(in.pid())
+	}
+	t0 := time.Now()
+	sleep(ctx, idleWindow)
+	el := time.Since(t0).Seconds()
+	var idleMS [2]*float64
+	for i, in := range idle {
+		if in != nil {
+			idleMS[i] = f64(float64(procTicks(in.pid())-before[i]) * 1000 / clockTicks / el)
+		}
+	}
+	sr.row("idle_cpu", fmt.Sprintf("Caddy CPU with no traffic (%v)", idleWindow), "ms/s").set(idleMS[0], idleMS[1])
 	b.logf("%s: measuring throughput, one SNI and %s, ours and stock interleaved (%v each)", sr.Key, dist, o.duration)
 	stats, err := measure(ctx, targets, o.concurrency, o.duration)
 	if err != nil {

@@ -159,6 +159,23 @@ func (b *bench) storeSuite(ctx context.Context, kind keyKind) (*suiteResult, err
 	if err := b.throughput(ctx, sr, ours, nil, sites); err != nil {
 		return sr, err
 	}
+	if o.profileDir != "" {
+		var z *zipf
+		if o.zipfS >= 0 {
+			z = newZipf(len(sites), o.zipfS)
+		}
+		err := b.profileDuring(ctx, ours, "many-names", func() error {
+			sr.phase("ours many-names (profiled)", runSlice(ctx, &target{addr: ours.httpsAddr(), sites: sites, zipf: z, pid: ours.pid(), pids: []int{ours.pid()}}, o.concurrency, o.duration, 17))
+			return nil
+		})
+		if err != nil {
+			return sr, err
+		}
+		path := filepath.Join(o.profileDir, ours.name+"-heap.pprof")
+		if err := b.saveProfile(ctx, ours, "/debug/pprof/heap", path); err != nil {
+			return sr, err
+		}
+	}
 	mem, err := ours.readMemory()
 	if err != nil {
 		return sr, err
