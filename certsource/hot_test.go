@@ -35,7 +35,7 @@ func (m countingManager) GetCertificate(ctx context.Context, hello *tls.ClientHe
 	return m.f.source.GetCertificate(ctx, hello)
 }
 
-func newHotFixture(t *testing.T, cacheCapacity, hotCapacity int) *hotFixture {
+func newHotFixture(t testing.TB, cacheCapacity, hotCapacity int) *hotFixture {
 	t.Helper()
 	f := &hotFixture{fixture: newFixture(t, cacheCapacity)}
 	var magic *certmagic.Config
@@ -378,20 +378,8 @@ func BenchmarkHotHandshakeLookup(b *testing.B) {
 		hot  int
 	}{{"promoted", 10}, {"manager", 0}} {
 		b.Run(tt.name, func(b *testing.B) {
-			f := &hotFixture{fixture: newFixture(b, 100)}
-			var magic *certmagic.Config
-			f.cache = certmagic.NewCache(certmagic.CacheOptions{
-				GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },
-				Logger:           zap.NewNop(),
-			})
-			b.Cleanup(f.cache.Stop)
-			magic = certmagic.New(f.cache, certmagic.Config{
-				OnDemand: &certmagic.OnDemandConfig{Managers: []certmagic.Manager{countingManager{f}}},
-				OCSP:     certmagic.OCSPConfig{DisableStapling: true},
-				Storage:  &certmagic.FileStorage{Path: b.TempDir()},
-				Logger:   zap.NewNop(),
-			})
-			NewHot(f.source, f.cache, tt.hot, nil)
+			f := newHotFixture(b, 100, tt.hot)
+			magic := f.magic
 			f.attach(b, "a.example.test")
 			hello := &tls.ClientHelloInfo{ServerName: "a.example.test", SupportedVersions: []uint16{tls.VersionTLS13},
 				SignatureSchemes: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256}}

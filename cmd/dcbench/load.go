@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -356,4 +357,42 @@ func waitServed(ctx context.Context, addr string, s *site, every, timeout time.D
 		}
 	}
 	return time.Time{}, 0, fmt.Errorf("%s not served after %v (last: %v): %w", s.name, timeout, last, errTimeout)
+}
+
+// prime makes one handshake for each site, with concurrency handshakes in
+// flight, so that the measured phases see each server as it is once it has
+// served every name (ours' hot certificates enter Caddy's cache on their
+// first handshake; stock loads every certificate into it up front). It
+// fails on an error or a wrong certificate.
+func prime(ctx context.Context, addr string, sites []*site, concurrency int) error {
+	var next atomic.Int64
+	errs := make(chan error, concurrency)
+	for range concurrency {
+		go func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(sites) || ctx.Err() != nil {
+					errs <- ctx.Err()
+					return
+				}
+				s := sites[i]
+				hs, err := dialHandshake(ctx, addr, s.name, s.serial)
+				if err == nil && hs.wrong != "" {
+					err = errors.New("wrong certificate: " + hs.wrong)
+				}
+				if err != nil {
+					next.Store(int64(len(sites))) // stop the others
+					errs <- fmt.Errorf("priming %s: %w", s.name, err)
+					return
+				}
+			}
+		}()
+	}
+	var first error
+	for range concurrency {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
