@@ -254,26 +254,24 @@ func (h *Hot) changed(ids, names []string) {
 	h.gen.Add(1)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var hashes []string
 	for _, n := range names {
 		if id, ok := h.names[n]; ok {
 			ids = append(ids, id)
 		}
 	}
-	for _, id := range ids {
-		if e := h.entries[id]; e != nil {
-			hashes = append(hashes, h.removeLocked(id, e))
-		}
-	}
-	if len(hashes) > 0 {
-		h.cache.Remove(hashes)
-	}
+	h.removeIDsLocked(ids)
 }
 
 // dropped removes certificates the Source's cache no longer holds.
 func (h *Hot) dropped(ids []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.removeIDsLocked(ids)
+}
+
+// removeIDsLocked removes those of ids that are promoted, from h and from
+// the other cache.
+func (h *Hot) removeIDsLocked(ids []string) {
 	var hashes []string
 	for _, id := range ids {
 		if e := h.entries[id]; e != nil {

@@ -76,6 +76,21 @@ func (f *hotFixture) handshake(t testing.TB, sni string) (string, error) {
 	return cli.ConnectionState().PeerCertificates[0].SerialNumber.Text(16), nil
 }
 
+// swap uploads a new leaf for a.example.test and attaches it to domainID;
+// it returns the leaf's serial.
+func (f *hotFixture) swap(t testing.TB, domainID string) string {
+	t.Helper()
+	leaf := f.ca.Issue(t, "a.example.test")
+	c, err := f.store.CreateCertificate(context.Background(), domainstore.CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.UpdateDomain(context.Background(), domainID, domainstore.DomainPatch{CertificateID: &c.ID}); err != nil {
+		t.Fatal(err)
+	}
+	return leaf.Serial
+}
+
 func (f *hotFixture) mustServe(t *testing.T, sni, serial string) {
 	t.Helper()
 	got, err := f.handshake(t, sni)
@@ -128,15 +143,7 @@ func TestHotFollowsChanges(t *testing.T) {
 		change func(t *testing.T, f *hotFixture, domainID, certID string) (serial string) // "" means the handshake must fail
 	}{
 		{"certificate swapped", func(t *testing.T, f *hotFixture, domainID, _ string) string {
-			leaf := f.ca.Issue(t, "a.example.test")
-			c, err := f.store.CreateCertificate(ctx, domainstore.CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := f.store.UpdateDomain(ctx, domainID, domainstore.DomainPatch{CertificateID: &c.ID}); err != nil {
-				t.Fatal(err)
-			}
-			return leaf.Serial
+			return f.swap(t, domainID)
 		}},
 		{"certificate detached", func(t *testing.T, f *hotFixture, domainID, _ string) string {
 			if err := f.store.DetachCertificate(ctx, domainID); err != nil {
@@ -349,15 +356,7 @@ func TestHotConcurrentChanges(t *testing.T) {
 		}()
 	}
 	for range 20 {
-		leaf := f.ca.Issue(t, "a.example.test")
-		c, err := f.store.CreateCertificate(ctx, domainstore.CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.store.UpdateDomain(ctx, domainID, domainstore.DomainPatch{CertificateID: &c.ID}); err != nil {
-			t.Fatal(err)
-		}
-		serial = leaf.Serial
+		serial = f.swap(t, domainID)
 	}
 	close(stop)
 	wg.Wait()

@@ -428,10 +428,7 @@ func (b *bench) suite(ctx context.Context, kind keyKind) (*suiteResult, error) {
 		return nil, err
 	}
 	prefix := string(kind[0])
-	names := make([]string, o.n)
-	for i := range names {
-		names[i] = fmt.Sprintf("%s%07d.dcbench.test", prefix, i)
-	}
+	names := siteNames(kind, o.n)
 	extraNames := make([]string, o.samples)
 	for i := range extraNames {
 		extraNames[i] = fmt.Sprintf("new-%s%06d.dcbench.test", prefix, i)
@@ -640,6 +637,15 @@ func (b *bench) suite(ctx context.Context, kind keyKind) (*suiteResult, error) {
 		return sr, err
 	}
 	return sr, nil
+}
+
+// siteNames are the names of a run's N domains of key type kind.
+func siteNames(kind keyKind, n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("%s%07d.dcbench.test", string(kind[0]), i)
+	}
+	return names
 }
 
 // apiLoad is the outcome of loading domains through the admin API.

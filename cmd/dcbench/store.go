@@ -226,11 +226,7 @@ func (b *bench) buildStore(ctx context.Context, kind keyKind, ks keptStore, cach
 	if err != nil {
 		return 0, err
 	}
-	prefix := string(kind[0])
-	names := make([]string, o.n)
-	for i := range names {
-		names[i] = fmt.Sprintf("%s%07d.dcbench.test", prefix, i)
-	}
+	names := siteNames(kind, o.n)
 	b.logf("%s: building a kept store of %d domains in %s", kind, o.n, ks.dir)
 	sites, err := is.issueAll(ctx, names)
 	if err != nil {
