@@ -27,12 +27,16 @@ func init() {
 // has no usable certificate, fails at once (or gets the app's fallback
 // certificate), so Caddy never asks an ACME issuer for a name that
 // domaincerts does not own, even when the manager sits in a catch-all
-// automation policy. CertMagic logs such a failure at ERROR, once per
-// handshake. When the tls app's on-demand permission is
-// tls.permission.domaincerts, which refuses every name, the manager
-// answers "no certificate" for a name without a domain (or no name)
-// instead: CertMagic then asks the permission, which refuses at DEBUG, and
-// the handshake fails as quickly, without a log line per scanner probe.
+// automation policy. A name without a domain (or no name) fails quietly,
+// without a log line above DEBUG, so scanners cannot flood the log: the
+// manager answers with an empty certificate, which CertMagic refuses (at
+// DEBUG, through the HTTP server's error log) instead of asking its
+// issuers. When the tls app's on-demand permission is
+// tls.permission.domaincerts, which refuses every name, the manager answers
+// "no certificate" instead, and the permission refuses it. A domain whose
+// certificate is not there yet fails with an error, which CertMagic logs at
+// ERROR. The manager is the last one Caddy asks for a name it does not
+// know: list it after any other get_certificate manager of its policy.
 type Manager struct {
 	source *certsource.Source
 	deny   *atomic.Bool // the app's denyOnDemand
@@ -65,10 +69,17 @@ func (m *Manager) Provision(ctx caddy.Context) error {
 // GetCertificate returns the certificate for a handshake.
 func (m *Manager) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	c, err := m.source.GetCertificate(ctx, hello)
-	if (err == certsource.ErrNoDomain || err == certsource.ErrNoServerName) && m.deny.Load() {
-		// the permission refuses every name: CertMagic's next step fails
-		// the handshake without an order and without an ERROR line
-		return nil, nil
+	if err == certsource.ErrNoDomain || err == certsource.ErrNoServerName {
+		if m.deny.Load() {
+			// the permission refuses every name: CertMagic's next step
+			// fails the handshake without an order and without an ERROR
+			// line
+			return nil, nil
+		}
+		// CertMagic logs a manager's error at ERROR, and asks its issuers
+		// after "no certificate"; it refuses an empty certificate (the
+		// handshake fails, logged at DEBUG) without asking anyone else
+		return new(tls.Certificate), nil
 	}
 	return c, err
 }
