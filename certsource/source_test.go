@@ -289,6 +289,41 @@ func TestCacheKeepsHotSetDuringBulkUpload(t *testing.T) {
 	}
 }
 
+// TestGetCertificateHitAllocs holds the hit path (index lookup, cache hit,
+// handshake counter) to zero allocations, for an exact name and for a
+// name that its wildcard domain serves.
+func TestGetCertificateHitAllocs(t *testing.T) {
+	f := newFixtureOn(t, 16, new(memstorage.Storage), "")
+	store, names := benchStore(t, f, 8)
+	ctx := context.Background()
+	d, ok := store.DomainByName(ctx, names[0])
+	if !ok {
+		t.Fatalf("no domain %s", names[0])
+	}
+	if _, err := store.CreateDomain(ctx, domainstore.DomainInput{Domain: "*.bench.test", CertificateID: d.CertificateID}); err != nil {
+		t.Fatal(err)
+	}
+	names = append(names, "only-wildcard.bench.test")
+	f.source = New(store, 16, nil)
+	for _, name := range names {
+		hello := &tls.ClientHelloInfo{ServerName: name}
+		if _, err := f.source.GetCertificate(ctx, hello); err != nil {
+			t.Fatal(err)
+		}
+		allocs := testing.AllocsPerRun(100, func() {
+			if _, err := f.source.GetCertificate(ctx, hello); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("GetCertificate(%q) on a hit: %v allocations, want 0", name, allocs)
+		}
+	}
+	if got := f.source.Handshakes().Served.Load(); got < 100*uint64(len(names)) {
+		t.Errorf("served counter %d after %d hits", got, 100*len(names))
+	}
+}
+
 // BenchmarkGetCertificateHit measures the handshake hit path among
 // 100,000 domains: index lookup and cache hit.
 func BenchmarkGetCertificateHit(b *testing.B) {
@@ -358,7 +393,7 @@ func BenchmarkGetCertificateMiss(b *testing.B) {
 // benchStore fills a store with n domains sharing one uploaded wildcard
 // certificate (uploading n distinct certificates would measure the
 // upload, not the lookup) and returns their names.
-func benchStore(b *testing.B, f *fixture, n int) (*domainstore.Store, []string) {
+func benchStore(b testing.TB, f *fixture, n int) (*domainstore.Store, []string) {
 	b.Helper()
 	leaf := f.ca.Issue(b, "*.bench.test")
 	c, err := f.store.CreateCertificate(context.Background(), domainstore.CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/domaincerts/caddy-domaincerts/integration/testevents"
+	"github.com/domaincerts/caddy-domaincerts/internal/testpki"
 )
 
 // recordedEvent is a line of the test event recorder's file.
@@ -167,8 +168,27 @@ func TestEventsAndMetrics(t *testing.T) {
 		}
 	}
 
+	// an upload that has already ended: accepted, certificate_expired,
+	// and the expired bucket
+	const gone = "gone.events.test"
+	goneLeaf := testpki.NewChain(t, "events").LeafWith(t, testpki.LeafOptions{
+		NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)}, gone)
+	goneCert := m.mustAPI(t, http.StatusCreated, "POST", "/domaincerts/tls_certificates",
+		map[string]any{"certificate_pem": goneLeaf.ChainPEM, "private_key_pem": goneLeaf.KeyPEM})
+	goneID := goneCert["id"].(string)
+	expired := waitEvent(t, file, "certificate_expired", map[string]any{"certificate_id": goneID})
+	if expired.Data["not_after"] != goneCert["not_after"] {
+		t.Errorf("certificate_expired data %v; want not_after %v", expired.Data, goneCert["not_after"])
+	}
+	if v := metricValues(t, m.caddyProc)[`domaincerts_certificates_expiring{source="upload",within="expired"}`]; v != 1 {
+		t.Errorf(`after the expired upload: domaincerts_certificates_expiring{source="upload",within="expired"} = %v, want 1`, v)
+	}
+	m.mustAPI(t, http.StatusNoContent, "DELETE", "/domaincerts/tls_certificates/"+goneID, nil)
+
 	domID, _ := m.createDomain(t, soon, certID)
 	waitEvent(t, file, "domain_created", map[string]any{"domain_id": domID, "domain": soon})
+	m.mustAPI(t, http.StatusOK, "PATCH", "/domaincerts/domains/"+domID, map[string]any{"description": "shop of a customer"})
+	waitEvent(t, file, "domain_updated", map[string]any{"domain_id": domID, "domain": soon})
 
 	// Pebble issues a managed certificate: CertMagic's events, under
 	// Caddy's names, with domain_id
@@ -188,6 +208,7 @@ func TestEventsAndMetrics(t *testing.T) {
 		"certificate_management_policy": map[string]any{"authority": "down", "private_key_type": "ecdsa"},
 	})
 	failed := waitEvent(t, file, "provisioning_failed", map[string]any{"domain_id": downID, "domain": downName, "error_code": "INTERNAL_ERROR"})
+	waitEvent(t, file, "cert_failed", map[string]any{"identifier": downName, "domain_id": downID})
 	d := m.waitJobError(t, downID, "INTERNAL_ERROR", caAddr)
 	if failed.Data["retries_at"] != jobOf(d)["retries_at"] || !strings.Contains(fmt.Sprint(failed.Data["msg"]), caAddr) {
 		t.Errorf("provisioning_failed data %v; want the status's retries_at %v and a msg naming %s", failed.Data, jobOf(d)["retries_at"], caAddr)
@@ -200,6 +221,8 @@ func TestEventsAndMetrics(t *testing.T) {
 		t.Errorf("handshake for %s: %v, err %v; want the upload, serial %v", soon, got, err, cert["serial_number"])
 	}
 	expectFails(t, m.caddyProc, "nobody.events.test")
+	expectFails(t, m.caddyProc, "")       // no SNI
+	expectFails(t, m.caddyProc, downName) // a domain without a certificate yet
 
 	values = metricValues(t, m.caddyProc)
 	for name, ok := range map[string]func(float64) bool{
@@ -209,8 +232,14 @@ func TestEventsAndMetrics(t *testing.T) {
 		`domaincerts_domains{state="provisioning"}`:                            func(v float64) bool { return v == 0 },
 		`domaincerts_domains{state="none"}`:                                    func(v float64) bool { return v == 0 },
 		`domaincerts_provisioning_failures_total{error_code="INTERNAL_ERROR"}`: func(v float64) bool { return v >= 1 },
-		`domaincerts_handshakes_total{result="served"}`:                        func(v float64) bool { return v >= 1 },
-		`domaincerts_handshakes_total{result="no_domain"}`:                     func(v float64) bool { return v >= 1 },
+		`domaincerts_handshakes_total{result="served"}`:                        func(v float64) bool { return v == 1 },
+		`domaincerts_handshakes_total{result="no_domain"}`:                     func(v float64) bool { return v == 1 },
+		`domaincerts_handshakes_total{result="no_sni"}`:                        func(v float64) bool { return v == 1 },
+		`domaincerts_handshakes_total{result="no_certificate"}`:                func(v float64) bool { return v == 1 },
+		`domaincerts_handshakes_total{result="fallback"}`:                      func(v float64) bool { return v == 0 },
+		`domaincerts_certificate_earliest_expiry_timestamp_seconds{source="managed"}`: func(v float64) bool {
+			return v > float64(time.Now().Unix())
+		},
 	} {
 		if v, present := values[name]; !present || !ok(v) {
 			t.Errorf("%s = %v (present %v)", name, v, present)
