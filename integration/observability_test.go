@@ -24,6 +24,13 @@ type recordedEvent = testevents.Record
 // subscription, to every event, records to a file; it returns the file.
 func withEventRecorder(t *testing.T, opts *caddyOpts) string {
 	t.Helper()
+	return withSlowEventRecorder(t, opts, 0)
+}
+
+// withSlowEventRecorder is withEventRecorder with a handler that holds
+// each event for delay before recording it.
+func withSlowEventRecorder(t *testing.T, opts *caddyOpts, delay time.Duration) string {
+	t.Helper()
 	file := filepath.Join(t.TempDir(), "events.jsonl")
 	opts.Bin = testCaddyBin(t)
 	prev := opts.Mutate
@@ -33,7 +40,7 @@ func withEventRecorder(t *testing.T, opts *caddyOpts) string {
 		}
 		cfg["apps"].(map[string]any)["events"] = map[string]any{
 			"subscriptions": []any{map[string]any{
-				"handlers": []any{map[string]any{"handler": "testrecorder", "file": file}},
+				"handlers": []any{map[string]any{"handler": "testrecorder", "file": file, "delay": delay.String()}},
 			}},
 		}
 	}
@@ -258,6 +265,36 @@ func TestEventsAndMetrics(t *testing.T) {
 	if _, present := values[`domaincerts_certificate_earliest_expiry_timestamp_seconds{source="upload"}`]; present {
 		t.Error("no upload is left, but an earliest upload expiry is reported")
 	}
+}
+
+// TestSlowEventHandler: with an events handler that takes 2 s per event,
+// four API writes in a row are answered without waiting for it (they
+// would take at least 6 s if an API call waited for its event), and
+// every event still reaches the handler.
+func TestSlowEventHandler(t *testing.T) {
+	opts := caddyOpts{}
+	file := withSlowEventRecorder(t, &opts, 2*time.Second)
+	c := startCaddy(t, opts)
+	leaf := testpki.NewChain(t, "slow events").Leaf(t, "slow.events.test")
+	start := time.Now()
+	cert := c.mustAPI(t, http.StatusCreated, "POST", "/domaincerts/tls_certificates",
+		map[string]any{"certificate_pem": leaf.ChainPEM, "private_key_pem": leaf.KeyPEM})
+	certID := cert["id"].(string)
+	dom := c.mustAPI(t, http.StatusCreated, "POST", "/domaincerts/domains",
+		map[string]any{"domain": "slow.events.test", "certificate_id": certID})
+	domID := dom["id"].(string)
+	c.mustAPI(t, http.StatusOK, "PATCH", "/domaincerts/domains/"+domID, map[string]any{"description": "slow"})
+	c.mustAPI(t, http.StatusNoContent, "DELETE", "/domaincerts/domains/"+domID, nil)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("four API writes took %s with a 2 s events handler; an API call waited for its event", took)
+	}
+	if n := len(readEvents(t, file)); n > 1 {
+		t.Errorf("%d events recorded right after the calls; the handler takes 2 s each", n)
+	}
+	waitEvent(t, file, "certificate_uploaded", map[string]any{"certificate_id": certID})
+	waitEvent(t, file, "domain_created", map[string]any{"domain_id": domID})
+	waitEvent(t, file, "domain_updated", map[string]any{"domain_id": domID})
+	waitEvent(t, file, "domain_deleted", map[string]any{"domain_id": domID})
 }
 
 // TestExpiryAnnouncedOncePerDay: two instances on one storage, each with

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -22,6 +23,9 @@ func init() {
 type Recorder struct {
 	// File is where events are appended.
 	File string `json:"file"`
+	// Delay is how long each event is held before it is recorded, to
+	// stand for a slow handler (an exec). Default 0.
+	Delay caddy.Duration `json:"delay,omitempty"`
 }
 
 // Record is one recorded event.
@@ -43,6 +47,7 @@ var mu sync.Mutex
 
 // Handle appends the event to the file.
 func (r *Recorder) Handle(_ context.Context, e caddy.Event) error {
+	time.Sleep(time.Duration(r.Delay))
 	rec := Record{Name: e.Name(), Data: map[string]any{}}
 	if o := e.Origin(); o != nil {
 		rec.Origin = string(o.CaddyModule().ID)
