@@ -90,6 +90,10 @@ func TestProvisionNow(t *testing.T) {
 		rt, _ := jobOf(d)["retries_at"].(string)
 		return jobCode(d) == "DNS_ERROR" && rt != "" && rt > time.Now().Add(50*time.Minute).UTC().Format(time.RFC3339)
 	})
+	if seen := time.Now(); seen.Before(r.Add(-time.Second)) {
+		t.Errorf("the requested attempt had run by %s, before the retries_at %s it announced: the rate limit did not hold",
+			seen.UTC().Format(time.RFC3339), r.Format(time.RFC3339))
+	}
 
 	// the customer fixes DNS and asks again: issued in seconds
 	m.setCNAME(t, name, target)
