@@ -75,10 +75,14 @@ func (h *handler) listCertificates(w http.ResponseWriter, r *http.Request, uri s
 	var certs []*domainstore.Certificate
 	var more bool
 	selector := ""
-	if q := r.URL.Query(); q.Get("filter") != "" {
-		selector = "&filter=" + url.QueryEscape(q.Get("filter"))
+	filter, byFilter, err := selectorParam(r.URL.Query(), "filter", `an expression (filter=obj.id == "cert_...")`)
+	if err != nil {
+		return err
+	}
+	if byFilter {
+		selector = "&filter=" + url.QueryEscape(filter)
 		var terms []filterTerm
-		if terms, err = parseFilter(q.Get("filter"), "id"); err != nil {
+		if terms, err = parseFilter(filter, "id"); err != nil {
 			return err
 		}
 		ids := make([]string, len(terms))

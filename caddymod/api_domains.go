@@ -160,18 +160,31 @@ func (h *handler) listDomains(w http.ResponseWriter, r *http.Request, uri string
 	var domains []*domainstore.Domain
 	var more bool
 	q := r.URL.Query()
+	name, byName, err := selectorParam(q, "domain", "a domain name (domain=shop.example.com)")
+	if err != nil {
+		return err
+	}
+	filter, byFilter, err := selectorParam(q, "filter", `an expression (filter=obj.domain == "shop.example.com")`)
+	if err != nil {
+		return err
+	}
 	selector := "" // the query that selects, kept on the next page's uri
 	var ids []string
 	switch {
-	case q.Get("domain") != "" && q.Get("filter") != "":
-		return dcerr.New(dcerr.BadRequest, "give domain or filter, not both")
-	case q.Has("domain"):
-		selector = "&domain=" + url.QueryEscape(q.Get("domain"))
-		ids, err = h.domainIDsNamed([]string{q.Get("domain")})
-	case q.Get("filter") != "":
-		selector = "&filter=" + url.QueryEscape(q.Get("filter"))
+	case byName && byFilter:
+		// Both together are refused rather than combined: a filter's terms
+		// are joined with ||, so whether domain would narrow the filter or
+		// add to it is a guess either way, and what a client means is
+		// always one filter (obj.domain == "<name>" joined to its terms).
+		return dcerr.New(dcerr.BadRequest,
+			`give domain or filter, not both; to combine them, add obj.domain == "<name>" to the filter`)
+	case byName:
+		selector = "&domain=" + url.QueryEscape(name)
+		ids, err = h.domainIDsNamed([]string{name})
+	case byFilter:
+		selector = "&filter=" + url.QueryEscape(filter)
 		var terms []filterTerm
-		if terms, err = parseFilter(q.Get("filter"), "id", "domain"); err == nil {
+		if terms, err = parseFilter(filter, "id", "domain"); err == nil {
 			ids = h.domainIDsMatching(terms)
 		}
 	}

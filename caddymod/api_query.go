@@ -32,6 +32,23 @@ func checkQuery(r *http.Request, allowed ...string) error {
 	return nil
 }
 
+// selectorParam returns the value of the list selector name ("domain" or
+// "filter") and whether the query gives it; example says what a value
+// looks like. A selector given empty (or blank) is a BAD_REQUEST: it
+// selects nothing a client could mean, and listing everything instead
+// would answer a question that was not asked.
+func selectorParam(q url.Values, name, example string) (string, bool, error) {
+	if !q.Has(name) {
+		return "", false, nil
+	}
+	v := q.Get(name)
+	if strings.TrimSpace(v) == "" {
+		return "", false, dcerr.New(dcerr.BadRequest,
+			"query parameter %q is empty; give %s, or leave %s out to list everything", name, example, name)
+	}
+	return v, true, nil
+}
+
 // filterTerm is one comparison of a list filter: obj.<field> == "<value>".
 type filterTerm struct {
 	field, value string

@@ -110,6 +110,33 @@ func TestCheckQuery(t *testing.T) {
 	}
 }
 
+func TestSelectorParam(t *testing.T) {
+	for _, tc := range []struct {
+		query   string
+		want    string
+		wantHas bool
+		wantErr string // part of the message; "" for success
+	}{
+		{"", "", false, ""},
+		{"limit=5", "", false, ""},
+		{"domain=a.test", "a.test", true, ""},
+		{"domain=%2A.a.test", "*.a.test", true, ""},
+		{"domain=", "", false, `query parameter "domain" is empty; give a domain name`},
+		{"domain", "", false, `query parameter "domain" is empty`},
+		{"domain=%20", "", false, `query parameter "domain" is empty`},
+		{"domain=&limit=5", "", false, "leave domain out to list everything"},
+	} {
+		r := httptest.NewRequest("GET", "/x?"+tc.query, nil)
+		got, has, err := selectorParam(r.URL.Query(), "domain", "a domain name")
+		switch {
+		case tc.wantErr == "" && (err != nil || got != tc.want || has != tc.wantHas):
+			t.Errorf("%q: %q, %v, %v; want %q, %v", tc.query, got, has, err, tc.want, tc.wantHas)
+		case tc.wantErr != "" && (err == nil || dcerr.CodeOf(err) != dcerr.BadRequest || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%q: error %v; want BAD_REQUEST containing %q", tc.query, err, tc.wantErr)
+		}
+	}
+}
+
 func TestHTTPAPIKeys(t *testing.T) {
 	t.Setenv("DC_TEST_API_KEY", "k-from-env")
 	h := &HTTPAPI{APIKeys: []string{"{env.DC_TEST_API_KEY}", "second"}}

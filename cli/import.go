@@ -40,15 +40,35 @@ type problem struct {
 	Msg  string `json:"msg"`
 }
 
-// scanDir finds the certificate chains and private keys in the files of
-// dir and matches them by public key.
-func scanDir(dir string) ([]*pair, []problem, error) {
+// skip is a file that import passed over because it holds nothing to
+// import. Skips are reported but, unlike problems, do not fail the run: a
+// directory of certificates often holds other files too.
+type skip struct {
+	File   string `json:"file"`
+	Reason string `json:"reason"`
+}
+
+// scanned is what scan found in a directory.
+type scanned struct {
+	pairs    []*pair
+	problems []problem
+	skipped  []skip
+}
+
+// scan finds the certificate chains and private keys in the files of dir
+// and matches them by public key. It also returns the files it skipped:
+// files that are not PEM or hold neither certificates nor keys, files
+// over maxImportFile, files that are not regular, and keys that match no
+// certificate.
+func scan(dir string) (*scanned, error) {
 	type key struct {
 		file, pem string
 	}
 	var chains []*pair
-	keys := map[string]key{} // PKIX public key -> key
+	keys := map[string]key{}          // PKIX public key -> key
+	keyFiles := map[string][]string{} // PKIX public key -> every file that holds it
 	var problems []problem
+	var skipped []skip
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			problems = append(problems, problem{File: p, Code: "UNREADABLE", Msg: err.Error()})
@@ -62,7 +82,18 @@ func scanDir(dir string) ([]*pair, []problem, error) {
 		}
 		// a link (certbot's live/ directory) counts as the file it points at
 		info, err := os.Stat(p)
-		if err != nil || !info.Mode().IsRegular() || info.Size() > maxImportFile {
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			skipped = append(skipped, skip{File: p, Reason: "a link to nothing"})
+			return nil
+		case err != nil:
+			problems = append(problems, problem{File: p, Code: "UNREADABLE", Msg: err.Error()})
+			return nil
+		case !info.Mode().IsRegular():
+			skipped = append(skipped, skip{File: p, Reason: "not a regular file"})
+			return nil
+		case info.Size() > maxImportFile:
+			skipped = append(skipped, skip{File: p, Reason: fmt.Sprintf("too large (over %d KiB) for a certificate or key", maxImportFile>>10)})
 			return nil
 		}
 		b, err := os.ReadFile(p)
@@ -72,11 +103,16 @@ func scanDir(dir string) ([]*pair, []problem, error) {
 		}
 		var chain []*pem.Block
 		rest := b
+		blocks, relevant := 0, 0
 		for {
 			var block *pem.Block
 			block, rest = pem.Decode(rest)
 			if block == nil {
 				break
+			}
+			blocks++
+			if block.Type == "CERTIFICATE" || strings.HasSuffix(block.Type, "PRIVATE KEY") {
+				relevant++
 			}
 			switch {
 			case block.Type == "CERTIFICATE":
@@ -95,7 +131,14 @@ func scanDir(dir string) ([]*pair, []problem, error) {
 					continue
 				}
 				keys[string(pub)] = key{file: p, pem: keyPEM}
+				keyFiles[string(pub)] = append(keyFiles[string(pub)], p)
 			}
+		}
+		switch {
+		case blocks == 0:
+			skipped = append(skipped, skip{File: p, Reason: "not PEM"})
+		case relevant == 0:
+			skipped = append(skipped, skip{File: p, Reason: "no certificate or private key in it"})
 		}
 		if len(chain) == 0 {
 			return nil
@@ -116,7 +159,24 @@ func scanDir(dir string) ([]*pair, []problem, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	// a key that no certificate of the directory has is of no use here
+	// (a key whose certificate was renewed, or is kept elsewhere)
+	certified := map[string]bool{}
+	for _, c := range chains {
+		for _, cert := range c.certs {
+			if pub, err := x509.MarshalPKIXPublicKey(cert.PublicKey); err == nil {
+				certified[string(pub)] = true
+			}
+		}
+	}
+	for pub, files := range keyFiles {
+		if !certified[pub] {
+			for _, f := range files {
+				skipped = append(skipped, skip{File: f, Reason: "no certificate for this key"})
+			}
+		}
 	}
 	// one pair per leaf: the longest chain (fullchain.pem over cert.pem)
 	byLeaf := map[string]*pair{}
@@ -154,7 +214,7 @@ func scanDir(dir string) ([]*pair, []problem, error) {
 		}
 		return pairs[i].certFile < pairs[j].certFile
 	})
-	return pairs, problems, nil
+	return &scanned{pairs: pairs, problems: problems, skipped: skipped}, nil
 }
 
 // importSummary is what import did.
@@ -168,7 +228,10 @@ type importSummary struct {
 	// Expired counts certificates skipped because they have ended.
 	Expired  int       `json:"expired_skipped"`
 	Problems []problem `json:"problems"`
-	Seconds  float64   `json:"seconds"`
+	// Skipped are the files that held nothing to import; they do not
+	// fail the run.
+	Skipped []skip  `json:"skipped"`
+	Seconds float64 `json:"seconds"`
 	// UploadSeconds and AttachSeconds time the two phases.
 	UploadSeconds float64 `json:"upload_seconds"`
 	AttachSeconds float64 `json:"attach_seconds"`
@@ -182,11 +245,12 @@ func runImport(e *env) (int, error) {
 		return exitUsage, &usageError{fmt.Errorf("import takes one directory (or --from-storage and names)")}
 	}
 	start := time.Now()
-	pairs, problems, err := scanDir(e.args[0])
+	found, err := scan(e.args[0])
 	if err != nil {
 		return exitUsage, &usageError{err}
 	}
-	sum := importSummary{Pairs: len(pairs), Problems: problems}
+	pairs := found.pairs
+	sum := importSummary{Pairs: len(pairs), Problems: found.problems, Skipped: found.skipped}
 	dry := e.fl.Bool("dry-run")
 	parallel := max(1, e.fl.Int("parallel"))
 	prog := &progress{w: e.errw, every: time.Second}
@@ -380,12 +444,17 @@ func inParallel(workers, n int, fn func(i int)) {
 	wg.Wait()
 }
 
-// importDone prints the summary; some problems make exit code 1.
+// importDone prints the summary; any problem makes exit code 1, skipped
+// files do not.
 func (e *env) importDone(sum importSummary, dry bool) (int, error) {
 	if sum.Problems == nil {
 		sum.Problems = []problem{}
 	}
+	if sum.Skipped == nil {
+		sum.Skipped = []skip{}
+	}
 	sort.Slice(sum.Problems, func(i, j int) bool { return sum.Problems[i].File < sum.Problems[j].File })
+	sort.Slice(sum.Skipped, func(i, j int) bool { return sum.Skipped[i].File < sum.Skipped[j].File })
 	if e.json {
 		if err := e.printJSON(sum); err != nil {
 			return exitRefused, err
@@ -395,14 +464,17 @@ func (e *env) importDone(sum importSummary, dry bool) (int, error) {
 		if dry {
 			verb = " (dry run: nothing changed)"
 		}
-		fmt.Fprintf(e.out, "import: %d certificate/key pairs: %d uploaded, %d already there; domains: %d created, %d updated, %d unchanged; %d problems; %.1fs%s\n",
-			sum.Pairs, sum.Uploaded, sum.AlreadyUploaded, sum.DomainsCreated, sum.DomainsUpdated, sum.DomainsKept, len(sum.Problems), sum.Seconds, verb)
+		fmt.Fprintf(e.out, "import: %d certificate/key pairs: %d uploaded, %d already there; domains: %d created, %d updated, %d unchanged; %d problems; %d files skipped; %.1fs%s\n",
+			sum.Pairs, sum.Uploaded, sum.AlreadyUploaded, sum.DomainsCreated, sum.DomainsUpdated, sum.DomainsKept, len(sum.Problems), len(sum.Skipped), sum.Seconds, verb)
 		if sum.Uploaded > 0 && sum.UploadSeconds > 0 && !dry {
 			fmt.Fprintf(e.out, "import: %.0f uploads/s, %.0f domain writes/s\n", float64(sum.Uploaded)/sum.UploadSeconds,
 				float64(sum.DomainsCreated+sum.DomainsUpdated)/max(sum.AttachSeconds, 1e-9))
 		}
 		for _, p := range sum.Problems {
 			fmt.Fprintf(e.out, "  %s: %s: %s\n", p.File, p.Code, p.Msg)
+		}
+		for _, s := range sum.Skipped {
+			fmt.Fprintf(e.out, "  %s: skipped: %s\n", s.File, s.Reason)
 		}
 	}
 	if len(sum.Problems) > 0 {

@@ -50,9 +50,25 @@ func TestScanDir(t *testing.T) {
 	write(t, dir, "bad.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
 	write(t, dir, "notes.txt", "hello")
 
-	pairs, problems, err := scanDir(dir)
+	stray := ca.Leaf(t, "stray.scan.test")
+	write(t, dir, "stray.key", stray.KeyPEM)
+	write(t, dir, "huge.pem", strings.Repeat("x", maxImportFile+1))
+	found, err := scan(dir)
 	if err != nil {
 		t.Fatal(err)
+	}
+	pairs, problems := found.pairs, found.problems
+	skipped := map[string]string{}
+	for _, s := range found.skipped {
+		skipped[filepath.Base(s.File)] = s.Reason
+	}
+	for f, reason := range map[string]string{"notes.txt": "not PEM", "stray.key": "no certificate for this key", "huge.pem": "too large"} {
+		if !strings.HasPrefix(skipped[f], reason) {
+			t.Errorf("skip reason of %s: %q, want %q (all %v)", f, skipped[f], reason, found.skipped)
+		}
+	}
+	if len(found.skipped) != 3 {
+		t.Errorf("skipped %v; want notes.txt, stray.key, huge.pem", found.skipped)
 	}
 	if len(pairs) != 2 {
 		t.Fatalf("%d pairs; want 2", len(pairs))

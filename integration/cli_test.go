@@ -147,7 +147,8 @@ func writeFile(t *testing.T, path, data string) {
 // matched by key whatever their names (separate files, a combined file, a
 // leaf-only copy beside its full chain), each certificate is attached to
 // its names, bad files are reported by name with the API's code without
-// stopping the rest, and a second run changes nothing.
+// stopping the rest, files with nothing to import are reported as skipped
+// (without failing a run), and a second run changes nothing.
 func TestCLIImport(t *testing.T) {
 	c := startCaddy(t, caddyOpts{})
 	addr := "--address=" + c.AdminAddr
@@ -165,6 +166,10 @@ func TestCLIImport(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "wrong-order.pem"), ca.InterPEM+wrong.CertPEM+wrong.KeyPEM)
 	writeFile(t, filepath.Join(dir, "broken.pem"), "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n")
 	writeFile(t, filepath.Join(dir, "README.txt"), "not a certificate")
+	writeFile(t, filepath.Join(dir, "huge.pem"), strings.Repeat(one.CertPEM, 1<<20/len(one.CertPEM)+1))
+	stray := ca.Leaf(t, "stray.import.test")
+	writeFile(t, filepath.Join(dir, "old/stray.key"), stray.KeyPEM)
+	wantSkipped := map[string]string{"README.txt": "not PEM", "huge.pem": "too large", "stray.key": "no certificate for this key"}
 
 	out, errOut, code := cli(t, c, "import", dir, "--json", addr)
 	if code != 1 {
@@ -180,6 +185,10 @@ func TestCLIImport(t *testing.T) {
 			File string `json:"file"`
 			Code string `json:"error_code"`
 		} `json:"problems"`
+		Skipped []struct {
+			File   string `json:"file"`
+			Reason string `json:"reason"`
+		} `json:"skipped"`
 	}
 	if err := json.Unmarshal([]byte(out), &sum); err != nil {
 		t.Fatalf("import --json: %v\n%s", err, out)
@@ -196,16 +205,33 @@ func TestCLIImport(t *testing.T) {
 	if sum.Pairs != 3 || sum.Uploaded != 2 || sum.DomainsCreated != 3 || len(sum.Problems) != 3 {
 		t.Errorf("first import: %+v\n%s", sum, out)
 	}
+	skipped := map[string]string{}
+	for _, s := range sum.Skipped {
+		skipped[filepath.Base(s.File)] = s.Reason
+	}
+	for file, reason := range wantSkipped {
+		if !strings.Contains(skipped[file], reason) {
+			t.Errorf("skipped %s: %q, want a reason with %q (all: %v)", file, skipped[file], reason, sum.Skipped)
+		}
+	}
+	if len(sum.Skipped) != len(wantSkipped) {
+		t.Errorf("skipped %v; want only %v", sum.Skipped, wantSkipped)
+	}
 	for name, serial := range map[string]string{"x.import.test": one.Serial, "y.import.test": one.Serial, "z.import.test": two.Serial} {
 		if got, err := handshake(t, c.HTTPSAddr(), name); err != nil || got.SerialNumber.Text(16) != serial {
 			t.Errorf("handshake for %s: %v, %v; want serial %s", name, got, err, serial)
 		}
 	}
 	pos := metricValues(t, c)["domaincerts_journal_position"]
+	if pos == 0 {
+		// missing, or nothing written: the comparison below would prove
+		// nothing
+		t.Fatalf("domaincerts_journal_position is %v after the first import wrote domains; want a position > 0", pos)
+	}
 
 	// again: nothing changes
 	out = mustCLI(t, c, 1, "import", dir, addr)
-	if !strings.Contains(out, "0 uploaded, 2 already there; domains: 0 created, 0 updated, 3 unchanged; 3 problems") {
+	if !strings.Contains(out, "0 uploaded, 2 already there; domains: 0 created, 0 updated, 3 unchanged; 3 problems; 3 files skipped") {
 		t.Errorf("second import: %s", out)
 	}
 	if again := metricValues(t, c)["domaincerts_journal_position"]; again != pos {
@@ -215,6 +241,20 @@ func TestCLIImport(t *testing.T) {
 		if !strings.Contains(out, file) {
 			t.Errorf("second import does not name %s:\n%s", file, out)
 		}
+	}
+	for file, reason := range wantSkipped {
+		if !strings.Contains(out, file+": skipped: "+reason) {
+			t.Errorf("second import does not report %s as skipped (%s):\n%s", file, reason, out)
+		}
+	}
+
+	// skipped files alone do not fail a run
+	quiet := t.TempDir()
+	writeFile(t, filepath.Join(quiet, "README.txt"), "not a certificate")
+	writeFile(t, filepath.Join(quiet, "stray.key"), stray.KeyPEM)
+	if out := mustCLI(t, c, 0, "import", quiet, addr); !strings.Contains(out, "0 problems; 2 files skipped") ||
+		!strings.Contains(out, "stray.key: skipped: no certificate for this key") {
+		t.Errorf("import of a directory with only skipped files: %s", out)
 	}
 }
 

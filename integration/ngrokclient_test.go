@@ -8,8 +8,9 @@ package integration
 // when there is one; a status of 400 or more is decoded into an error whose
 // details are a map of strings, and a body that does not decode becomes a
 // "failed to unmarshal" error; lists are followed through next_page_uri,
-// parsed and resolved like any path. The types carry the fields ngrok's
-// client sends and reads, with its omitempty rules.
+// parsed and resolved like any path; an update puts the id in the path
+// and clears arg.ID before sending, so the body has no id. The types carry
+// the fields ngrok's client sends and reads, with its omitempty rules.
 
 import (
 	"bytes"
@@ -211,9 +212,13 @@ func (c *ngrokClient) getDomain(ctx context.Context, id string) (*ngrokReservedD
 	return &res, c.do(ctx, "GET", ngrokPath("/reserved_domains/%s", id), nil, &res)
 }
 
+// updateDomain sends arg as ngrok's client does: the id in the path only
+// (it sets arg.ID to "" on the caller's value).
 func (c *ngrokClient) updateDomain(ctx context.Context, arg *ngrokReservedDomainUpdate) (*ngrokReservedDomain, error) {
 	var res ngrokReservedDomain
-	return &res, c.do(ctx, "PATCH", ngrokPath("/reserved_domains/%s", arg.ID), arg, &res)
+	path := ngrokPath("/reserved_domains/%s", arg.ID)
+	arg.ID = ""
+	return &res, c.do(ctx, "PATCH", path, arg, &res)
 }
 
 func (c *ngrokClient) deleteDomain(ctx context.Context, id string) error {
@@ -265,16 +270,22 @@ func (c *ngrokClient) getCertificate(ctx context.Context, id string) (*ngrokTLSC
 	return &res, c.do(ctx, "GET", ngrokPath("/tls_certificates/%s", id), nil, &res)
 }
 
+// updateCertificate sends arg as ngrok's client does: the id in the path
+// only (it sets arg.ID to "" on the caller's value).
 func (c *ngrokClient) updateCertificate(ctx context.Context, arg *ngrokTLSCertificateUpdate) (*ngrokTLSCertificate, error) {
 	var res ngrokTLSCertificate
-	return &res, c.do(ctx, "PATCH", ngrokPath("/tls_certificates/%s", arg.ID), arg, &res)
+	path := ngrokPath("/tls_certificates/%s", arg.ID)
+	arg.ID = ""
+	return &res, c.do(ctx, "PATCH", path, arg, &res)
 }
 
 func (c *ngrokClient) deleteCertificate(ctx context.Context, id string) error {
 	return c.do(ctx, "DELETE", ngrokPath("/tls_certificates/%s", id), nil, nil)
 }
 
-func (c *ngrokClient) listCertificates(ctx context.Context, limit, filter *string) ([]ngrokTLSCertificate, error) {
+// listCertificates follows every page, as the client's iterator does, and
+// returns the next_page_uri of each page that had one.
+func (c *ngrokClient) listCertificates(ctx context.Context, limit, filter *string) ([]ngrokTLSCertificate, []string, error) {
 	q := url.Values{}
 	if limit != nil {
 		q.Set("limit", *limit)
@@ -284,20 +295,22 @@ func (c *ngrokClient) listCertificates(ctx context.Context, limit, filter *strin
 	}
 	next := &url.URL{Path: "/tls_certificates", RawQuery: q.Encode()}
 	var all []ngrokTLSCertificate
+	var pages []string
 	for next != nil {
 		var page ngrokTLSCertificateList
 		if err := c.do(ctx, "GET", next, nil, &page); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		all = append(all, page.TLSCertificates...)
 		next = nil
 		if page.NextPageURI != nil {
+			pages = append(pages, *page.NextPageURI)
 			u, err := url.Parse(*page.NextPageURI)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			next = u
 		}
 	}
-	return all, nil
+	return all, pages, nil
 }
