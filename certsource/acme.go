@@ -14,6 +14,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -29,6 +30,7 @@ import (
 	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 	"github.com/domaincerts/caddy-domaincerts/internal/dnscheck"
+	"github.com/domaincerts/caddy-domaincerts/internal/seal"
 )
 
 // Authority is an issuer that a management policy can name.
@@ -480,6 +482,81 @@ type jobError struct {
 
 func (e *jobError) Error() string { return e.err.Error() }
 
+// statusMsg is the provisioning_job msg (and the provisioning_failed
+// event's) for a failed attempt. A failure of the storage can carry storage
+// keys or file paths, which never appear in a response: its msg names only
+// the operation that failed, and the cause is in the log (run logs it;
+// CertMagic logs the failures of its own renewals).
+func statusMsg(err error) string {
+	if !fromStorage(err) {
+		return err.Error()
+	}
+	return "storage unavailable: " + storageOp(err) +
+		"; the storage failed or a stored value could not be read, see Caddy's log for the cause"
+}
+
+// storageOps are the operations of this file whose errors wrap a storage
+// error as it is (see provision and lockJob).
+var storageOps = []string{"loading stored certificate", "loading obtained certificate", "taking the provisioning lock"}
+
+// storageKeyPrefixes begin the storage keys that CertMagic and the domain
+// store write; an error text that quotes one names a storage key.
+var storageKeyPrefixes = []string{"certificates/", "acme/", "ocsp/", "locks/", "domaincerts/"}
+
+// storagePathParts are parts of file paths of storage keys, for the errors
+// of storages that wrap a file error's text (CertMagic's file locks do).
+// "/acme/" is not one: CAs' URLs have it.
+var storagePathParts = []string{"/certificates/", "/locks/"}
+
+// fromStorage reports whether err is a failure of the storage: a file
+// system error, a sealed value that does not open, one of this file's
+// storage operations, or any error whose text names a storage key or its
+// file. A problem that the CA answered is never one, and the cause of a
+// *dcerr.Error (the domain store's) does not count: its text is the
+// error's Msg, written for clients.
+func fromStorage(err error) bool {
+	var prob acme.Problem
+	var probPtr *acme.Problem
+	if errors.As(err, &probPtr) || errors.As(err, &prob) {
+		return false
+	}
+	var pathErr *fs.PathError
+	var linkErr *os.LinkError
+	var sealErr *seal.Error
+	var dcErr *dcerr.Error
+	if !errors.As(err, &dcErr) && (errors.As(err, &pathErr) || errors.As(err, &linkErr) || errors.As(err, &sealErr)) {
+		return true
+	}
+	text := err.Error()
+	for _, op := range storageOps {
+		if strings.HasPrefix(text, op+": ") {
+			return true
+		}
+	}
+	for _, p := range storageKeyPrefixes {
+		if strings.Contains(text, `"`+p) || strings.Contains(text, "'"+p) {
+			return true
+		}
+	}
+	for _, p := range storagePathParts {
+		if strings.Contains(text, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// storageOp names the operation that a storage failure interrupted: the
+// outermost context of err (such as "taking the provisioning lock"), or a
+// general phrase when that context itself names a key or path.
+func storageOp(err error) string {
+	op, _, _ := strings.Cut(err.Error(), ": ")
+	if strings.ContainsAny(op, `/\"'`) {
+		return "reading or writing the storage"
+	}
+	return op
+}
+
 // run is a domain's provisioning job: it retries with backoff until the
 // domain has a certificate under management, or the job is cancelled. An
 // attempt requested through Provision (j.wake) starts at once, or as soon
@@ -565,9 +642,9 @@ func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainst
 		code := je.code
 		if je.final {
 			a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
-				ErrorCode: &code, Msg: je.err.Error(), StartedAt: started,
+				ErrorCode: &code, Msg: statusMsg(je.err), StartedAt: started,
 			}})
-			a.failed(ctx, id, name, code, je.err.Error(), nil)
+			a.failed(ctx, id, name, code, statusMsg(je.err), nil)
 			log.Warn("provisioning certificate failed; not retrying until the configuration changes",
 				zap.String("error_code", code), zap.Error(je.err))
 			stopped = true
@@ -576,10 +653,10 @@ func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainst
 		if time.Since(started) >= a.opts.ProvisioningTimeout && !a.inUse(ctx, id) {
 			a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 				ErrorCode: &code, StartedAt: started,
-				Msg: fmt.Sprintf("%s; no more attempts after %s of failures: fix the cause, then POST /domaincerts/domains/%s/provision (or change its certificate_management_policy) to try again",
-					je.err.Error(), a.opts.ProvisioningTimeout, id),
+				Msg: fmt.Sprintf("%s; no more attempts after %s of failures: fix the cause, then POST /domaincerts/domains/%s/provision (caddy domaincerts provision %s) or change its certificate_management_policy to try again",
+					statusMsg(je.err), a.opts.ProvisioningTimeout, id, id),
 			}})
-			a.failed(ctx, id, name, code, je.err.Error(), nil)
+			a.failed(ctx, id, name, code, statusMsg(je.err), nil)
 			log.Warn("provisioning certificate failed for longer than provisioning_timeout; stopped retrying",
 				zap.String("error_code", code), zap.Time("started_at", started), zap.Error(je.err))
 			stopped = true
@@ -587,9 +664,9 @@ func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainst
 		}
 		retry := ceilSecond(time.Now().Add(delay))
 		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
-			ErrorCode: &code, Msg: je.err.Error(), StartedAt: started, RetriesAt: &retry,
+			ErrorCode: &code, Msg: statusMsg(je.err), StartedAt: started, RetriesAt: &retry,
 		}})
-		a.failed(ctx, id, name, code, je.err.Error(), &retry)
+		a.failed(ctx, id, name, code, statusMsg(je.err), &retry)
 		// said once per distinct failure: a customer who has not set up
 		// DNS yet is not the operator's problem, and a retry that fails
 		// the same way adds nothing
@@ -1019,7 +1096,7 @@ func (a *ACME) onEvent(ctx context.Context, event string, data map[string]any) e
 		code := "INTERNAL_ERROR"
 		msg := "renewing the certificate failed"
 		if err, ok := data["error"].(error); ok {
-			code, msg = a.classify(err, name).code, err.Error()
+			code, msg = a.classify(err, name).code, statusMsg(err)
 		}
 		started, retry := renewals.failed(name, time.Now(), managedRenewCheck)
 		retry = ceilSecond(retry)
