@@ -172,8 +172,7 @@ func (s *Store) DomainByName(ctx context.Context, name string) (*Domain, bool) {
 func (s *Store) DomainID(name string) (string, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	id, ok := s.names[sniNormalize(name)]
-	return id, ok
+	return s.nameOwnerLocked(sniNormalize(name))
 }
 
 // ListDomains returns up to limit domains created before beforeID (or the

@@ -237,7 +237,7 @@ func (s *Store) adopt(ctx context.Context, state adoptState, pos uint64) (int, e
 			}
 			continue
 		}
-		if owner, taken := s.names[r.e.Name]; taken && owner != id {
+		if owner, taken := s.nameOwnerLocked(r.e.Name); taken && owner != id {
 			ov := s.domains[owner].Version
 			if ov > v || (ov == v && owner < id) {
 				if old := s.putDamagedLocked(id, v, "another domain ("+owner+") has the same name; delete one of them"); old != nil {

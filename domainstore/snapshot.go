@@ -216,7 +216,6 @@ func (s *Store) publishSnapshot(snap *snapshot) {
 		s.domainIDs = append(s.domainIDs, e.DomainID)
 		s.domains[e.DomainID] = e
 		s.states[e.State()]++
-		s.names[e.Name] = e.DomainID
 		if e.CertificateID != "" {
 			s.certUse[e.CertificateID]++
 		}

@@ -72,7 +72,6 @@ type Damaged struct {
 // s.mu must be held, or s not yet shared.
 func (s *Store) resetStateLocked(n, certs int) {
 	s.domains = make(map[string]*Entry, n)
-	s.names = make(map[string]string, n)
 	s.domainIDs = make([]string, 0, n)
 	s.certs = make(map[string]certMeta, certs)
 	s.expiry = [numSources]expiryIndex{}
@@ -92,7 +91,6 @@ func (s *Store) putDomainLocked(e *Entry) (old, evicted *Entry) {
 		s.states[old.State()]--
 		s.unuseLocked(old.CertificateID)
 		if old.Name != e.Name { // names are immutable; only a damaged journal could do this
-			delete(s.names, old.Name)
 			s.index.Delete(old.Name)
 		}
 	} else {
@@ -102,7 +100,7 @@ func (s *Store) putDomainLocked(e *Entry) (old, evicted *Entry) {
 			s.domainIDs = insertSorted(s.domainIDs, e.DomainID)
 		}
 	}
-	if other, taken := s.names[e.Name]; taken && other != e.DomainID {
+	if other, taken := s.nameOwnerLocked(e.Name); taken && other != e.DomainID {
 		// cannot happen through the journal lock; keep every instance
 		// alike: the later write wins the name, the other domain stays
 		// listed as damaged so that it can be deleted
@@ -112,7 +110,6 @@ func (s *Store) putDomainLocked(e *Entry) (old, evicted *Entry) {
 	}
 	s.domains[e.DomainID] = e
 	s.states[e.State()]++
-	s.names[e.Name] = e.DomainID
 	if e.CertificateID != "" {
 		s.certUse[e.CertificateID]++
 	}
@@ -130,8 +127,7 @@ func (s *Store) markDamagedLocked(id, reason string) *Entry {
 	s.unuseLocked(e.CertificateID)
 	s.states[e.State()]--
 	delete(s.domains, id)
-	if s.names[e.Name] == id {
-		delete(s.names, e.Name)
+	if owner, _ := s.nameOwnerLocked(e.Name); owner == id {
 		s.index.Delete(e.Name)
 	}
 	s.damaged[id] = &Damaged{ID: id, Name: e.Name, Reason: reason, version: e.Version}
@@ -150,14 +146,25 @@ func (s *Store) deleteDomainLocked(id string) *Entry {
 		s.unuseLocked(e.CertificateID)
 		s.states[e.State()]--
 		delete(s.domains, id)
-		if s.names[e.Name] == id {
-			delete(s.names, e.Name)
+		if owner, _ := s.nameOwnerLocked(e.Name); owner == id {
 			s.index.Delete(e.Name)
 		}
 	}
 	delete(s.damaged, id)
 	s.domainIDs = deleteSorted(s.domainIDs, id)
 	return e
+}
+
+// nameOwnerLocked returns the ID of the live domain named name (a
+// normalized name). The SNI index is the only map from names to domains:
+// a second one would double what the garbage collector scans at a
+// million domains. s.mu must be held (or the caller be the sequencer).
+func (s *Store) nameOwnerLocked(name string) (string, bool) {
+	e, ok := s.index.Get(name)
+	if !ok {
+		return "", false
+	}
+	return e.DomainID, true
 }
 
 func (s *Store) unuseLocked(certID string) {

@@ -95,7 +95,6 @@ type Store struct {
 	// mu; other goroutines read it under mu.RLock.
 	mu        sync.RWMutex
 	domains   map[string]*Entry       // live domains by ID
-	names     map[string]string       // normalized name -> domain ID
 	domainIDs []string                // sorted, oldest first: live and damaged domains
 	certs     map[string]certMeta     // certificate ID -> version and dates
 	expiry    [numSources]expiryIndex // certificates with known dates, by end, per source

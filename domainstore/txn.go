@@ -115,8 +115,7 @@ func (tx *txn) nameOwner(name string) (string, bool) {
 			return id, id != ""
 		}
 	}
-	id, ok := tx.s.names[name]
-	return id, ok
+	return tx.s.nameOwnerLocked(name)
 }
 
 // certExists reports whether certificate id exists (damaged or not).
