@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -503,15 +504,16 @@ var storageOps = []string{"loading stored certificate", "loading obtained certif
 // store write; an error text that quotes one names a storage key.
 var storageKeyPrefixes = []string{"certificates/", "acme/", "ocsp/", "locks/", "domaincerts/"}
 
-// storagePathParts are parts of file paths of storage keys, for the errors
-// of storages that wrap a file error's text (CertMagic's file locks do).
-// "/acme/" is not one: CAs' URLs have it.
-var storagePathParts = []string{"/certificates/", "/locks/"}
+// filePath matches an absolute file path in an error's text ("open
+// /var/lib/caddy/acme/.../users/...": CertMagic wraps many storage errors
+// with %v, keeping only their text). A URL's path does not match: the
+// slash after its scheme's colon is followed by another.
+var filePath = regexp.MustCompile(`(?:^|[\s"'(=:])/[^/\s"']+/`)
 
 // fromStorage reports whether err is a failure of the storage: a file
 // system error, a sealed value that does not open, one of this file's
-// storage operations, or any error whose text names a storage key or its
-// file. A problem that the CA answered is never one, and the cause of a
+// storage operations, or any error whose text names a storage key or a
+// file path. A problem that the CA answered is never one, and the cause of a
 // *dcerr.Error (the domain store's) does not count: its text is the
 // error's Msg, written for clients.
 func fromStorage(err error) bool {
@@ -534,16 +536,11 @@ func fromStorage(err error) bool {
 		}
 	}
 	for _, p := range storageKeyPrefixes {
-		if strings.Contains(text, `"`+p) || strings.Contains(text, "'"+p) {
+		if strings.Contains(text, `"`+p) || strings.Contains(text, "'"+p) || strings.Contains(text, " "+p) {
 			return true
 		}
 	}
-	for _, p := range storagePathParts {
-		if strings.Contains(text, p) {
-			return true
-		}
-	}
-	return false
+	return filePath.MatchString(text)
 }
 
 // storageOp names the operation that a storage failure interrupted: the

@@ -99,7 +99,11 @@ func TestStatusMsg(t *testing.T) {
 		{"a storage error alone", fsErr, "reading or writing the storage"},
 		{"a storage key in another storage's error", errors.New(`saving "certificates/acme-v02/shop.test/shop.test.crt": redis: connection reset`), "reading or writing the storage"},
 		{"a lock file's path in CertMagic's text", errors.New("obtaining a certificate for shop.test from letsencrypt: unable to acquire lock 'issue_cert_shop.test': creating lock file: open /var/lib/caddy/locks/issue_cert_shop.test.lock: permission denied"), "obtaining a certificate for shop.test from letsencrypt"},
+		{"CertMagic's account error, its file error wrapped with %v", errors.New("obtaining a certificate for shop.test from letsencrypt: getting ACME account: open /var/lib/caddy/acme/acme-v02.api.letsencrypt.org-directory/users/ops@example.com/ops.json: permission denied"), "obtaining a certificate for shop.test from letsencrypt"},
+		{"an unquoted storage key", errors.New("saving key certificates/acme-v02/shop.test/shop.test.key: consul: 500"), "reading or writing the storage"},
 		{"ACME problem", problem, ""},
+		{"ACME problem with a documentation URL", fmt.Errorf("obtaining a certificate for shop.test from letsencrypt: %w",
+			&acme.Problem{Type: "urn:ietf:params:acme:error:rateLimited", Detail: "too many certificates (5) already issued for this exact set of identifiers in the last 168h0m0s, retry after 2026-12-01 00:00:00 UTC: see https://letsencrypt.org/docs/rate-limits/#new-certificates-per-exact-set-of-hostnames"}), ""},
 		{"domain store", &dcerr.Error{Code: dcerr.StorageUnavailable, Msg: "the storage failed or did not answer while reading the domain; retry later", Err: fsErr}, ""},
 		{"CA unreachable", errors.New(`obtaining a certificate for shop.test from letsencrypt: Post "https://acme-v02.api.letsencrypt.org/acme/new-order": dial tcp 172.65.32.248:443: connect: connection refused`), ""},
 		{"DNS check", errors.New("shop.test has no CNAME to x.cname.operator.test; add it"), ""},
@@ -117,7 +121,7 @@ func TestStatusMsg(t *testing.T) {
 			if want := "storage unavailable: " + tt.wantOp + ";"; !strings.HasPrefix(msg, want) {
 				t.Errorf("msg = %q, want it to begin with %q", msg, want)
 			}
-			for _, internal := range []string{root, lockRoot, "/var/lib", "certificates/", "locks", ".key", ".crt", `"`} {
+			for _, internal := range []string{root, lockRoot, "/var/lib", "certificates/", "locks", ".key", ".crt", `"`, "ops@example.com"} {
 				if strings.Contains(msg, internal) {
 					t.Errorf("msg = %q names storage internals (%q); the error was %q", msg, internal, tt.err)
 				}

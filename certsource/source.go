@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -54,6 +55,8 @@ type Source struct {
 	mu       sync.Mutex
 	loading  map[string]*load // certificate ID -> load in flight
 	fallback string           // certificate ID served when nothing matches
+
+	fallbackLogged atomic.Int64 // Unix time of the last failure to load the fallback logged
 }
 
 type load struct {
@@ -166,6 +169,12 @@ func (s *Source) fallbackOr(ctx context.Context, err error, failed *paddedCounte
 	c, ferr := s.certificate(ctx, id)
 	if ferr != nil {
 		failed.Add(1)
+		// said here, at most once a minute: the handshake's own error may
+		// be one that no log line reports (a name without a domain)
+		if now := time.Now().Unix(); s.fallbackLogged.Swap(now) < now-60 {
+			s.log.Error("loading the fallback certificate failed; handshakes it would answer fail",
+				zap.String("cert_id", id), zap.Error(ferr))
+		}
 		return nil, fmt.Errorf("%w (fallback certificate %s: %v)", err, id, ferr)
 	}
 	s.handshakes.Fallback.Add(1)

@@ -59,7 +59,7 @@ type scanned struct {
 // and matches them by public key. It also returns the files it skipped:
 // files that are not PEM or hold neither certificates nor keys, files
 // over maxImportFile, files that are not regular, and keys that match no
-// certificate.
+// certificate. A link to nothing is a problem, not a skip.
 func scan(dir string) (*scanned, error) {
 	type key struct {
 		file, pem string
@@ -84,7 +84,9 @@ func scan(dir string) (*scanned, error) {
 		info, err := os.Stat(p)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			skipped = append(skipped, skip{File: p, Reason: "a link to nothing"})
+			// a problem, not a skip: a copy of certbot's live/ without
+			// archive/ would otherwise import nothing and succeed
+			problems = append(problems, problem{File: p, Code: "UNREADABLE", Msg: "a link to a file that does not exist"})
 			return nil
 		case err != nil:
 			problems = append(problems, problem{File: p, Code: "UNREADABLE", Msg: err.Error()})

@@ -53,6 +53,9 @@ func TestScanDir(t *testing.T) {
 	stray := ca.Leaf(t, "stray.scan.test")
 	write(t, dir, "stray.key", stray.KeyPEM)
 	write(t, dir, "huge.pem", strings.Repeat("x", maxImportFile+1))
+	if err := os.Symlink(filepath.Join(dir, "archive", "cert1.pem"), filepath.Join(dir, "dangling.pem")); err != nil {
+		t.Fatal(err)
+	}
 	found, err := scan(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +89,7 @@ func TestScanDir(t *testing.T) {
 	for _, p := range problems {
 		got[filepath.Base(p.File)] = p.Code
 	}
-	want := map[string]string{"orphan.crt": "KEY_MISSING", "enc.key": "KEY_ENCRYPTED", "bad.pem": "CERT_PEM_INVALID"}
+	want := map[string]string{"orphan.crt": "KEY_MISSING", "enc.key": "KEY_ENCRYPTED", "bad.pem": "CERT_PEM_INVALID", "dangling.pem": "UNREADABLE"}
 	for f, code := range want {
 		if got[f] != code {
 			t.Errorf("problem of %s: %q, want %s (all %v)", f, got[f], code, problems)

@@ -269,8 +269,9 @@ func TestEventsAndMetrics(t *testing.T) {
 
 // TestSlowEventHandler: with an events handler that takes 2 s per event,
 // four API writes in a row are answered without waiting for it (they
-// would take at least 6 s if an API call waited for its event), and
-// every event still reaches the handler.
+// would take at least 8 s if each API call waited for its event; the
+// bound, 4 s, leaves room for a slow machine), and every event still
+// reaches the handler.
 func TestSlowEventHandler(t *testing.T) {
 	opts := caddyOpts{}
 	file := withSlowEventRecorder(t, &opts, 2*time.Second)
@@ -285,11 +286,20 @@ func TestSlowEventHandler(t *testing.T) {
 	domID := dom["id"].(string)
 	c.mustAPI(t, http.StatusOK, "PATCH", "/domaincerts/domains/"+domID, map[string]any{"description": "slow"})
 	c.mustAPI(t, http.StatusNoContent, "DELETE", "/domaincerts/domains/"+domID, nil)
-	if took := time.Since(start); took > 2*time.Second {
+	took := time.Since(start)
+	if took > 4*time.Second {
 		t.Errorf("four API writes took %s with a 2 s events handler; an API call waited for its event", took)
 	}
-	if n := len(readEvents(t, file)); n > 1 {
-		t.Errorf("%d events recorded right after the calls; the handler takes 2 s each", n)
+	// the handler has finished at most one of these events per 2 s since
+	// the first call (Caddy's own events at start-up are not counted)
+	n := 0
+	for _, e := range readEvents(t, file) {
+		if e.Origin == "domaincerts" {
+			n++
+		}
+	}
+	if most := int(took / (2 * time.Second)); n > most {
+		t.Errorf("%d events recorded %s after the first call; the handler takes 2 s each, so at most %d", n, took, most)
 	}
 	waitEvent(t, file, "certificate_uploaded", map[string]any{"certificate_id": certID})
 	waitEvent(t, file, "domain_created", map[string]any{"domain_id": domID})
