@@ -325,8 +325,28 @@ func (h *handler) updateDomain(w http.ResponseWriter, r *http.Request, id string
 		return err
 	}
 	emitDomain("domain_updated", d)
+	if req.Policy != nil && stoppedJob(d) && h.acme != nil {
+		// the policy given again (a changed one starts its own job):
+		// a job that gave up tries again, as provision would have it
+		if _, err := h.acme.Provision(r.Context(), id); err != nil {
+			return err
+		}
+		if d, err = h.store.GetDomain(r.Context(), id); err != nil {
+			return err
+		}
+	}
 	writeJSON(w, http.StatusOK, h.viewDomain(d))
 	return nil
+}
+
+// stoppedJob reports whether d is managed and its provisioning job has
+// stopped retrying (an error with no retries_at).
+func stoppedJob(d *domainstore.Domain) bool {
+	if d.Policy == nil || d.Status == nil || d.Status.ProvisioningJob == nil {
+		return false
+	}
+	j := d.Status.ProvisioningJob
+	return j.ErrorCode != nil && *j.ErrorCode != "" && j.RetriesAt == nil
 }
 
 func (h *handler) deleteDomain(w http.ResponseWriter, r *http.Request, id string) error {

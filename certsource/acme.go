@@ -650,7 +650,7 @@ func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainst
 		if time.Since(started) >= a.opts.ProvisioningTimeout && !a.inUse(ctx, id) {
 			a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 				ErrorCode: &code, StartedAt: started,
-				Msg: fmt.Sprintf("%s; no more attempts after %s of failures: fix the cause, then POST /domaincerts/domains/%s/provision (caddy domaincerts provision %s) or change its certificate_management_policy to try again",
+				Msg: fmt.Sprintf("%s; no more attempts after %s of failures: fix the cause, then POST /domaincerts/domains/%s/provision (caddy domaincerts provision %s) or PATCH its certificate_management_policy to try again",
 					statusMsg(je.err), a.opts.ProvisioningTimeout, id, id),
 			}})
 			a.failed(ctx, id, name, code, statusMsg(je.err), nil)

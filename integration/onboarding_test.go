@@ -121,7 +121,8 @@ func TestProvisionNow(t *testing.T) {
 // TestProvisioningTimeout: a first issuance that keeps failing for
 // provisioning_timeout stops retrying (retries_at null, the error kept, msg
 // saying how to try again) and makes no more attempts; provision starts it
-// again and it is issued.
+// again and it is issued, and so does a PATCH that gives the same policy
+// again.
 func TestProvisioningTimeout(t *testing.T) {
 	m := startManaged(t, func(app map[string]any) {
 		app["retry_min_interval"], app["retry_max_interval"] = "1s", "1s"
@@ -152,6 +153,21 @@ func TestProvisioningTimeout(t *testing.T) {
 	m.mustAPI(t, http.StatusAccepted, "POST", "/domaincerts/domains/"+id+"/provision", nil)
 	d = m.waitDomain(t, id, "issued after provision", 30*time.Second, isIssued)
 	m.checkManagedCert(t, checkIssuedDomain(t, d, "pebble", "ecdsa"), name, "ecdsa")
+
+	// the other way back: a PATCH that gives the same policy again
+	const patched = "timeout-patch.provision.test"
+	pid, pobj := m.createManaged(t, patched, nil)
+	m.waitDomain(t, pid, "stopped", 30*time.Second, func(d map[string]any) bool {
+		return jobCode(d) == "DNS_ERROR" && jobOf(d)["retries_at"] == nil
+	})
+	m.setCNAME(t, patched, pobj["cname_target"].(string))
+	d = m.mustAPI(t, http.StatusOK, "PATCH", "/domaincerts/domains/"+pid,
+		map[string]any{"certificate_management_policy": pobj["certificate_management_policy"]})
+	if jobOf(d)["retries_at"] == nil && !isIssued(d) {
+		t.Errorf("the PATCH answered %v; want the job started again (retries_at set) or issued", d)
+	}
+	d = m.waitDomain(t, pid, "issued after the PATCH", 30*time.Second, isIssued)
+	m.checkManagedCert(t, checkIssuedDomain(t, d, "pebble", "ecdsa"), patched, "ecdsa")
 }
 
 // TestApexByEdgeAddresses: with edge_addresses configured, a customer's
