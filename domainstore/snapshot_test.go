@@ -366,6 +366,48 @@ func createDomains(tb testing.TB, s *Store, n int, format string) {
 	}
 }
 
+// storageWithUploads is storageWithDomains with an uploaded certificate
+// attached to each domain, as an edge of customer-uploaded certificates
+// has.
+func storageWithUploads(b *testing.B, n int) *memstorage.Storage {
+	b.Helper()
+	ctx := context.Background()
+	st := new(memstorage.Storage)
+	s, err := Open(ctx, st, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ca := testpki.NewCA(b, "Uploads CA")
+	const workers = 64
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := w; i < n; i += workers {
+				name := fmt.Sprintf("upload-%d.example.test", i)
+				leaf := ca.Issue(b, name)
+				c, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
+				if err == nil {
+					_, err = s.CreateDomain(ctx, DomainInput{Domain: name, CertificateID: c.ID})
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return st
+}
+
 // BenchmarkOpen measures start-up with 100,000 and 1,000,000 domains in
 // memory storage, with a current snapshot and without one.
 func BenchmarkOpen(b *testing.B) {
@@ -419,14 +461,28 @@ func BenchmarkOpen(b *testing.B) {
 
 // BenchmarkIndexMemory reports the heap bytes per domain that a loaded
 // store keeps (index entry, maps, sorted IDs) at 100,000 and 1,000,000
-// domains, and how many of them the garbage collector scans in every
+// domains, and at 100,000 domains with an uploaded certificate each, and
+// how many of them the garbage collector scans in every
 // cycle (scan-bytes/domain: memory that holds pointers), which is what a
 // large store costs a busy server in GC work.
 func BenchmarkIndexMemory(b *testing.B) {
 	ctx := context.Background()
+	type variant struct {
+		name    string
+		n       int
+		storage func(*testing.B, int) *memstorage.Storage
+	}
+	var variants []variant
 	for _, n := range benchDomains {
-		b.Run(fmt.Sprintf("domains=%d", n), func(b *testing.B) {
-			st := storageWithDomains(b, n) // b.Loop starts the timer afresh
+		variants = append(variants, variant{fmt.Sprintf("domains=%d", n), n, storageWithDomains})
+	}
+	// each domain with its own uploaded certificate (the records, the
+	// maps and the expiry index of a certificate per domain)
+	variants = append(variants, variant{"domains=100000/uploaded", 100_000, storageWithUploads})
+	for _, v := range variants {
+		n := v.n
+		b.Run(v.name, func(b *testing.B) {
+			st := v.storage(b, n) // b.Loop starts the timer afresh
 			for b.Loop() {
 				var before, after runtime.MemStats
 				runtime.GC()
