@@ -101,7 +101,7 @@ func (s *Store) readKnownCertificate(ctx context.Context, id string, c certRecor
 	defer cancel()
 	for attempt := 0; ; attempt++ {
 		s.mu.RLock()
-		v, ok := s.certs.get(id)
+		v, ok := s.certs[id]
 		dm := s.damaged[id]
 		s.mu.RUnlock()
 		switch {
@@ -130,8 +130,7 @@ func (s *Store) ListCertificates(ctx context.Context, limit int, beforeID string
 	vers := make([]uint64, len(ids))
 	dms := make([]*Damaged, len(ids))
 	for i, id := range ids {
-		m, _ := s.certs.get(id)
-		vers[i], dms[i] = m.version, s.damaged[id]
+		vers[i], dms[i] = s.certs[id].version, s.damaged[id]
 	}
 	s.mu.RUnlock()
 	out := make([]*Certificate, 0, len(ids))
@@ -279,7 +278,7 @@ func (c *keyPairRecord) recordPEM() string { return c.CertificatePEM }
 func (s *Store) CertificateExists(id string) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	_, ok := s.certs.get(id)
+	_, ok := s.certs[id]
 	return ok
 }
 

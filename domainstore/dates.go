@@ -71,8 +71,7 @@ func (s *Store) fillDates() int {
 	}
 	s.mu.RLock()
 	var wants []want
-	for _, id := range s.certIDs {
-		m, _ := s.certs.get(id)
+	for id, m := range s.certs {
 		if _, bad := s.damaged[id]; !bad && !m.datesKnown() {
 			wants = append(wants, want{id, m.version})
 		}
@@ -121,14 +120,14 @@ func (s *Store) fillDates() int {
 	var items [numSources][]expiryItem
 	s.mu.Lock()
 	for i, w := range wants {
-		cur, ok := s.certs.get(w.id)
+		cur, ok := s.certs[w.id]
 		_, bad := s.damaged[w.id]
 		if !ok || bad || cur.datesKnown() || !got[i].datesKnown() {
 			continue
 		}
 		m := got[i]
 		m.version = cur.version
-		s.certs.set(w.id, m)
+		s.certs[w.id] = m
 		items[sourceOf(m)] = append(items[sourceOf(m)], expiryItem{m.notAfter, w.id})
 		filled++
 	}

@@ -282,7 +282,7 @@ func (s *Store) ExpiringCertificates(by time.Time) []ExpiringCertificate {
 	var out []ExpiringCertificate
 	for src := range numSources {
 		s.expiry[src].eachBy(by.Unix(), func(it expiryItem) {
-			m, _ := s.certs.get(it.id)
+			m := s.certs[it.id]
 			out = append(out, ExpiringCertificate{
 				ID: it.id, NotBefore: time.Unix(m.notBefore, 0).UTC(), NotAfter: time.Unix(m.notAfter, 0).UTC(), Managed: m.managed,
 			})
@@ -299,7 +299,7 @@ func (s *Store) CertificateDates(ids []string) []ExpiringCertificate {
 	s.mu.RLock()
 	out := make([]ExpiringCertificate, 0, len(ids))
 	for _, id := range ids {
-		if m, ok := s.certs.get(id); ok && m.datesKnown() {
+		if m, ok := s.certs[id]; ok && m.datesKnown() {
 			out = append(out, ExpiringCertificate{
 				ID: id, NotBefore: time.Unix(m.notBefore, 0).UTC(), NotAfter: time.Unix(m.notAfter, 0).UTC(), Managed: m.managed,
 			})
@@ -342,7 +342,7 @@ func (s *Store) DomainsUsing(ids []string) map[string][]string {
 func (s *Store) DatesPending() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.certs.len() - s.expiry[sourceUpload].n - s.expiry[sourceManaged].n - s.damagedCertsLocked()
+	return len(s.certs) - s.expiry[sourceUpload].n - s.expiry[sourceManaged].n - s.damagedCertsLocked()
 }
 
 // damagedCertsLocked counts the damaged certificate records. s.mu must be
@@ -350,7 +350,7 @@ func (s *Store) DatesPending() int {
 func (s *Store) damagedCertsLocked() int {
 	n := 0
 	for id := range s.damaged {
-		if _, ok := s.certs.get(id); ok {
+		if _, ok := s.certs[id]; ok {
 			n++
 		}
 	}

@@ -263,16 +263,16 @@ func (s *Store) adopt(ctx context.Context, state adoptState, pos uint64) (int, e
 		}
 	}
 	for id, m := range state.certs {
-		if cur, ok := s.certs.get(id); !ok || (m.version != 0 && cur.version != m.version) || (m.datesKnown() && !cur.datesKnown()) {
+		if cur, ok := s.certs[id]; !ok || (m.version != 0 && cur.version != m.version) || (m.datesKnown() && !cur.datesKnown()) {
 			s.putCertLocked(id, m)
 		}
 		if dm := state.damaged[id]; dm != nil {
 			d := *dm
 			s.damaged[id] = &d
 			// a damaged record's dates are not trusted, nor counted
-			cur, _ := s.certs.get(id)
+			cur := s.certs[id]
 			s.unindexDatesLocked(id, cur)
-			s.certs.set(id, certMeta{version: cur.version})
+			s.certs[id] = certMeta{version: cur.version}
 		}
 	}
 	s.pos = pos

@@ -203,7 +203,7 @@ func (s *Store) publishSnapshot(snap *snapshot) {
 		var dated [numSources][]expiryItem
 		for _, c := range snap.certs {
 			s.certIDs = append(s.certIDs, c.id)
-			s.certs.set(c.id, c.certMeta)
+			s.certs[c.id] = c.certMeta
 			if c.datesKnown() {
 				dated[sourceOf(c.certMeta)] = append(dated[sourceOf(c.certMeta)], expiryItem{c.notAfter, c.id})
 			}
@@ -217,7 +217,7 @@ func (s *Store) publishSnapshot(snap *snapshot) {
 		s.domains[e.DomainID] = e
 		s.states[e.State()]++
 		if e.CertificateID != "" {
-			s.certUse.add(e.CertificateID, 1)
+			s.certUse[e.CertificateID]++
 		}
 	}
 	wg.Wait()
@@ -506,7 +506,7 @@ func parseSnapshotDamaged(fields string) (*Damaged, bool) {
 // are immutable, so it costs a slice of pointers. s.mu must be held
 // (read).
 func (s *Store) copySnapshotLocked() *snapshot {
-	snap := &snapshot{seq: s.pos, domains: make([]*Entry, 0, len(s.domains)), certs: make([]certVersion, 0, s.certs.len())}
+	snap := &snapshot{seq: s.pos, domains: make([]*Entry, 0, len(s.domains)), certs: make([]certVersion, 0, len(s.certs))}
 	for _, id := range s.domainIDs {
 		if e := s.domains[id]; e != nil {
 			snap.domains = append(snap.domains, e)
@@ -514,8 +514,7 @@ func (s *Store) copySnapshotLocked() *snapshot {
 	}
 	for _, id := range s.certIDs {
 		if _, bad := s.damaged[id]; !bad {
-			m, _ := s.certs.get(id)
-			snap.certs = append(snap.certs, certVersion{id, m})
+			snap.certs = append(snap.certs, certVersion{id, s.certs[id]})
 		}
 	}
 	for _, d := range s.damaged {

@@ -73,10 +73,10 @@ type Damaged struct {
 func (s *Store) resetStateLocked(n, certs int) {
 	s.domains = make(map[string]*Entry, n)
 	s.domainIDs = make([]string, 0, n)
-	s.certs = newCertTable(certs)
+	s.certs = make(map[string]certMeta, certs)
 	s.expiry = [numSources]expiryIndex{}
 	s.certIDs = make([]string, 0, certs)
-	s.certUse = newUseTable(certs)
+	s.certUse = make(map[string]int, certs)
 	s.damaged = make(map[string]*Damaged)
 	s.states = [numDomainStates]int{}
 	s.index.Grow(n)
@@ -111,7 +111,7 @@ func (s *Store) putDomainLocked(e *Entry) (old, evicted *Entry) {
 	s.domains[e.DomainID] = e
 	s.states[e.State()]++
 	if e.CertificateID != "" {
-		s.certUse.add(e.CertificateID, 1)
+		s.certUse[e.CertificateID]++
 	}
 	s.index.Set(e.Name, e)
 	return old, evicted
@@ -171,14 +171,17 @@ func (s *Store) unuseLocked(certID string) {
 	if certID == "" {
 		return
 	}
-	s.certUse.add(certID, -1)
+	s.certUse[certID]--
+	if s.certUse[certID] <= 0 {
+		delete(s.certUse, certID)
+	}
 }
 
 // putCertLocked records that certificate id exists as m says. Dates that
 // m lacks are kept from what memory knew (a certificate's chain never
 // changes). s.mu must be held.
 func (s *Store) putCertLocked(id string, m certMeta) {
-	old, ok := s.certs.get(id)
+	old, ok := s.certs[id]
 	if !ok {
 		s.certIDs = insertSorted(s.certIDs, id)
 	}
@@ -189,18 +192,18 @@ func (s *Store) putCertLocked(id string, m certMeta) {
 		s.unindexDatesLocked(id, old)
 		s.indexDatesLocked(id, m)
 	}
-	s.certs.set(id, m)
+	s.certs[id] = m
 	delete(s.damaged, id)
 }
 
 // deleteCertLocked forgets certificate id. s.mu must be held.
 func (s *Store) deleteCertLocked(id string) bool {
-	m, ok := s.certs.get(id)
+	m, ok := s.certs[id]
 	if !ok {
 		return false
 	}
 	s.unindexDatesLocked(id, m)
-	s.certs.del(id)
+	delete(s.certs, id)
 	delete(s.damaged, id)
 	s.certIDs = deleteSorted(s.certIDs, id)
 	return true

@@ -96,10 +96,10 @@ type Store struct {
 	mu        sync.RWMutex
 	domains   map[string]*Entry       // live domains by ID
 	domainIDs []string                // sorted, oldest first: live and damaged domains
-	certs     certTable               // certificate ID -> version and dates
+	certs     map[string]certMeta     // certificate ID -> version and dates
 	expiry    [numSources]expiryIndex // certificates with known dates, by end, per source
 	certIDs   []string                // sorted, oldest first
-	certUse   useTable                // certificate ID -> domains that use it
+	certUse   map[string]int          // certificate ID -> domains that use it
 	states    [numDomainStates]int    // live domains by state
 	damaged   map[string]*Damaged     // records that cannot be read, by ID
 	pos       uint64                  // the journal entry memory reflects
@@ -187,7 +187,7 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 	go s.datesLoop()
 	s.wantDates()
 	s.mu.RLock()
-	n, c, pos := len(s.domains), s.certs.len(), s.pos
+	n, c, pos := len(s.domains), len(s.certs), s.pos
 	s.mu.RUnlock()
 	s.log.Info("domain store loaded",
 		zap.String("from", from), zap.Int("domains", n), zap.Int("certificates", c),

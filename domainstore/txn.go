@@ -123,7 +123,7 @@ func (tx *txn) certExists(id string) bool {
 	if c, ok := tx.stagedCert(id); ok {
 		return c != nil
 	}
-	_, ok := tx.s.certs.get(id)
+	_, ok := tx.s.certs[id]
 	return ok
 }
 
@@ -136,7 +136,7 @@ func (tx *txn) certificate(id string) (*Certificate, error) {
 		cc := *c
 		return &cc, nil
 	}
-	v, ok := tx.s.certs.get(id)
+	v, ok := tx.s.certs[id]
 	if !ok {
 		return nil, notFound("certificate", id)
 	}
@@ -149,7 +149,7 @@ func (tx *txn) certificate(id string) (*Certificate, error) {
 
 // certUsers returns how many domains use certificate id.
 func (tx *txn) certUsers(id string) int {
-	n := tx.s.certUse.get(id)
+	n := tx.s.certUse[id]
 	for t := tx; t != nil; t = t.parent {
 		n += t.use[id]
 	}
