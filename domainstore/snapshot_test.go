@@ -328,13 +328,19 @@ var benchDomains = []int{100_000, 1_000_000}
 // journal and the index snapshot a clean shutdown writes.
 func storageWithDomains(b *testing.B, n int) *memstorage.Storage {
 	b.Helper()
-	ctx := context.Background()
+	return storageFilledBy(b, func(s *Store) { createDomains(b, s, n, "customer-%d.example.test") })
+}
+
+// storageFilledBy returns memory storage after fill wrote to a store on
+// it and the store shut down cleanly (leaving its index snapshot).
+func storageFilledBy(b *testing.B, fill func(*Store)) *memstorage.Storage {
+	b.Helper()
 	st := new(memstorage.Storage)
-	s, err := Open(ctx, st, Options{})
+	s, err := Open(context.Background(), st, Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	createDomains(b, s, n, "customer-%d.example.test")
+	fill(s)
 	if err := s.Close(); err != nil {
 		b.Fatal(err)
 	}
@@ -345,13 +351,22 @@ func storageWithDomains(b *testing.B, n int) *memstorage.Storage {
 // a time as an API under load would.
 func createDomains(tb testing.TB, s *Store, n int, format string) {
 	tb.Helper()
-	ctx := context.Background()
+	inParallel(tb, n, func(i int) error {
+		_, err := s.CreateDomain(context.Background(), DomainInput{Domain: fmt.Sprintf(format, i)})
+		return err
+	})
+}
+
+// inParallel calls fn for 0..n-1 from 64 goroutines and fails tb on the
+// first error.
+func inParallel(tb testing.TB, n int, fn func(i int) error) {
+	tb.Helper()
 	const workers = 64
 	errs := make(chan error, workers)
 	for w := range workers {
 		go func() {
 			for i := w; i < n; i += workers {
-				if _, err := s.CreateDomain(ctx, DomainInput{Domain: fmt.Sprintf(format, i)}); err != nil {
+				if err := fn(i); err != nil {
 					errs <- err
 					return
 				}
@@ -371,41 +386,20 @@ func createDomains(tb testing.TB, s *Store, n int, format string) {
 // has.
 func storageWithUploads(b *testing.B, n int) *memstorage.Storage {
 	b.Helper()
-	ctx := context.Background()
-	st := new(memstorage.Storage)
-	s, err := Open(ctx, st, Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
 	ca := testpki.NewCA(b, "Uploads CA")
-	const workers = 64
-	errs := make(chan error, workers)
-	for w := range workers {
-		go func() {
-			for i := w; i < n; i += workers {
-				name := fmt.Sprintf("upload-%d.example.test", i)
-				leaf := ca.Issue(b, name)
-				c, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
-				if err == nil {
-					_, err = s.CreateDomain(ctx, DomainInput{Domain: name, CertificateID: c.ID})
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
+	return storageFilledBy(b, func(s *Store) {
+		ctx := context.Background()
+		inParallel(b, n, func(i int) error {
+			name := fmt.Sprintf("upload-%d.example.test", i)
+			leaf := ca.Issue(b, name)
+			c, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
+			if err != nil {
+				return err
 			}
-			errs <- nil
-		}()
-	}
-	for range workers {
-		if err := <-errs; err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := s.Close(); err != nil {
-		b.Fatal(err)
-	}
-	return st
+			_, err = s.CreateDomain(ctx, DomainInput{Domain: name, CertificateID: c.ID})
+			return err
+		})
+	})
 }
 
 // BenchmarkOpen measures start-up with 100,000 and 1,000,000 domains in
