@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
+	"github.com/domaincerts/caddy-domaincerts/internal/sniindex"
 )
 
 // Hot serves the uploaded certificates that handshakes use from a CertMagic
@@ -209,10 +210,10 @@ func (h *Hot) eligible(id string, c *tls.Certificate) ([]string, bool) {
 	}
 	names := make([]string, 0, len(leaf.DNSNames)+1)
 	if cn := leaf.Subject.CommonName; cn != "" {
-		names = append(names, strings.ToLower(cn))
+		names = append(names, sniindex.LowerASCII(cn))
 	}
 	for _, n := range leaf.DNSNames {
-		if n = strings.ToLower(n); len(names) == 0 || n != names[0] {
+		if n = sniindex.LowerASCII(n); len(names) == 0 || n != names[0] {
 			names = append(names, n)
 		}
 	}

@@ -2,10 +2,7 @@ package domainstore
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io/fs"
 	"path"
 	"strings"
@@ -152,7 +149,7 @@ func (s *Store) writeClaims(ctx context.Context, day string, fresh, today []stri
 			sb.WriteByte('\n')
 		}
 	}
-	part := announcementsDir + "/" + day + "_" + newPartName()
+	part := announcementsDir + "/" + day + "_" + newID("") // unique, time-ordered
 	if err := st.Store(ctx, part, []byte(sb.String())); err != nil {
 		s.stats.storageErrors.Add(1)
 		return storageFailed("recording the day's announcements", err)
@@ -184,11 +181,4 @@ func (s *Store) deleteLegacyClaims(ctx context.Context, day string) {
 			_ = st.Delete(ctx, k)
 		}
 	}
-}
-
-// newPartName returns a unique, time-ordered name for a claims part.
-func newPartName() string {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return fmt.Sprintf("%d-%s", time.Now().UnixNano(), hex.EncodeToString(b[:]))
 }

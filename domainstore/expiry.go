@@ -282,14 +282,17 @@ func (s *Store) ExpiringCertificates(by time.Time) []ExpiringCertificate {
 	var out []ExpiringCertificate
 	for src := range numSources {
 		s.expiry[src].eachBy(by.Unix(), func(it expiryItem) {
-			m := s.certs[it.id]
-			out = append(out, ExpiringCertificate{
-				ID: it.id, NotBefore: time.Unix(m.notBefore, 0).UTC(), NotAfter: time.Unix(m.notAfter, 0).UTC(), Managed: m.managed,
-			})
+			out = append(out, expiringOf(it.id, s.certs[it.id]))
 		})
 	}
 	slices.SortStableFunc(out, func(a, b ExpiringCertificate) int { return a.NotAfter.Compare(b.NotAfter) })
 	return out
+}
+
+// expiringOf describes certificate id as memory knows it.
+func expiringOf(id string, m certMeta) ExpiringCertificate {
+	return ExpiringCertificate{ID: id, NotBefore: time.Unix(m.notBefore, 0).UTC(),
+		NotAfter: time.Unix(m.notAfter, 0).UTC(), Managed: m.managed}
 }
 
 // CertificateDates returns the dates of those of the certificates ids
@@ -300,9 +303,7 @@ func (s *Store) CertificateDates(ids []string) []ExpiringCertificate {
 	out := make([]ExpiringCertificate, 0, len(ids))
 	for _, id := range ids {
 		if m, ok := s.certs[id]; ok && m.datesKnown() {
-			out = append(out, ExpiringCertificate{
-				ID: id, NotBefore: time.Unix(m.notBefore, 0).UTC(), NotAfter: time.Unix(m.notAfter, 0).UTC(), Managed: m.managed,
-			})
+			out = append(out, expiringOf(id, m))
 		}
 	}
 	s.mu.RUnlock()

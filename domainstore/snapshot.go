@@ -307,13 +307,11 @@ func decodeSnapshot(b []byte) (*snapshot, error) {
 	}
 	// a record listed twice: sorted by ID (as written), duplicates are
 	// neighbours; damaged records are few, and checked against a map
-	byDomainID := func(a, b *Entry) int { return strings.Compare(a.DomainID, b.DomainID) }
-	if !slices.IsSortedFunc(snap.domains, byDomainID) {
-		slices.SortFunc(snap.domains, byDomainID)
+	if id, dup := sortByID(snap.domains, func(e *Entry) string { return e.DomainID }); dup {
+		return nil, fmt.Errorf("record %s appears twice in the snapshot", id)
 	}
-	byCertID := func(a, b certVersion) int { return strings.Compare(a.id, b.id) }
-	if !slices.IsSortedFunc(snap.certs, byCertID) {
-		slices.SortFunc(snap.certs, byCertID)
+	if id, dup := sortByID(snap.certs, func(c certVersion) string { return c.id }); dup {
+		return nil, fmt.Errorf("record %s appears twice in the snapshot", id)
 	}
 	damaged := make(map[string]bool, len(snap.damaged))
 	for _, d := range snap.damaged {
@@ -322,13 +320,13 @@ func decodeSnapshot(b []byte) (*snapshot, error) {
 		}
 		damaged[d.ID] = true
 	}
-	for i, e := range snap.domains {
-		if (i > 0 && snap.domains[i-1].DomainID == e.DomainID) || damaged[e.DomainID] {
+	for _, e := range snap.domains {
+		if damaged[e.DomainID] {
 			return nil, fmt.Errorf("record %s appears twice in the snapshot", e.DomainID)
 		}
 	}
-	for i, c := range snap.certs {
-		if (i > 0 && snap.certs[i-1].id == c.id) || damaged[c.id] {
+	for _, c := range snap.certs {
+		if damaged[c.id] {
 			return nil, fmt.Errorf("record %s appears twice in the snapshot", c.id)
 		}
 	}
@@ -461,16 +459,25 @@ func decodeExtra(b []byte, seq uint64) ([]certVersion, map[string]bool, error) {
 			return nil, nil, fmt.Errorf("malformed line %q", clipText(line))
 		}
 	}
-	byID := func(a, b certVersion) int { return strings.Compare(a.id, b.id) }
-	if !slices.IsSortedFunc(dates, byID) {
-		slices.SortFunc(dates, byID)
-	}
-	for i := 1; i < len(dates); i++ {
-		if dates[i].id == dates[i-1].id {
-			return nil, nil, fmt.Errorf("certificate %s appears twice", dates[i].id)
-		}
+	if id, dup := sortByID(dates, func(c certVersion) string { return c.id }); dup {
+		return nil, nil, fmt.Errorf("certificate %s appears twice", id)
 	}
 	return dates, failing, nil
+}
+
+// sortByID sorts items by the ID that id returns (a check only, when they
+// are in order as written) and returns an ID that two of them have.
+func sortByID[T any](items []T, id func(T) string) (string, bool) {
+	cmp := func(a, b T) int { return strings.Compare(id(a), id(b)) }
+	if !slices.IsSortedFunc(items, cmp) {
+		slices.SortFunc(items, cmp)
+	}
+	for i := 1; i < len(items); i++ {
+		if id(items[i]) == id(items[i-1]) {
+			return id(items[i]), true
+		}
+	}
+	return "", false
 }
 
 // clipText cuts s for an error message.
