@@ -70,6 +70,9 @@ func parseStoredKey(keyPEM []byte) (crypto.Signer, error) {
 		var err error
 		switch b.Type {
 		case "PRIVATE KEY", "ED25519 PRIVATE KEY":
+			if ec, ok := parsePKCS8ECDSA(b.Bytes); ok {
+				return ec, nil
+			}
 			k, err = x509.ParsePKCS8PrivateKey(b.Bytes)
 		case "RSA PRIVATE KEY":
 			k, err = x509.ParsePKCS1PrivateKey(b.Bytes)
