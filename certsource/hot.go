@@ -23,15 +23,17 @@ import (
 // costs; one that reaches the manager also pays for CertMagic's handling
 // of a manager's result (parsing the names, hashing the chain), every time.
 //
-// A certificate is promoted on its first handshake through the manager,
-// when every name it holds is an exact, uploaded domain that serves it (so
-// that the other cache answers those names with the certificate the Source
-// would serve; it also matches server names the Source would not, such as
-// ones with surrounding spaces, which CertMagic trims),
-// and it is removed on every change of those domains or of the
-// certificate, and when the Source's own cache drops it: the promoted set
-// is a subset of the Source's cache and shares its memory. Certificates
-// with wildcard, IP, email or URI names are never promoted.
+// A certificate is promoted on a handshake through the manager that finds
+// it cached (the first for an upload, which is cached when it is stored;
+// the second for one read from storage on a miss), when every name it
+// holds is an exact, uploaded domain that serves it (so that the other
+// cache answers those names with the certificate the Source would serve;
+// it also matches server names the Source would not, such as ones with
+// surrounding spaces, which CertMagic trims), and it is removed on every
+// change of those domains or of the certificate, and when the Source's own
+// cache drops it: the promoted set is a subset of the Source's cache and
+// shares its memory. Certificates with wildcard, IP, email or URI names
+// are never promoted.
 //
 // A promoted copy's private key counts each signature, one per full
 // handshake, as a served handshake, and marks the Source's cache entry as

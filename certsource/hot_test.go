@@ -136,6 +136,34 @@ func TestHotAnswersBeforeTheManager(t *testing.T) {
 	}
 }
 
+// TestHotPromotesReadOnSecondUse checks that a certificate read from
+// storage on a miss is promoted on its next handshake, not on the one
+// that read it.
+func TestHotPromotesReadOnSecondUse(t *testing.T) {
+	f := newHotFixture(t, 100, 100)
+	leaf := f.ca.Issue(t, "a.example.test")
+	c, err := f.store.CreateCertificate(context.Background(), domainstore.CertificateInput{CertificatePEM: leaf.CertPEM, PrivateKeyPEM: leaf.KeyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.CreateDomain(context.Background(), domainstore.DomainInput{Domain: "a.example.test", CertificateID: c.ID}); err != nil {
+		t.Fatal(err)
+	}
+	f.source.Cache().Remove(c.ID) // as after an eviction or a restart
+	for i, want := range []struct {
+		asked    int64
+		misses   uint64
+		promoted bool
+	}{{1, 1, false}, {2, 1, true}, {2, 1, true}} {
+		f.mustServe(t, "a.example.test", leaf.Serial)
+		st := f.source.Cache().Stats()
+		if got := f.asked.Load(); got != want.asked || st.Misses != want.misses || f.hot.Promoted(c.ID) != want.promoted {
+			t.Fatalf("after handshake %d: manager asked %d times, %d misses, promoted %v; want %d, %d, %v",
+				i+1, got, st.Misses, f.hot.Promoted(c.ID), want.asked, want.misses, want.promoted)
+		}
+	}
+}
+
 func TestHotFollowsChanges(t *testing.T) {
 	ctx := context.Background()
 	tests := []struct {
@@ -402,7 +430,7 @@ func BenchmarkHotHandshakeLookup(b *testing.B) {
 func BenchmarkHotSign(b *testing.B) {
 	f := newFixture(b, 10)
 	id, _ := f.attach(b, "a.example.test")
-	c, err := f.source.certificate(context.Background(), id)
+	c, _, err := f.source.certificate(context.Background(), id)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -141,7 +141,7 @@ func (s *Source) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo)
 	if e.CertificateID == "" {
 		return s.fallbackOr(ctx, ErrNoCertificate, &s.handshakes.NoCertificate)
 	}
-	c, err := s.certificate(ctx, e.CertificateID)
+	c, loaded, err := s.certificate(ctx, e.CertificateID)
 	if err != nil {
 		if ce := s.log.Check(zapcore.WarnLevel, "loading certificate for handshake"); ce != nil {
 			ce.Write(zap.String("server_name", name), zap.String("domain_id", e.DomainID),
@@ -150,7 +150,11 @@ func (s *Source) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo)
 		return s.fallbackOr(ctx, ErrNoCertificate, &s.handshakes.NoCertificate)
 	}
 	s.handshakes.Served.Add(1)
-	if hot != nil {
+	if hot != nil && !loaded {
+		// promoted from its second handshake on: most certificates
+		// read on a miss under long-tailed traffic are served once
+		// or twice before they leave the cache, and a promotion costs
+		// more than the manager's answer saves on a few handshakes
 		hot.promote(gen, name, e, c)
 	}
 	return c, nil
@@ -166,7 +170,7 @@ func (s *Source) fallbackOr(ctx context.Context, err error, failed *paddedCounte
 		failed.Add(1)
 		return nil, err
 	}
-	c, ferr := s.certificate(ctx, id)
+	c, _, ferr := s.certificate(ctx, id)
 	if ferr != nil {
 		failed.Add(1)
 		// said here, at most once a minute: the handshake's own error may
@@ -181,10 +185,11 @@ func (s *Source) fallbackOr(ctx context.Context, err error, failed *paddedCounte
 	return c, nil
 }
 
-// certificate returns the cached certificate id, loading it if needed.
-func (s *Source) certificate(ctx context.Context, id string) (*tls.Certificate, error) {
+// certificate returns the cached certificate id, loading it if needed, and
+// whether this call read it from storage (or waited for a load that did).
+func (s *Source) certificate(ctx context.Context, id string) (c *tls.Certificate, loaded bool, err error) {
 	if c := s.cache.Get(id); c != nil {
-		return c, nil
+		return c, false, nil
 	}
 	s.mu.Lock()
 	l, inFlight := s.loading[id]
@@ -193,7 +198,7 @@ func (s *Source) certificate(ctx context.Context, id string) (*tls.Certificate, 
 		// puts the certificate in the cache before it leaves s.loading
 		if c := s.cache.peek(id); c != nil {
 			s.mu.Unlock()
-			return c, nil
+			return c, false, nil
 		}
 		l = &load{done: make(chan struct{})}
 		s.loading[id] = l
@@ -202,9 +207,9 @@ func (s *Source) certificate(ctx context.Context, id string) (*tls.Certificate, 
 	if inFlight {
 		select {
 		case <-l.done:
-			return l.cert, l.err
+			return l.cert, true, l.err
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, true, ctx.Err()
 		}
 	}
 	// the leader loads without the handshake's deadline so that waiters
@@ -221,7 +226,7 @@ func (s *Source) certificate(ctx context.Context, id string) (*tls.Certificate, 
 	delete(s.loading, id)
 	s.mu.Unlock()
 	close(l.done)
-	return l.cert, l.err
+	return l.cert, true, l.err
 }
 
 // CertificateStored caches a freshly uploaded certificate, so that its

@@ -1,7 +1,9 @@
 package domainstore
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -10,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -782,5 +785,112 @@ func TestDomainStates(t *testing.T) {
 	want[StateFailing] = 0
 	if got := s.Stats().States; got != want {
 		t.Fatalf("after a delete: states %v, want %v", got, want)
+	}
+}
+
+// loadRecorder is file storage that records which keys were read.
+type loadRecorder struct {
+	*certmagic.FileStorage
+	mu    sync.Mutex
+	loads []string
+}
+
+func (r *loadRecorder) Load(ctx context.Context, key string) ([]byte, error) {
+	r.mu.Lock()
+	r.loads = append(r.loads, key)
+	r.mu.Unlock()
+	return r.FileStorage.Load(ctx, key)
+}
+
+func (r *loadRecorder) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l := r.loads
+	r.loads = nil
+	return l
+}
+
+// TestKeyPairFromKeyFile checks that an upload's key file holds its key
+// and then its chain, and that serving it reads that one file; a key file
+// that holds only the key is served with the record's chain.
+func TestKeyPairFromKeyFile(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	rec := &loadRecorder{FileStorage: &certmagic.FileStorage{Path: dir}}
+	s, err := Open(ctx, rec, Options{Authorities: []string{"letsencrypt"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	<-s.Reconciled()
+	ca := testpki.NewChain(t, "Key File")
+	leaf := ca.Leaf(t, "a.example.test")
+	c, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.ChainPEM, PrivateKeyPEM: leaf.KeyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPath := filepath.Join(dir, "domaincerts", "certificates", c.ID+".key")
+	kf, err := os.ReadFile(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for rest := kf; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		types = append(types, b.Type)
+	}
+	if want := []string{"PRIVATE KEY", "CERTIFICATE", "CERTIFICATE"}; !slices.Equal(types, want) {
+		t.Fatalf("key file blocks = %v; want %v (the key, then the leaf and its intermediate)", types, want)
+	}
+	if !strings.HasSuffix(string(kf), c.CertificatePEM) {
+		t.Fatal("the key file's chain is not the record's certificate_pem")
+	}
+	want, err := tls.X509KeyPair([]byte(leaf.ChainPEM), []byte(leaf.KeyPEM))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tt := range []struct {
+		name    string
+		keyFile []byte // written over the key file first; nil leaves it
+		reads   []string
+	}{
+		{"key and chain", nil, []string{"domaincerts/certificates/" + c.ID + ".key"}},
+		{"key alone", []byte(leaf.KeyPEM), []string{"domaincerts/certificates/" + c.ID + ".key", "domaincerts/certificates/" + c.ID + ".json"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.keyFile != nil {
+				if err := os.WriteFile(keyPath, tt.keyFile, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			rec.take()
+			kp, err := s.LoadKeyPair(ctx, c.ID)
+			if err != nil {
+				t.Fatalf("LoadKeyPair: %v", err)
+			}
+			if got := rec.take(); !slices.Equal(got, tt.reads) {
+				t.Errorf("storage reads = %v; want %v", got, tt.reads)
+			}
+			if !slices.EqualFunc(kp.Certificate, want.Certificate, bytes.Equal) {
+				t.Errorf("served chain of %d certificates differs from the upload's %d", len(kp.Certificate), len(want.Certificate))
+			}
+			if kp.Leaf == nil || kp.Leaf.SerialNumber.Text(16) != leaf.Serial {
+				t.Errorf("leaf = %v; want serial %s", kp.Leaf, leaf.Serial)
+			}
+		})
+	}
+
+	if err := os.Remove(keyPath); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LoadKeyPair(ctx, c.ID); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("LoadKeyPair without a key file = %v; want an error that wraps fs.ErrNotExist", err)
 	}
 }

@@ -310,7 +310,7 @@ func (b *bench) notes() {
 		add("RSA: the RSA-2048 certificates share a pool of %d keys (RSA key generation is slow); each certificate is still uploaded, stored and parsed on its own", rsaPoolSize)
 	}
 	add("one ECDSA P-256 CA signs every leaf; each chain is leaf + CA")
-	add("cold start is from process start until a handshake for a random domain gets its certificate; storage files are in the page cache")
+	add("cold start is from process start until a handshake for a random domain gets its certificate; dcbench leaves the page cache as it finds it (files it just wrote are in it; to start cold, drop it before the run: sync; echo 3 > /proc/sys/vm/drop_caches)")
 	if b.sealed != "" {
 		add("sealed storage: %s", b.sealed)
 	}
