@@ -54,8 +54,10 @@ type App struct {
 	// certificate cache, which every handshake consults before it asks
 	// a certificate manager: a handshake for one of them costs what a
 	// handshake for a certificate Caddy loaded itself costs. A certificate
-	// enters on its first handshake when each name it holds is a domain
-	// (not a wildcard) that serves it, and leaves on any change of those
+	// enters on a handshake that finds it in this plugin's cache (its
+	// first after its upload, its second after it was read from storage)
+	// when each name it holds is a domain (not a wildcard) that serves it,
+	// and leaves on any change of those
 	// domains or of the certificate, or when it leaves this plugin's cache
 	// (so it never takes memory beyond cache_capacity and cache_memory).
 	// They count toward the capacity of Caddy's cache (the tls app's

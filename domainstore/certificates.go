@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io/fs"
 	"strings"
 	"time"
 
@@ -247,14 +246,17 @@ func (s *Store) LoadKeyPair(ctx context.Context, id string) (*tls.Certificate, e
 	defer cancel()
 	var keyPEM []byte
 	if s.uploadKnown(id) {
-		b, err := s.Storage().Load(ctx, CertificateKeyKey(id))
-		switch {
-		case err == nil && bytes.Contains(b, pemCertificate):
-			return parseKeyPair(id, b, b)
-		case err == nil:
+		// any failure here (no such file, a storage that reports it
+		// unwrapped, a chain that does not decode) leaves the answer to
+		// the record, which also serves managed certificates that memory
+		// does not know as managed yet
+		if b, err := s.Storage().Load(ctx, CertificateKeyKey(id)); err == nil {
+			if bytes.Contains(b, pemCertificate) {
+				if tc, err := parseKeyPair(id, b, b); err == nil {
+					return tc, nil
+				}
+			}
 			keyPEM = b
-		case !errors.Is(err, fs.ErrNotExist):
-			return nil, fmt.Errorf("loading private key of certificate %s: %w", id, err)
 		}
 	}
 	// only the fields serving needs: decoding the whole record (names,

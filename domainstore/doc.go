@@ -7,8 +7,10 @@
 // Storage layout, below the prefix "domaincerts/":
 //
 //	certificates/<id>.json  certificate record (public material only)
-//	certificates/<id>.key   private key, PKCS#8 PEM; its name ends in ".key"
-//	                        so that caddy.storage.sealed seals it
+//	certificates/<id>.key   private key, PKCS#8 PEM, then the certificate
+//	                        chain (so that serving reads one file); its name
+//	                        ends in ".key" so that caddy.storage.sealed
+//	                        seals it
 //	domains/<id>.json       domain record
 //
 // Every door into domaincerts (the admin API, caddy subcommands) calls the

@@ -860,6 +860,10 @@ func TestKeyPairFromKeyFile(t *testing.T) {
 	}{
 		{"key and chain", nil, []string{"domaincerts/certificates/" + c.ID + ".key"}},
 		{"key alone", []byte(leaf.KeyPEM), []string{"domaincerts/certificates/" + c.ID + ".key", "domaincerts/certificates/" + c.ID + ".json"}},
+		// a block that does not decode is not left out of the chain: the
+		// record's chain is served instead
+		{"chain damaged", []byte(leaf.KeyPEM + leaf.CertPEM + strings.Replace(ca.InterPEM, "\n", "\n!", 1)),
+			[]string{"domaincerts/certificates/" + c.ID + ".key", "domaincerts/certificates/" + c.ID + ".json"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.keyFile != nil {
@@ -885,6 +889,21 @@ func TestKeyPairFromKeyFile(t *testing.T) {
 				t.Errorf("leaf = %v; want serial %s", kp.Leaf, leaf.Serial)
 			}
 		})
+	}
+
+	// an upload another instance made is found through the journal
+	other, err := Open(ctx, &certmagic.FileStorage{Path: dir}, Options{Authorities: []string{"letsencrypt"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Close() })
+	leaf2 := ca.Leaf(t, "b.example.test")
+	c2, err := other.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf2.ChainPEM, PrivateKeyPEM: leaf2.KeyPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kp, err := s.LoadKeyPair(ctx, c2.ID); err != nil || kp.Leaf.SerialNumber.Text(16) != leaf2.Serial || len(kp.Certificate) != 2 {
+		t.Fatalf("LoadKeyPair of another instance's upload = %v, %v; want serial %s with its intermediate", kp, err, leaf2.Serial)
 	}
 
 	if err := os.Remove(keyPath); err != nil {

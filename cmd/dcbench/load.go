@@ -361,8 +361,9 @@ func waitServed(ctx context.Context, addr string, s *site, every, timeout time.D
 
 // prime makes one handshake for each site, with concurrency handshakes in
 // flight, so that the measured phases see each server as it is once it has
-// served every name (ours' hot certificates enter Caddy's cache on their
-// first handshake; stock loads every certificate into it up front). It
+// served every name (ours' uploads, cached when they are stored, enter
+// Caddy's cache as hot certificates on their first handshake; stock loads
+// every certificate into it up front). It
 // fails on an error or a wrong certificate.
 func prime(ctx context.Context, addr string, sites []*site, concurrency int) error {
 	var next atomic.Int64

@@ -714,7 +714,7 @@ func (b *bench) throughput(ctx context.Context, sr *suiteResult, ours, stock *in
 		}
 	}
 	// every name once on each server, as on an edge that has served for
-	// a while (ours' hot certificates enter Caddy's cache on first use);
+	// a while (ours' uploads, cached when stored, become hot on first use);
 	// a kept store has its own warm-up (-warmup) instead
 	t0 := time.Now()
 	for _, in := range []*instance{ours, stock} {

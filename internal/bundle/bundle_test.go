@@ -461,6 +461,8 @@ func TestParseStored(t *testing.T) {
 		{"no certificate", p.ecLeaf.keyPEM, p.ecLeaf.keyPEM, "no certificate"},
 		{"corrupt key", chain, pemOf("PRIVATE KEY", nil, []byte{0x30, 0x03, 0x02, 0x01, 0x00}), "parsing the private key"},
 		{"unknown key type", chain, pemOf("OPENSSH PRIVATE KEY", nil, []byte{1}), `unsupported type "OPENSSH PRIVATE KEY"`},
+		// pem.Decode passes over a block whose body is not base64
+		{"damaged intermediate", p.ecLeaf.pem + strings.Replace(p.inter.pem, "\n", "\n!", 1), p.ecLeaf.keyPEM, "1 of 2 certificate blocks do not decode"},
 	} {
 		if _, err := ParseStored([]byte(bad.cert), []byte(bad.key)); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%s: err = %v, want one containing %q", bad.name, err, bad.want)

@@ -21,8 +21,9 @@ var (
 // writes, which is how uploads are stored. It reports false for anything
 // else (other algorithms, attributes, padded scalars, trailing data), for
 // x509.ParsePKCS8PrivateKey to parse. x509's parser decodes the structure
-// by reflection with a dozen allocations, which on a cache miss costs more
-// than computing the public key; this one allocates only the key.
+// by reflection with a dozen allocations, which on a cache miss cost more
+// than computing the public key (each allocation pays GC assists on a
+// large heap); this one allocates little besides the key itself.
 //
 // A key it accepts is one x509.ParsePKCS8PrivateKey accepts and decodes to
 // the same key (FuzzParsePKCS8ECDSA).

@@ -1,6 +1,7 @@
 package bundle
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/sha256"
 	"crypto/tls"
@@ -33,6 +34,11 @@ func ParseStored(certPEM, keyPEM []byte) (tls.Certificate, error) {
 	if len(tc.Certificate) == 0 {
 		return tls.Certificate{}, errors.New("no certificate")
 	}
+	// pem.Decode passes over a block it cannot decode: a damaged block
+	// must fail the load, not shorten the chain
+	if n := bytes.Count(certPEM, pemBeginCertificate); n != len(tc.Certificate) {
+		return tls.Certificate{}, fmt.Errorf("%d of %d certificate blocks do not decode", n-len(tc.Certificate), n)
+	}
 	leaf, err := x509.ParseCertificate(tc.Certificate[0])
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("parsing the leaf: %w", err)
@@ -53,6 +59,9 @@ func ParseStored(certPEM, keyPEM []byte) (tls.Certificate, error) {
 	}
 	return tc, nil
 }
+
+// pemBeginCertificate begins a PEM certificate block.
+var pemBeginCertificate = []byte("-----BEGIN CERTIFICATE-----")
 
 // parseStoredKey decodes the first private key block of a stored key in the
 // form its type names: PKCS#8 as uploads are stored, and PKCS#1, SEC 1 and
