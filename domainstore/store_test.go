@@ -859,12 +859,11 @@ func TestKeyPairFromKeyFile(t *testing.T) {
 		reads   []string
 	}{
 		{"key and chain", nil, []string{"domaincerts/certificates/" + c.ID + ".key"}},
+		{"key alone", []byte(leaf.KeyPEM), []string{"domaincerts/certificates/" + c.ID + ".key", "domaincerts/certificates/" + c.ID + ".json"}},
 		// a block that does not decode is not left out of the chain: the
 		// record's chain is served instead
 		{"chain damaged", []byte(leaf.KeyPEM + leaf.CertPEM + strings.Replace(ca.InterPEM, "\n", "\n!", 1)),
 			[]string{"domaincerts/certificates/" + c.ID + ".key", "domaincerts/certificates/" + c.ID + ".json"}},
-		// as earlier releases wrote it; last, as it is then rewritten
-		{"key alone", []byte(leaf.KeyPEM), []string{"domaincerts/certificates/" + c.ID + ".key", "domaincerts/certificates/" + c.ID + ".json"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.keyFile != nil {
@@ -890,44 +889,6 @@ func TestKeyPairFromKeyFile(t *testing.T) {
 				t.Errorf("leaf = %v; want serial %s", kp.Leaf, leaf.Serial)
 			}
 		})
-	}
-
-	// the key file read without its chain gets it in the background
-	wantFile := string(withChain([]byte(leaf.KeyPEM), []byte(c.CertificatePEM)))
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		b, err := os.ReadFile(keyPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(b) == wantFile {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the key file was not rewritten with its chain:\n%s", b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	rec.take()
-	if kp, err := s.LoadKeyPair(ctx, c.ID); err != nil || kp.Leaf.SerialNumber.Text(16) != leaf.Serial {
-		t.Fatalf("LoadKeyPair after the rewrite = %v, %v", kp, err)
-	}
-	if got, want := rec.take(), []string{"domaincerts/certificates/" + c.ID + ".key"}; !slices.Equal(got, want) {
-		t.Errorf("storage reads after the rewrite = %v; want %v", got, want)
-	}
-
-	// a deleted certificate's key file is not brought back
-	gone, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.ChainPEM, PrivateKeyPEM: leaf.KeyPEM})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.DeleteCertificate(ctx, gone.ID); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := s.upgradeKeyFiles(ctx, []string{gone.ID, c.ID}); n != 0 || err != nil {
-		t.Fatalf("upgradeKeyFiles of a deleted and an upgraded certificate = %d, %v; want 0, nil", n, err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "domaincerts", "certificates", gone.ID+".key")); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("a deleted certificate's key file: %v; want none", err)
 	}
 
 	// an upload another instance made is found through the journal
