@@ -138,3 +138,26 @@ func FuzzParsePKCS8ECDSA(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkParsePKCS8ECDSA decodes a stored P-256 key on the miss path,
+// against x509.ParsePKCS8PrivateKey.
+func BenchmarkParsePKCS8ECDSA(b *testing.B) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der := pkcs8Of(b, k)
+	b.Run("cryptobyte", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok := parsePKCS8ECDSA(der); !ok {
+				b.Fatal("not parsed")
+			}
+		}
+	})
+	b.Run("x509", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := x509.ParsePKCS8PrivateKey(der); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
