@@ -251,10 +251,10 @@ func (s *Store) LoadKeyPair(ctx context.Context, id string) (*tls.Certificate, e
 		// the record, which also serves managed certificates that memory
 		// does not know as managed yet
 		if b, err := s.Storage().Load(ctx, CertificateKeyKey(id)); err == nil {
-			if !bytes.Contains(b, pemCertificate) {
-				s.wantKeyFile(id) // written without its chain: add it
-			} else if tc, err := parseKeyPair(id, b, b); err == nil {
-				return tc, nil
+			if bytes.Contains(b, pemCertificate) {
+				if tc, err := parseKeyPair(id, b, b); err == nil {
+					return tc, nil
+				}
 			}
 			keyPEM = b
 		}
@@ -287,6 +287,23 @@ func parseKeyPair(id string, certPEM, keyPEM []byte) (*tls.Certificate, error) {
 		return nil, fmt.Errorf("parsing stored certificate %s: %w", id, err)
 	}
 	return &tc, nil
+}
+
+// pemCertificate begins a PEM certificate block.
+var pemCertificate = []byte("-----BEGIN CERTIFICATE-----")
+
+// keyFile returns what an upload's key file holds: its private key, then
+// its certificate chain as the record has it. The chain is public and
+// never changes for a certificate ID; keeping it beside the key lets a
+// handshake that finds the certificate uncached read one file instead of
+// two (with sealed storage, the chain is sealed along with the key).
+func keyFile(b *bundle.Bundle) []byte {
+	out := make([]byte, 0, len(b.KeyPEM)+1+len(b.CertPEM))
+	out = append(out, b.KeyPEM...)
+	if len(out) > 0 && out[len(out)-1] != '\n' {
+		out = append(out, '\n')
+	}
+	return append(out, b.CertPEM...)
 }
 
 // uploadKnown reports whether memory knows certificate id as an upload

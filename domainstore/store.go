@@ -132,9 +132,6 @@ type Store struct {
 	datesWanted chan struct{} // datesLoop: look for certificates without dates
 	datesDone   chan struct{}
 
-	keyFileQ     keyFileQueue // keyFilesLoop: key files found without their chain
-	keyFilesDone chan struct{}
-
 	stats storeStats
 }
 
@@ -164,19 +161,18 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 		opts.Timeout = DefaultTimeout
 	}
 	s := &Store{
-		opts:         opts,
-		log:          opts.Logger,
-		index:        sniindex.New[*Entry](),
-		ops:          make(chan *op, 1024),
-		syncReqs:     make(chan chan error),
-		closing:      make(chan struct{}),
-		done:         make(chan struct{}),
-		reconciled:   make(chan struct{}),
-		snapDone:     make(chan struct{}),
-		datesWanted:  make(chan struct{}, 1),
-		datesDone:    make(chan struct{}),
-		keyFilesDone: make(chan struct{}),
-		skipped:      make(map[uint64]bool),
+		opts:        opts,
+		log:         opts.Logger,
+		index:       sniindex.New[*Entry](),
+		ops:         make(chan *op, 1024),
+		syncReqs:    make(chan chan error),
+		closing:     make(chan struct{}),
+		done:        make(chan struct{}),
+		reconciled:  make(chan struct{}),
+		snapDone:    make(chan struct{}),
+		datesWanted: make(chan struct{}, 1),
+		datesDone:   make(chan struct{}),
+		skipped:     make(map[uint64]bool),
 	}
 	s.SetSyncInterval(opts.SyncInterval)
 	s.SetStorage(storage)
@@ -189,7 +185,6 @@ func Open(ctx context.Context, storage certmagic.Storage, opts Options) (*Store,
 	go s.sequencer()
 	go s.snapshotLoop()
 	go s.datesLoop()
-	go s.keyFilesLoop()
 	s.wantDates()
 	s.mu.RLock()
 	n, c, pos := len(s.domains), len(s.certs), s.pos
@@ -418,7 +413,6 @@ func (s *Store) Close() error {
 		<-s.done
 		<-s.snapDone
 		<-s.datesDone
-		<-s.keyFilesDone
 	})
 	if !first {
 		return nil

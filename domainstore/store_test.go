@@ -859,12 +859,11 @@ func TestKeyPairFromKeyFile(t *testing.T) {
 		reads   []string
 	}{
 		{"key and chain", nil, []string{"domaincerts/certificates/" + c.ID + ".key"}},
+		{"key alone", []byte(leaf.KeyPEM), []string{"domaincerts/certificates/" + c.ID + ".key", "domaincerts/certificates/" + c.ID + ".json"}},
 		// a block that does not decode is not left out of the chain: the
 		// record's chain is served instead
 		{"chain damaged", []byte(leaf.KeyPEM + leaf.CertPEM + strings.Replace(ca.InterPEM, "\n", "\n!", 1)),
 			[]string{"domaincerts/certificates/" + c.ID + ".key", "domaincerts/certificates/" + c.ID + ".json"}},
-		// as earlier releases wrote it; last, as it is then rewritten
-		{"key alone", []byte(leaf.KeyPEM), []string{"domaincerts/certificates/" + c.ID + ".key", "domaincerts/certificates/" + c.ID + ".json"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.keyFile != nil {
@@ -890,92 +889,6 @@ func TestKeyPairFromKeyFile(t *testing.T) {
 				t.Errorf("leaf = %v; want serial %s", kp.Leaf, leaf.Serial)
 			}
 		})
-	}
-
-	// the key file read without its chain gets it in the background
-	wantFile := string(withChain([]byte(leaf.KeyPEM), []byte(c.CertificatePEM)))
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		b, err := os.ReadFile(keyPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if string(b) == wantFile {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the key file was not rewritten with its chain:\n%s", b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	rec.take()
-	if kp, err := s.LoadKeyPair(ctx, c.ID); err != nil || kp.Leaf.SerialNumber.Text(16) != leaf.Serial {
-		t.Fatalf("LoadKeyPair after the rewrite = %v, %v", kp, err)
-	}
-	if got, want := rec.take(), []string{"domaincerts/certificates/" + c.ID + ".key"}; !slices.Equal(got, want) {
-		t.Errorf("storage reads after the rewrite = %v; want %v", got, want)
-	}
-
-	// a deleted certificate's key file is not brought back
-	gone, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.ChainPEM, PrivateKeyPEM: leaf.KeyPEM})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.DeleteCertificate(ctx, gone.ID); err != nil {
-		t.Fatal(err)
-	}
-	gonePath := filepath.Join(dir, "domaincerts", "certificates", gone.ID+".key")
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		// the key goes right after the deletion's answer
-		if _, err := os.Stat(gonePath); errors.Is(err, fs.ErrNotExist) {
-			break
-		} else if time.Now().After(deadline) {
-			t.Fatalf("the deleted certificate's key file is still there: %v", err)
-		}
-	}
-	if n, failed := s.upgradeKeyFiles(ctx, []string{gone.ID, c.ID}); n != 0 || len(failed) != 0 {
-		t.Fatalf("upgradeKeyFiles of a deleted and an upgraded certificate = %d, %v; want 0, none failed", n, failed)
-	}
-	if _, err := os.Stat(gonePath); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("a deleted certificate's key file: %v; want none", err)
-	}
-	// after a batch that lost the journal lock, a key file of a
-	// certificate deleted meanwhile is deleted again
-	if err := os.WriteFile(gonePath, []byte(leaf.KeyPEM), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s.recheckKeyFiles([]string{gone.ID, c.ID})
-	if _, err := os.Stat(gonePath); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("a deleted certificate's key file after the recheck: %v; want none", err)
-	}
-	if _, err := os.Stat(keyPath); err != nil {
-		t.Fatalf("a live certificate's key file after the recheck: %v", err)
-	}
-
-	// a key file whose key is not the certificate's is left as it is and
-	// reported; the others in the batch are rewritten
-	good, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.ChainPEM, PrivateKeyPEM: leaf.KeyPEM})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad, err := s.CreateCertificate(ctx, CertificateInput{CertificatePEM: leaf.ChainPEM, PrivateKeyPEM: leaf.KeyPEM})
-	if err != nil {
-		t.Fatal(err)
-	}
-	foreign := ca.Leaf(t, "c.example.test")
-	for id, key := range map[string]string{good.ID: leaf.KeyPEM, bad.ID: foreign.KeyPEM} {
-		if err := os.WriteFile(filepath.Join(dir, "domaincerts", "certificates", id+".key"), []byte(key), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	n, failed := s.upgradeKeyFiles(ctx, []string{bad.ID, good.ID})
-	if n != 1 || len(failed) != 1 || failed[bad.ID] == nil || !strings.Contains(failed[bad.ID].Error(), "does not hold the certificate's key") {
-		t.Fatalf("upgradeKeyFiles = %d, %v; want 1 rewritten and %s failed for its key", n, failed, bad.ID)
-	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "domaincerts", "certificates", bad.ID+".key")); string(b) != foreign.KeyPEM {
-		t.Fatal("the mismatched key file was changed")
-	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "domaincerts", "certificates", good.ID+".key")); string(b) != string(withChain([]byte(leaf.KeyPEM), []byte(good.CertificatePEM))) {
-		t.Fatalf("the good key file was not rewritten:\n%s", b)
 	}
 
 	// an upload another instance made is found through the journal
