@@ -92,7 +92,9 @@ type Store struct {
 	index   *sniindex.Index[*Entry]
 
 	// The state below is changed only by the sequencer goroutine, under
-	// mu; other goroutines read it under mu.RLock.
+	// mu (but the dates loop fills in certificate dates in certs and
+	// expiry, under mu); other goroutines read it under mu.RLock, and the
+	// sequencer reads certs under it too.
 	mu        sync.RWMutex
 	domains   map[string]*Entry       // live domains by ID
 	domainIDs []string                // sorted, oldest first: live and damaged domains

@@ -123,8 +123,18 @@ func (tx *txn) certExists(id string) bool {
 	if c, ok := tx.stagedCert(id); ok {
 		return c != nil
 	}
-	_, ok := tx.s.certs[id]
+	_, ok := tx.s.certMetaOf(id)
 	return ok
+}
+
+// certMetaOf returns what memory knows of certificate id. The sequencer
+// reads the rest of the state without s.mu, as only it changes it; the
+// certificates' map it reads under s.mu, as the dates loop fills in dates.
+func (s *Store) certMetaOf(id string) (certMeta, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m, ok := s.certs[id]
+	return m, ok
 }
 
 // certificate returns the current record of certificate id.
@@ -136,7 +146,7 @@ func (tx *txn) certificate(id string) (*Certificate, error) {
 		cc := *c
 		return &cc, nil
 	}
-	v, ok := tx.s.certs[id]
+	v, ok := tx.s.certMetaOf(id)
 	if !ok {
 		return nil, notFound("certificate", id)
 	}
