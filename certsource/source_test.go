@@ -206,6 +206,47 @@ func (c *keyLoadCounter) Load(ctx context.Context, key string) ([]byte, error) {
 	return c.FileStorage.Load(ctx, key)
 }
 
+// TestWaitersOfALoadReportLoaded checks that a handshake that waited for
+// another's load of its certificate is told the certificate was loaded
+// (so it is not promoted on that handshake either).
+func TestWaitersOfALoadReportLoaded(t *testing.T) {
+	f := newFixture(t, 10)
+	id, _ := f.attach(t, "a.example.test")
+	f.source.Cache().Remove(id)
+	want, err := f.store.LoadKeyPair(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a load in flight, as another handshake's
+	l := &load{done: make(chan struct{})}
+	f.source.mu.Lock()
+	f.source.loading[id] = l
+	f.source.mu.Unlock()
+	type result struct {
+		c      *tls.Certificate
+		loaded bool
+		err    error
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, loaded, err := f.source.certificate(context.Background(), id)
+		got <- result{c, loaded, err}
+	}()
+	l.cert = want
+	close(l.done)
+	if r := <-got; r.err != nil || r.c != want || !r.loaded {
+		t.Fatalf("waiter got %p, loaded %v, %v; want the loaded certificate %p, loaded true", r.c, r.loaded, r.err, want)
+	}
+	// and one that finds it cached does not
+	f.source.mu.Lock()
+	delete(f.source.loading, id)
+	f.source.mu.Unlock()
+	f.source.Cache().Put(id, want)
+	if c, loaded, err := f.source.certificate(context.Background(), id); err != nil || c != want || loaded {
+		t.Fatalf("cached: got %p, loaded %v, %v; want %p, loaded false", c, loaded, err, want)
+	}
+}
+
 func TestDeletedCertificateLeavesCache(t *testing.T) {
 	f := newFixture(t, 10)
 	id, _ := f.attach(t, "a.example.test")
