@@ -496,9 +496,15 @@ func statusMsg(err error) string {
 		"; the storage failed or a stored value could not be read, see Caddy's log for the cause"
 }
 
-// storageOps are the operations of this file whose errors wrap a storage
-// error as it is (see provision and lockJob).
-var storageOps = []string{"loading stored certificate", "loading obtained certificate", "taking the provisioning lock"}
+// storageError is a failure of the storage during one of this file's
+// operations (see provision and lockJob): the operation, then the cause.
+type storageError struct {
+	op  string
+	err error
+}
+
+func (e *storageError) Error() string { return e.op + ": " + e.err.Error() }
+func (e *storageError) Unwrap() error { return e.err }
 
 // storageKeyPrefixes begin the storage keys that CertMagic and the domain
 // store write; an error text that quotes one names a storage key.
@@ -529,12 +535,11 @@ func fromStorage(err error) bool {
 	if !errors.As(err, &dcErr) && (errors.As(err, &pathErr) || errors.As(err, &linkErr) || errors.As(err, &sealErr)) {
 		return true
 	}
-	text := err.Error()
-	for _, op := range storageOps {
-		if strings.HasPrefix(text, op+": ") {
-			return true
-		}
+	var se *storageError
+	if errors.As(err, &se) {
+		return true
 	}
+	text := err.Error()
 	for _, p := range storageKeyPrefixes {
 		if strings.Contains(text, `"`+p) || strings.Contains(text, "'"+p) || strings.Contains(text, " "+p) {
 			return true
@@ -547,6 +552,10 @@ func fromStorage(err error) bool {
 // outermost context of err (such as "taking the provisioning lock"), or a
 // general phrase when that context itself names a key or path.
 func storageOp(err error) string {
+	var se *storageError
+	if errors.As(err, &se) {
+		return se.op
+	}
 	op, _, _ := strings.Cut(err.Error(), ": ")
 	if strings.ContainsAny(op, `/\"'`) {
 		return "reading or writing the storage"
@@ -636,12 +645,12 @@ func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainst
 		if !errors.As(err, &je) {
 			je = &jobError{code: "INTERNAL_ERROR", err: err}
 		}
-		code := je.code
+		code, msg := je.code, statusMsg(je.err)
 		if je.final {
 			a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
-				ErrorCode: &code, Msg: statusMsg(je.err), StartedAt: started,
+				ErrorCode: &code, Msg: msg, StartedAt: started,
 			}})
-			a.failed(ctx, id, name, code, statusMsg(je.err), nil)
+			a.failed(ctx, id, name, code, msg, nil)
 			log.Warn("provisioning certificate failed; not retrying until the configuration changes",
 				zap.String("error_code", code), zap.Error(je.err))
 			stopped = true
@@ -651,9 +660,9 @@ func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainst
 			a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
 				ErrorCode: &code, StartedAt: started,
 				Msg: fmt.Sprintf("%s; no more attempts after %s of failures: fix the cause, then POST /domaincerts/domains/%s/provision (caddy domaincerts provision %s) or PATCH its certificate_management_policy to try again",
-					statusMsg(je.err), a.opts.ProvisioningTimeout, id, id),
+					msg, a.opts.ProvisioningTimeout, id, id),
 			}})
-			a.failed(ctx, id, name, code, statusMsg(je.err), nil)
+			a.failed(ctx, id, name, code, msg, nil)
 			log.Warn("provisioning certificate failed for longer than provisioning_timeout; stopped retrying",
 				zap.String("error_code", code), zap.Time("started_at", started), zap.Error(je.err))
 			stopped = true
@@ -661,9 +670,9 @@ func (a *ACME) run(ctx context.Context, j *job, id, name string, policy domainst
 		}
 		retry := ceilSecond(time.Now().Add(delay))
 		a.setStatus(ctx, id, policy, &domainstore.Status{ProvisioningJob: &domainstore.ProvisioningJob{
-			ErrorCode: &code, Msg: statusMsg(je.err), StartedAt: started, RetriesAt: &retry,
+			ErrorCode: &code, Msg: msg, StartedAt: started, RetriesAt: &retry,
 		}})
-		a.failed(ctx, id, name, code, statusMsg(je.err), &retry)
+		a.failed(ctx, id, name, code, msg, &retry)
 		// said once per distinct failure: a customer who has not set up
 		// DNS yet is not the operator's problem, and a retry that fails
 		// the same way adds nothing
@@ -740,7 +749,7 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 			return a.classify(fmt.Errorf("renewing the certificate for %s from %s: %w", name, policy.Authority, err), name)
 		}
 	case !errors.Is(err, fs.ErrNotExist):
-		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading stored certificate: %w", err)}
+		return &jobError{code: "INTERNAL_ERROR", err: &storageError{"loading stored certificate", err}}
 	default:
 		unlock, ocfg, err := a.beforeOrder(ctx, auth, id, name, policy, started,
 			fmt.Sprintf("obtaining a certificate from %s", policy.Authority))
@@ -755,7 +764,7 @@ func (a *ACME) provision(ctx context.Context, id, name string, policy domainstor
 	}
 	cert, err = cfg.CacheManagedCertificate(ctx, name)
 	if err != nil {
-		return &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("loading obtained certificate: %w", err)}
+		return &jobError{code: "INTERNAL_ERROR", err: &storageError{"loading obtained certificate", err}}
 	}
 	return a.loaded(ctx, id, policy, cfg, name, cert)
 }
@@ -876,7 +885,7 @@ func (a *ACME) lockJob(ctx context.Context, id string) (func(), error) {
 	name := "domaincerts_job_" + id
 	ok, err := a.store.TryLock(ctx, name)
 	if err != nil {
-		return nil, &jobError{code: "INTERNAL_ERROR", err: fmt.Errorf("taking the provisioning lock: %w", err)}
+		return nil, &jobError{code: "INTERNAL_ERROR", err: &storageError{"taking the provisioning lock", err}}
 	}
 	if !ok {
 		return nil, errJobBusy

@@ -91,11 +91,12 @@ func TestStatusMsg(t *testing.T) {
 		err    error
 		wantOp string // "" when the msg is the error's text
 	}{
-		{"file_system error loading the stored certificate", fmt.Errorf("loading stored certificate: %w", fsErr), "loading stored certificate"},
-		{"unsealed key loading the stored certificate", fmt.Errorf("loading stored certificate: %w", unsealedErr), "loading stored certificate"},
+		{"file_system error loading the stored certificate", &storageError{"loading stored certificate", fsErr}, "loading stored certificate"},
+		{"unsealed key loading the stored certificate", &storageError{"loading stored certificate", unsealedErr}, "loading stored certificate"},
 		{"sealed value moved, while obtaining", fmt.Errorf("obtaining a certificate for shop.test from letsencrypt: %w", movedErr), "obtaining a certificate for shop.test from letsencrypt"},
-		{"unsealed key after obtaining", fmt.Errorf("loading obtained certificate: %w", unsealedErr), "loading obtained certificate"},
+		{"unsealed key after obtaining", &storageError{"loading obtained certificate", unsealedErr}, "loading obtained certificate"},
 		{"provisioning lock", lockErr, "taking the provisioning lock"},
+		{"another storage's error without a path, loading the stored certificate", &storageError{"loading stored certificate", errors.New("redis: connection reset by peer")}, "loading stored certificate"},
 		{"a storage error alone", fsErr, "reading or writing the storage"},
 		{"a storage key in another storage's error", errors.New(`saving "certificates/acme-v02/shop.test/shop.test.crt": redis: connection reset`), "reading or writing the storage"},
 		{"a lock file's path in CertMagic's text", errors.New("obtaining a certificate for shop.test from letsencrypt: unable to acquire lock 'issue_cert_shop.test': creating lock file: open /var/lib/caddy/locks/issue_cert_shop.test.lock: permission denied"), "obtaining a certificate for shop.test from letsencrypt"},

@@ -160,6 +160,9 @@ func (s *Source) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo)
 	return c, nil
 }
 
+// unixNow is the clock of the once-a-minute log lines (a variable for tests).
+var unixNow = func() int64 { return time.Now().Unix() }
+
 // fallbackOr serves the fallback certificate, or fails with err and
 // counts the handshake in failed.
 func (s *Source) fallbackOr(ctx context.Context, err error, failed *paddedCounter) (*tls.Certificate, error) {
@@ -175,7 +178,8 @@ func (s *Source) fallbackOr(ctx context.Context, err error, failed *paddedCounte
 		failed.Add(1)
 		// said here, at most once a minute: the handshake's own error may
 		// be one that no log line reports (a name without a domain)
-		if now := time.Now().Unix(); s.fallbackLogged.Swap(now) < now-60 {
+		now := unixNow()
+		if last := s.fallbackLogged.Load(); now-last >= 60 && s.fallbackLogged.CompareAndSwap(last, now) {
 			s.log.Error("loading the fallback certificate failed; handshakes it would answer fail",
 				zap.String("cert_id", id), zap.Error(ferr))
 		}

@@ -18,6 +18,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/bundle"
@@ -155,6 +158,26 @@ func TestFallback(t *testing.T) {
 	got, err := f.handshake(t, "nothing.example.test")
 	if err != nil || got != serial {
 		t.Fatalf("served %s, %v; want the fallback %s", got, err, serial)
+	}
+}
+
+// TestFallbackFailureLoggedOnceAMinute checks that a fallback certificate
+// that keeps failing to load is logged once a minute, not once and then
+// never again while the failures keep coming.
+func TestFallbackFailureLoggedOnceAMinute(t *testing.T) {
+	f := newFixture(t, 10)
+	core, logs := observer.New(zapcore.ErrorLevel)
+	f.source.log = zap.New(core)
+	f.source.SetFallback("cert_01m8q3bh8n1n87rt06mm4j10et") // no such certificate
+	defer func(old func() int64) { unixNow = old }(unixNow)
+	for _, at := range []int64{1000, 1030, 1061, 1090, 1125} {
+		unixNow = func() int64 { return at }
+		if _, err := f.source.GetCertificate(context.Background(), &tls.ClientHelloInfo{ServerName: "nothing.example.test"}); err == nil {
+			t.Fatal("served a handshake without a fallback certificate")
+		}
+	}
+	if got := logs.FilterMessageSnippet("fallback certificate failed").Len(); got != 3 {
+		t.Fatalf("logged %d times over failures at 0, 30, 61, 90 and 125 s; want 3 (at 0, 61 and 125 s)", got)
 	}
 }
 

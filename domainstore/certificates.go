@@ -1,11 +1,11 @@
 package domainstore
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -247,14 +247,12 @@ func (s *Store) LoadKeyPair(ctx context.Context, id string) (*tls.Certificate, e
 	var keyPEM []byte
 	if s.uploadKnown(id) {
 		// any failure here (no such file, a storage that reports it
-		// unwrapped, a chain that does not decode) leaves the answer to
-		// the record, which also serves managed certificates that memory
-		// does not know as managed yet
+		// unwrapped, a file without the chain or with one that does not
+		// decode) leaves the answer to the record, which also serves
+		// managed certificates that memory does not know as managed yet
 		if b, err := s.Storage().Load(ctx, CertificateKeyKey(id)); err == nil {
-			if bytes.Contains(b, pemCertificate) {
-				if tc, err := parseKeyPair(id, b, b); err == nil {
-					return tc, nil
-				}
+			if tc, err := parseKeyPair(id, b, b); err == nil {
+				return tc, nil
 			}
 			keyPEM = b
 		}
@@ -289,21 +287,13 @@ func parseKeyPair(id string, certPEM, keyPEM []byte) (*tls.Certificate, error) {
 	return &tc, nil
 }
 
-// pemCertificate begins a PEM certificate block.
-var pemCertificate = []byte("-----BEGIN CERTIFICATE-----")
-
 // keyFile returns what an upload's key file holds: its private key, then
 // its certificate chain as the record has it. The chain is public and
 // never changes for a certificate ID; keeping it beside the key lets a
 // handshake that finds the certificate uncached read one file instead of
 // two (with sealed storage, the chain is sealed along with the key).
 func keyFile(b *bundle.Bundle) []byte {
-	out := make([]byte, 0, len(b.KeyPEM)+1+len(b.CertPEM))
-	out = append(out, b.KeyPEM...)
-	if len(out) > 0 && out[len(out)-1] != '\n' {
-		out = append(out, '\n')
-	}
-	return append(out, b.CertPEM...)
+	return slices.Concat(b.KeyPEM, b.CertPEM) // KeyPEM ends in a newline
 }
 
 // uploadKnown reports whether memory knows certificate id as an upload
