@@ -489,6 +489,73 @@ func TestUnconfirmedJournalWrite(t *testing.T) {
 	checkConsistent(t, b)
 }
 
+// lapsedLock stands for an instance whose journal lock lapsed while it
+// was held up (a paused process or VM, past the lock's lease): it goes on
+// as if it held the lock, which it never takes from the other instances.
+type lapsedLock struct {
+	*memstorage.Storage
+}
+
+func (lapsedLock) Lock(context.Context, string) error   { return nil }
+func (lapsedLock) Unlock(context.Context, string) error { return nil }
+
+// TestLapsedJournalLock holds up a write of instance a after it has taken
+// the entry number, while instance b takes the journal lock and writes
+// that entry. When a goes on, its write fails with STORAGE_UNAVAILABLE and
+// changes nothing: b's entry stays, and every instance (a, b, one started
+// afterwards) has b's domain and not a's. a writes again once it has read
+// b's entry.
+func TestLapsedJournalLock(t *testing.T) {
+	ctx := context.Background()
+	shared := new(memstorage.Storage)
+	opts := Options{SyncInterval: time.Hour}
+	a, b := openWith(t, lapsedLock{shared}, opts), openWith(t, shared, opts)
+	<-a.Reconciled()
+	<-b.Reconciled()
+
+	running, release := make(chan struct{}), make(chan struct{})
+	errA := make(chan error, 1)
+	go func() {
+		errA <- a.submit(ctx, func(tx *txn) error {
+			close(running)
+			<-release
+			ts := now()
+			tx.putDomain(&Domain{ID: newID(DomainPrefix), CreatedAt: ts, UpdatedAt: ts, Domain: "stale.example.test"}, nil)
+			return nil
+		})
+	}()
+	<-running
+	db := mustCreate(t, b, DomainInput{Domain: "b.example.test"})
+	close(release)
+	if err := <-errA; dcerr.CodeOf(err) != dcerr.StorageUnavailable {
+		t.Errorf("a's write after its lock lapsed answered %v; want STORAGE_UNAVAILABLE", err)
+	}
+
+	c := openWith(t, shared, opts)
+	<-c.Reconciled()
+	for i, s := range []*Store{a, b, c} {
+		if err := s.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := s.Lookup("b.example.test"); !ok || e.DomainID != db.ID {
+			t.Errorf("instance %d: b.example.test is %+v (found %v); want b's domain %s", i, e, ok, db.ID)
+		}
+		if e, ok := s.Lookup("stale.example.test"); ok {
+			t.Errorf("instance %d has the failed write's domain %+v", i, e)
+		}
+	}
+	da := mustCreate(t, a, DomainInput{Domain: "a.example.test"})
+	for i, s := range []*Store{a, b, c} {
+		if err := s.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := s.Lookup("a.example.test"); !ok || e.DomainID != da.ID {
+			t.Errorf("instance %d: a.example.test is %+v (found %v); want a's domain %s", i, e, ok, da.ID)
+		}
+		checkConsistent(t, s)
+	}
+}
+
 // TestDamagedHead damages the head after compaction: it is rebuilt from
 // the entries, an instance that starts by listing follows the journal from
 // there, and the writes of both instances reach each other.

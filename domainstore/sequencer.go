@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"sync/atomic"
 	"time"
@@ -469,14 +470,36 @@ func (s *Store) noteApplied(ctx context.Context, sess *session, seq uint64) {
 // errNotCommitted means a journal write certainly did not land.
 var errNotCommitted = errors.New("the journal entry was not written")
 
+// errLockLapsed means another writer has written the entry this instance
+// was about to write: its journal lock lapsed while it was held up.
+var errLockLapsed = fmt.Errorf("%w: another instance wrote it first (this instance's journal lock lapsed)", errNotCommitted)
+
 // writeEntry writes journal entry seq (bytes b) and makes sure of the
 // outcome: after a failed write it reads the entry back, and writes it
 // again while it is certainly absent, until ctx ends. It returns nil once
-// the entry holds b, errNotCommitted if it certainly does not (another
-// writer's entry is there: this instance's lock expired), and another error
+// the entry holds b, an error that is errNotCommitted if it certainly does
+// not (errLockLapsed: another writer's entry is there), and another error
 // when the outcome is unknown.
+//
+// The entry is first read, to be sure it is still free. The journal lock
+// that reserves the entry's number is a lease: an instance held up longer
+// than the lease (a paused process or VM, a storage that hung) can go on
+// as if it held the lock after another instance took it and wrote the
+// entry. A Store over that entry would replace a write another instance
+// acknowledged, and set the instances apart. CertMagic's storages have no
+// create-if-absent, so the read narrows that window to the time between
+// the read and the write.
 func (s *Store) writeEntry(ctx context.Context, seq uint64, b []byte) error {
 	key := entryKey(seq)
+	switch _, err := s.Storage().Load(ctx, key); {
+	case err == nil:
+		s.log.Error("the journal lock lapsed: another instance wrote the entry this one was about to write; its writes fail",
+			zap.Uint64("seq", seq))
+		return errLockLapsed
+	case !errors.Is(err, fs.ErrNotExist):
+		s.stats.storageErrors.Add(1)
+		return fmt.Errorf("%w: checking that it is free: %w", errNotCommitted, err)
+	}
 	pause := 50 * time.Millisecond
 	for {
 		err := s.Storage().Store(ctx, key, b)
@@ -490,7 +513,7 @@ func (s *Store) writeEntry(ctx context.Context, seq uint64, b []byte) error {
 		case lerr == nil && bytes.Equal(got, b):
 			return nil
 		case lerr == nil:
-			return errNotCommitted
+			return errLockLapsed
 		case !errors.Is(lerr, fs.ErrNotExist) && ctx.Err() != nil:
 			return err
 		}
