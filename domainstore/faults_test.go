@@ -514,6 +514,9 @@ func TestLapsedJournalLock(t *testing.T) {
 	<-b.Reconciled()
 
 	running, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the stores close: a failed test must not hang
 	errA := make(chan error, 1)
 	go func() {
 		errA <- a.submit(ctx, func(tx *txn) error {
@@ -526,7 +529,7 @@ func TestLapsedJournalLock(t *testing.T) {
 	}()
 	<-running
 	db := mustCreate(t, b, DomainInput{Domain: "b.example.test"})
-	close(release)
+	unblock()
 	if err := <-errA; dcerr.CodeOf(err) != dcerr.StorageUnavailable {
 		t.Errorf("a's write after its lock lapsed answered %v; want STORAGE_UNAVAILABLE", err)
 	}
@@ -553,6 +556,103 @@ func TestLapsedJournalLock(t *testing.T) {
 			t.Errorf("instance %d: a.example.test is %+v (found %v); want a's domain %s", i, e, ok, da.ID)
 		}
 		checkConsistent(t, s)
+	}
+}
+
+// racedEntry is lapsedLock whose journal entry writes fail, the way a
+// storage that is failing fails them, while another writer's entry lands
+// at the same number: storeFails entry writes fail, then loadFails reads
+// of the entry, and meanwhile runs inside the last failing call.
+type racedEntry struct {
+	lapsedLock
+	mu          sync.Mutex
+	storeFails  int
+	loadFails   int
+	failedWrite bool
+	meanwhile   func()
+}
+
+func isEntryKey(key string) bool { return strings.HasPrefix(key, journalDir+"/0") }
+
+func (r *racedEntry) Store(ctx context.Context, key string, v []byte) error {
+	r.mu.Lock()
+	if isEntryKey(key) && r.storeFails > 0 {
+		r.storeFails--
+		r.failedWrite = true
+		last := r.storeFails == 0 && r.loadFails == 0
+		r.mu.Unlock()
+		if last {
+			r.meanwhile()
+		}
+		return errors.New("storage write failed")
+	}
+	r.mu.Unlock()
+	return r.Storage.Store(ctx, key, v)
+}
+
+func (r *racedEntry) Load(ctx context.Context, key string) ([]byte, error) {
+	r.mu.Lock()
+	if isEntryKey(key) && r.failedWrite && r.loadFails > 0 {
+		r.loadFails--
+		last := r.loadFails == 0
+		r.mu.Unlock()
+		if last {
+			r.meanwhile()
+		}
+		return nil, errors.New("storage read failed")
+	}
+	r.mu.Unlock()
+	return r.Storage.Load(ctx, key)
+}
+
+// TestJournalWriteRacesAnotherWriter has instance a's journal write fail
+// while instance b (a's lock having lapsed) writes the same entry: right
+// away, or while a cannot read the entry back either. a never writes
+// over b's entry, and, since its failed write might still land, answers
+// that the outcome is unknown; every instance has b's domain and not a's.
+func TestJournalWriteRacesAnotherWriter(t *testing.T) {
+	for _, tc := range []struct {
+		name                  string
+		storeFails, loadFails int
+	}{
+		{"b writes while a's write fails", 1, 0},
+		{"b writes while a cannot read the entry back", 1, 1},
+		{"a's write fails twice, b writes during the second", 2, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			shared := new(memstorage.Storage)
+			opts := Options{SyncInterval: time.Hour, Timeout: 2 * time.Second}
+			raced := &racedEntry{lapsedLock: lapsedLock{shared}, storeFails: tc.storeFails, loadFails: tc.loadFails}
+			a, b := openWith(t, raced, opts), openWith(t, shared, opts)
+			<-a.Reconciled()
+			<-b.Reconciled()
+			var db *Domain
+			var errB error
+			raced.meanwhile = func() { db, errB = b.CreateDomain(ctx, DomainInput{Domain: "b.example.test"}) }
+
+			_, errA := a.CreateDomain(ctx, DomainInput{Domain: "a.example.test"})
+			if errB != nil {
+				t.Fatalf("b's write: %v", errB)
+			}
+			if dcerr.CodeOf(errA) != dcerr.StorageUnavailable || !strings.Contains(errA.Error(), "may or may not") {
+				t.Errorf("a's write answered %v; want STORAGE_UNAVAILABLE saying the outcome is unknown", errA)
+			}
+			c := openWith(t, shared, opts)
+			<-c.Reconciled()
+			for i, s := range []*Store{a, b, c} {
+				if err := s.Sync(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if e, ok := s.Lookup("b.example.test"); !ok || e.DomainID != db.ID {
+					t.Errorf("instance %d: b.example.test is %+v (found %v); want b's domain %s", i, e, ok, db.ID)
+				}
+				if e, ok := s.Lookup("a.example.test"); ok {
+					t.Errorf("instance %d has a's failed write's domain %+v", i, e)
+				}
+				checkConsistent(t, s)
+			}
+		})
 	}
 }
 

@@ -177,6 +177,7 @@ type session struct {
 	head    head   // the head as read when the lock was taken
 	applied uint64 // every entry up to this one is applied to the records
 	broken  bool   // a journal write went wrong: write no more in this session
+	lapsed  bool   // another writer wrote this session's entry: leave the head alone
 }
 
 // writeSession takes the journal lock, brings memory up to date with the
@@ -409,6 +410,8 @@ func (s *Store) commit(sess *session, batch []*op) {
 	case err == nil:
 	case errors.Is(err, errNotCommitted):
 		sess.broken = true
+		sess.lapsed = errors.Is(err, errEntryTaken)
+		s.log.Error("writes failed: storage unavailable", zap.Uint64("seq", seq), zap.Int("writes", len(included)), zap.Error(err))
 		for _, o := range included {
 			o.done <- storageFailed("writing the journal", err)
 		}
@@ -418,6 +421,7 @@ func (s *Store) commit(sess *session, batch []*op) {
 		// hear so, and the lock is kept until it is settled, so that no
 		// other writer can take the entry's number meanwhile
 		sess.broken = true
+		sess.lapsed = errors.Is(err, errEntryTaken)
 		for _, o := range included {
 			o.done <- errOutcomeUnknown
 		}
@@ -470,56 +474,60 @@ func (s *Store) noteApplied(ctx context.Context, sess *session, seq uint64) {
 // errNotCommitted means a journal write certainly did not land.
 var errNotCommitted = errors.New("the journal entry was not written")
 
-// errLockLapsed means another writer has written the entry this instance
-// was about to write: its journal lock lapsed while it was held up.
-var errLockLapsed = fmt.Errorf("%w: another instance wrote it first (this instance's journal lock lapsed)", errNotCommitted)
+// errEntryTaken means that another writer's entry is at the number this
+// instance writes: a journal lock lapsed (this instance's, or the other
+// writer's) while its holder was held up.
+var errEntryTaken = errors.New("journal entry already written by another writer (a journal lock lapsed)")
 
 // writeEntry writes journal entry seq (bytes b) and makes sure of the
-// outcome: after a failed write it reads the entry back, and writes it
-// again while it is certainly absent, until ctx ends. It returns nil once
-// the entry holds b, an error that is errNotCommitted if it certainly does
-// not (errLockLapsed: another writer's entry is there), and another error
-// when the outcome is unknown.
+// outcome. It returns nil once the entry holds b; an error that is
+// errNotCommitted when it certainly does not (no write was sent, or every
+// write sent is known to have failed before another writer's entry
+// appeared); and another error when the outcome is unknown, which includes
+// finding another writer's entry there after a write of its own failed
+// (that write may still land).
 //
-// The entry is first read, to be sure it is still free. The journal lock
-// that reserves the entry's number is a lease: an instance held up longer
-// than the lease (a paused process or VM, a storage that hung) can go on
-// as if it held the lock after another instance took it and wrote the
-// entry. A Store over that entry would replace a write another instance
-// acknowledged, and set the instances apart. CertMagic's storages have no
-// create-if-absent, so the read narrows that window to the time between
-// the read and the write.
+// Before every write it reads the entry, and writes only while it is
+// absent. The journal lock that reserves the entry's number is a lease: an
+// instance held up longer than the lease (a paused process or VM, a
+// storage that hung) can go on as if it held the lock after another
+// instance took it and wrote the entry. A Store over that entry would
+// replace a write another instance acknowledged, and set the instances
+// apart. CertMagic's storages have no create-if-absent, so the read only
+// narrows that window: a stall between the read and the write still does
+// harm.
 func (s *Store) writeEntry(ctx context.Context, seq uint64, b []byte) error {
 	key := entryKey(seq)
-	switch _, err := s.Storage().Load(ctx, key); {
-	case err == nil:
-		s.log.Error("the journal lock lapsed: another instance wrote the entry this one was about to write; its writes fail",
-			zap.Uint64("seq", seq))
-		return errLockLapsed
-	case !errors.Is(err, fs.ErrNotExist):
-		s.stats.storageErrors.Add(1)
-		return fmt.Errorf("%w: checking that it is free: %w", errNotCommitted, err)
-	}
 	pause := 50 * time.Millisecond
+	var storeErr error // the last write's error; nil while none was sent
 	for {
-		err := s.Storage().Store(ctx, key, b)
-		if err == nil {
-			return nil
-		}
-		s.stats.storageErrors.Add(1)
-		s.log.Error("writing a journal entry", zap.Uint64("seq", seq), zap.Error(err))
-		got, lerr := s.Storage().Load(ctx, key)
+		got, err := s.Storage().Load(ctx, key)
 		switch {
-		case lerr == nil && bytes.Equal(got, b):
-			return nil
-		case lerr == nil:
-			return errLockLapsed
-		case !errors.Is(lerr, fs.ErrNotExist) && ctx.Err() != nil:
-			return err
+		case err == nil && bytes.Equal(got, b):
+			return nil // an earlier write landed after all
+		case err == nil:
+			s.log.Error("journal lock lapsed: entry already written", zap.Uint64("seq", seq),
+				zap.Bool("write_sent", storeErr != nil))
+			if storeErr == nil {
+				return fmt.Errorf("%w: %w", errNotCommitted, errEntryTaken)
+			}
+			return errEntryTaken
+		case errors.Is(err, fs.ErrNotExist):
+			if storeErr = s.Storage().Store(ctx, key, b); storeErr == nil {
+				return nil
+			}
+			s.stats.storageErrors.Add(1)
+			s.log.Error("writing a journal entry", zap.Uint64("seq", seq), zap.Error(storeErr))
+		default:
+			s.stats.storageErrors.Add(1)
+			if storeErr == nil {
+				return fmt.Errorf("%w: reading the entry before writing it: %w", errNotCommitted, err)
+			}
+			// whether the last write landed is unknown: read again
 		}
 		select {
 		case <-ctx.Done():
-			return err
+			return storeErr
 		case <-time.After(pause):
 		}
 		pause = min(2*pause, time.Second)
@@ -577,6 +585,13 @@ func opsSize(ops []entryOp) int {
 func (s *Store) endSession(sess *session) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
 	defer cancel()
+	if sess.lapsed {
+		// another instance has held the lock since this one took it: the
+		// head read then may be behind, and writing it would move the
+		// journal's head back
+		s.unlock(journalLock)
+		return
+	}
 	h := sess.head
 	h.repaired = false
 	if sess.applied > h.Seq {
