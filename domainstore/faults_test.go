@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 	"github.com/domaincerts/caddy-domaincerts/internal/memstorage"
@@ -530,8 +532,8 @@ func TestLapsedJournalLock(t *testing.T) {
 	<-running
 	db := mustCreate(t, b, DomainInput{Domain: "b.example.test"})
 	unblock()
-	if err := <-errA; dcerr.CodeOf(err) != dcerr.StorageUnavailable {
-		t.Errorf("a's write after its lock lapsed answered %v; want STORAGE_UNAVAILABLE", err)
+	if err := <-errA; dcerr.CodeOf(err) != dcerr.StorageUnavailable || strings.Contains(err.Error(), "may or may not") {
+		t.Errorf("a's write after its lock lapsed answered %v; want STORAGE_UNAVAILABLE saying nothing changed", err)
 	}
 
 	c := openWith(t, shared, opts)
@@ -607,24 +609,31 @@ func (r *racedEntry) Load(ctx context.Context, key string) ([]byte, error) {
 
 // TestJournalWriteRacesAnotherWriter has instance a's journal write fail
 // while instance b (a's lock having lapsed) writes the same entry: right
-// away, or while a cannot read the entry back either. a never writes
-// over b's entry, and, since its failed write might still land, answers
-// that the outcome is unknown; every instance has b's domain and not a's.
+// away, while a cannot read the entry back either, or after a has given
+// up and waits to learn whether its write landed. a never writes over b's
+// entry, answers that the outcome is unknown (its failed write might
+// still land), and logs the lapse; every instance has b's domain and not
+// a's.
 func TestJournalWriteRacesAnotherWriter(t *testing.T) {
 	for _, tc := range []struct {
 		name                  string
 		storeFails, loadFails int
+		afterAnswer           bool // b writes after a's write was answered
 	}{
-		{"b writes while a's write fails", 1, 0},
-		{"b writes while a cannot read the entry back", 1, 1},
-		{"a's write fails twice, b writes during the second", 2, 0},
+		{"b writes while a's write fails", 1, 0, false},
+		{"b writes while a cannot read the entry back", 1, 1, false},
+		{"a's write fails twice, b writes during the second", 2, 0, false},
+		{"b writes while a settles a write never confirmed", 1 << 30, 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			shared := new(memstorage.Storage)
-			opts := Options{SyncInterval: time.Hour, Timeout: 2 * time.Second}
+			opts := Options{SyncInterval: time.Hour, Timeout: time.Second}
+			core, logs := observer.New(zap.ErrorLevel)
+			aOpts := opts
+			aOpts.Logger = zap.New(core)
 			raced := &racedEntry{lapsedLock: lapsedLock{shared}, storeFails: tc.storeFails, loadFails: tc.loadFails}
-			a, b := openWith(t, raced, opts), openWith(t, shared, opts)
+			a, b := openWith(t, raced, aOpts), openWith(t, shared, opts)
 			<-a.Reconciled()
 			<-b.Reconciled()
 			var db *Domain
@@ -632,8 +641,11 @@ func TestJournalWriteRacesAnotherWriter(t *testing.T) {
 			raced.meanwhile = func() { db, errB = b.CreateDomain(ctx, DomainInput{Domain: "b.example.test"}) }
 
 			_, errA := a.CreateDomain(ctx, DomainInput{Domain: "a.example.test"})
-			if errB != nil {
-				t.Fatalf("b's write: %v", errB)
+			if tc.afterAnswer {
+				raced.meanwhile()
+			}
+			if errB != nil || db == nil {
+				t.Fatalf("b's write: %v (b wrote: %v)", errB, db != nil)
 			}
 			if dcerr.CodeOf(errA) != dcerr.StorageUnavailable || !strings.Contains(errA.Error(), "may or may not") {
 				t.Errorf("a's write answered %v; want STORAGE_UNAVAILABLE saying the outcome is unknown", errA)
@@ -641,7 +653,7 @@ func TestJournalWriteRacesAnotherWriter(t *testing.T) {
 			c := openWith(t, shared, opts)
 			<-c.Reconciled()
 			for i, s := range []*Store{a, b, c} {
-				if err := s.Sync(ctx); err != nil {
+				if err := s.Sync(ctx); err != nil { // a's sync waits for its settling
 					t.Fatal(err)
 				}
 				if e, ok := s.Lookup("b.example.test"); !ok || e.DomainID != db.ID {
@@ -651,6 +663,9 @@ func TestJournalWriteRacesAnotherWriter(t *testing.T) {
 					t.Errorf("instance %d has a's failed write's domain %+v", i, e)
 				}
 				checkConsistent(t, s)
+			}
+			if n := logs.FilterMessage("journal lock lapsed: entry already written").Len(); n != 1 {
+				t.Errorf("a logged the lapse %d times; want once", n)
 			}
 		})
 	}

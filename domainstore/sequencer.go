@@ -2,6 +2,7 @@ package domainstore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -54,7 +55,8 @@ var (
 // error, or the error of committing what it staged. A write that cannot
 // get the lock or write the journal within the store's timeout fails with
 // STORAGE_UNAVAILABLE and changes nothing; a journal write that the
-// storage did not confirm in time fails with errOutcomeUnknown.
+// storage did not confirm in time, or that failed while another writer's
+// entry took its number, fails with errOutcomeUnknown.
 func (s *Store) submit(ctx context.Context, fn func(*txn) error) error {
 	o := &op{ctx: ctx, deadline: time.Now().Add(s.timeout()), fn: fn, done: make(chan error, 1)}
 	// the sequencer may be stuck on a storage that ignores contexts
@@ -410,22 +412,36 @@ func (s *Store) commit(sess *session, batch []*op) {
 	case err == nil:
 	case errors.Is(err, errNotCommitted):
 		sess.broken = true
-		sess.lapsed = errors.Is(err, errEntryTaken)
-		s.log.Error("writes failed: storage unavailable", zap.Uint64("seq", seq), zap.Int("writes", len(included)), zap.Error(err))
+		sess.lapsed = errors.Is(err, errEntryTaken) // logged by writeEntry
+		if !sess.lapsed {
+			s.log.Error("writes failed: storage unavailable", zap.Uint64("seq", seq), zap.Int("writes", len(included)), zap.Error(err))
+		}
 		for _, o := range included {
 			o.done <- storageFailed("writing the journal", err)
 		}
 		return
 	default:
-		// the storage did not say whether the entry landed: the callers
-		// hear so, and the lock is kept until it is settled, so that no
-		// other writer can take the entry's number meanwhile
+		// whether the entry landed is unknown (the storage did not
+		// confirm the write, or another writer's entry came after a write
+		// of ours failed): the callers hear so, and the lock is kept until
+		// it is settled, so that, while the lock's lease holds, no other
+		// writer can take the entry's number meanwhile
 		sess.broken = true
-		sess.lapsed = errors.Is(err, errEntryTaken)
 		for _, o := range included {
 			o.done <- errOutcomeUnknown
 		}
-		if !s.settle(seq, b) {
+		landed, taken := s.settle(seq, b)
+		switch {
+		case taken && !errors.Is(err, errEntryTaken):
+			s.log.Error("journal lock lapsed: entry already written", zap.Uint64("seq", seq), zap.Bool("write_sent", true))
+		case landed && errors.Is(err, errEntryTaken):
+			// our late write replaced the entry of a writer that held the
+			// lock after ours lapsed: the instances that read that entry
+			// now disagree with the rest
+			s.log.Error("journal entry written over another writer's; instances may disagree", zap.Uint64("seq", seq))
+		}
+		sess.lapsed = taken || errors.Is(err, errEntryTaken)
+		if !landed {
 			return
 		}
 		included = nil
@@ -480,12 +496,12 @@ var errNotCommitted = errors.New("the journal entry was not written")
 var errEntryTaken = errors.New("journal entry already written by another writer (a journal lock lapsed)")
 
 // writeEntry writes journal entry seq (bytes b) and makes sure of the
-// outcome. It returns nil once the entry holds b; an error that is
-// errNotCommitted when it certainly does not (no write was sent, or every
-// write sent is known to have failed before another writer's entry
-// appeared); and another error when the outcome is unknown, which includes
-// finding another writer's entry there after a write of its own failed
-// (that write may still land).
+// outcome, trying until ctx ends. It returns nil once the entry holds b;
+// an error that is errNotCommitted when no write was sent (another
+// writer's entry is there, or the entry could not be read); and another
+// error when the outcome is unknown: a write was sent and failed, and the
+// entry is still absent or unreadable, or another writer's entry is there
+// (errEntryTaken; the failed write may still land).
 //
 // Before every write it reads the entry, and writes only while it is
 // absent. The journal lock that reserves the entry's number is a lease: an
@@ -499,7 +515,7 @@ var errEntryTaken = errors.New("journal entry already written by another writer 
 func (s *Store) writeEntry(ctx context.Context, seq uint64, b []byte) error {
 	key := entryKey(seq)
 	pause := 50 * time.Millisecond
-	var storeErr error // the last write's error; nil while none was sent
+	var storeErr, loadErr error // the last write's error (nil while none was sent), the last read's
 	for {
 		got, err := s.Storage().Load(ctx, key)
 		switch {
@@ -519,14 +535,15 @@ func (s *Store) writeEntry(ctx context.Context, seq uint64, b []byte) error {
 			s.stats.storageErrors.Add(1)
 			s.log.Error("writing a journal entry", zap.Uint64("seq", seq), zap.Error(storeErr))
 		default:
+			// read again: never write without knowing the entry is free
 			s.stats.storageErrors.Add(1)
-			if storeErr == nil {
-				return fmt.Errorf("%w: reading the entry before writing it: %w", errNotCommitted, err)
-			}
-			// whether the last write landed is unknown: read again
+			loadErr = err
 		}
 		select {
 		case <-ctx.Done():
+			if storeErr == nil {
+				return fmt.Errorf("%w: reading the entry before writing it: %w", errNotCommitted, cmp.Or(loadErr, ctx.Err()))
+			}
 			return storeErr
 		case <-time.After(pause):
 		}
@@ -535,12 +552,13 @@ func (s *Store) writeEntry(ctx context.Context, seq uint64, b []byte) error {
 }
 
 // settle finds out, still holding the journal lock, whether entry seq
-// (bytes b) landed, and reports whether it did. It reads the entry back
-// until it finds it, or finds it absent long enough after the last try
-// (twice the store's timeout: a request that has not landed by then
-// will not), or finds another
-// writer's entry there. It gives up when the store closes.
-func (s *Store) settle(seq uint64, b []byte) bool {
+// (bytes b) landed, and reports whether it did, and whether another
+// writer's entry is there instead (taken). It reads the entry back until
+// it finds it, or finds it absent long enough after the last try (twice
+// the store's timeout: a request that has not landed by then will not),
+// or finds another writer's entry there. It gives up when the store
+// closes.
+func (s *Store) settle(seq uint64, b []byte) (landed, taken bool) {
 	key := entryKey(seq)
 	since := time.Now()
 	s.log.Warn("a journal write was not confirmed; waiting to learn whether it landed", zap.Uint64("seq", seq))
@@ -550,16 +568,16 @@ func (s *Store) settle(seq uint64, b []byte) bool {
 		cancel()
 		switch {
 		case err == nil:
-			landed := bytes.Equal(got, b)
+			landed = bytes.Equal(got, b)
 			s.log.Warn("journal write settled", zap.Uint64("seq", seq), zap.Bool("landed", landed))
-			return landed
+			return landed, !landed
 		case errors.Is(err, fs.ErrNotExist) && time.Since(since) > 2*s.timeout():
 			s.log.Warn("journal write settled", zap.Uint64("seq", seq), zap.Bool("landed", false))
-			return false
+			return false, false
 		}
 		select {
 		case <-s.closing:
-			return false
+			return false, false
 		case <-time.After(min(time.Second, s.timeout()/4)):
 		}
 	}
