@@ -57,13 +57,13 @@ func (s *Store) recoverFromListing(ctx context.Context, locked bool) error {
 		if attempt >= listingRetries {
 			s.log.Info("records keep changing while they are listed; listing under the journal lock")
 			lctx, cancel := context.WithTimeout(ctx, s.timeout())
-			err := s.lock(lctx, journalLock)
+			err := s.lockJournal(lctx)
 			cancel()
 			if err != nil {
 				return storageFailed("waiting for the journal lock", err)
 			}
 			err = s.recoverFromListing(ctx, true)
-			s.unlock(journalLock)
+			s.unlockJournal()
 			return err
 		}
 		select {

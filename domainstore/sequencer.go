@@ -245,7 +245,7 @@ func (s *Store) writeSession(first *op) {
 // once more. On success the lock is held.
 func (s *Store) startSession(ctx context.Context) (*session, error) {
 	for attempt := 0; ; attempt++ {
-		if err := s.lock(ctx, journalLock); err != nil {
+		if err := s.lockJournal(ctx); err != nil {
 			return nil, storageFailed("waiting for the journal lock", err)
 		}
 		sess, err := s.lockedCatchUp(ctx)
@@ -254,7 +254,7 @@ func (s *Store) startSession(ctx context.Context) (*session, error) {
 			s.markReconciled()
 			return sess, nil
 		}
-		s.unlock(journalLock)
+		s.unlockJournal()
 		if !errors.Is(err, errGap) || attempt > 0 {
 			return nil, err
 		}
@@ -408,11 +408,17 @@ func (s *Store) commit(sess *session, batch []*op) {
 		}
 		return
 	}
-	switch err := s.writeEntry(ctx, seq, b); {
+	err = s.checkHold(ctx)
+	if err == nil {
+		err = s.writeEntry(ctx, seq, b)
+	} else {
+		err = fmt.Errorf("%w: %w", errNotCommitted, err)
+	}
+	switch {
 	case err == nil:
 	case errors.Is(err, errNotCommitted):
 		sess.broken = true
-		sess.lapsed = errors.Is(err, errEntryTaken) // logged by writeEntry
+		sess.lapsed = errors.Is(err, errEntryTaken) || errors.Is(err, errLockTaken) // logged already
 		if !sess.lapsed {
 			s.log.Error("writes failed: storage unavailable", zap.Uint64("seq", seq), zap.Int("writes", len(included)), zap.Error(err))
 		}
@@ -607,7 +613,7 @@ func (s *Store) endSession(sess *session) {
 		// another instance has held the lock since this one took it: the
 		// head read then may be behind, and writing it would move the
 		// journal's head back
-		s.unlock(journalLock)
+		s.unlockJournal()
 		return
 	}
 	h := sess.head
@@ -622,7 +628,7 @@ func (s *Store) endSession(sess *session) {
 			s.log.Error("moving the journal head", zap.Error(err))
 		}
 	}
-	s.unlock(journalLock)
+	s.unlockJournal()
 }
 
 // Compaction keeps the journal short: entries older than both the newest

@@ -126,6 +126,10 @@ type Store struct {
 
 	headDamaged atomic.Bool // the stored head was damaged and is not yet written back
 
+	hold          atomic.Pointer[journalHold] // this instance's holding of the journal lock
+	lockWaitSince atomic.Int64                // since when (Unix ns) the journal lock has been wanted and not got; 0: not waiting
+	ownerChecked  atomic.Int64                // when the owner record of a held lock was last read while waiting
+
 	snapMu     sync.Mutex    // one snapshot write at a time
 	snapSeq    atomic.Uint64 // the newest snapshot known
 	snapWanted atomic.Bool   // memory learned what the newest snapshot lacks (certificate dates)
@@ -228,10 +232,10 @@ func (s *Store) load(ctx context.Context) (string, error) {
 func (s *Store) startJournal(ctx context.Context) error {
 	lctx, cancel := context.WithTimeout(ctx, s.timeout())
 	defer cancel()
-	if err := s.lock(lctx, journalLock); err != nil {
+	if err := s.lockJournal(lctx); err != nil {
 		return fmt.Errorf("starting the journal: %w", storageFailed("waiting for the journal lock", err))
 	}
-	defer s.unlock(journalLock)
+	defer s.unlockJournal()
 	if _, err := s.readHead(ctx); err == nil {
 		// another instance started it meanwhile
 		return s.recoverFromListing(ctx, true)

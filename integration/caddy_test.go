@@ -379,6 +379,21 @@ func (c *caddyProc) Kill() {
 	<-done
 }
 
+// Signal sends sig to the running Caddy process (SIGSTOP and SIGCONT
+// pause and resume it, as a VM pause or a debugger would).
+func (c *caddyProc) Signal(sig os.Signal) {
+	c.t.Helper()
+	c.mu.Lock()
+	cmd := c.cmd
+	c.mu.Unlock()
+	if cmd == nil {
+		c.t.Fatal("caddy is not running")
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // Start runs Caddy again after Stop or Kill, with the same configuration
 // file, ports and storage.
 func (c *caddyProc) Start() {
