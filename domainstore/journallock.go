@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io/fs"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,24 +26,35 @@ import (
 //
 // So the holder of the journal lock also keeps an owner record: a random
 // token and a heartbeat it renews every ownerHeartbeat while it holds the
-// lock. An instance that has waited for the lock longer than lockLease
-// and finds the heartbeat older than that (or, for a holder that writes
-// no record, an older release, finds none for three leases) releases the
-// lock for it and takes it. A holder checks the record before each
-// journal entry it writes and before it releases the lock: when another
-// instance has taken the lock over, its writes fail and it leaves the
-// lock to the new holder.
+// lock, and deletes when it releases it. An instance waiting for the lock
+// that sees the same record for lockLease by its own clock (or, from a
+// holder that writes none, an earlier release, no record for three
+// leases) releases the lock for its holder and takes it. A holder that
+// has not renewed its record for lockLease-ownerHeartbeat (it was paused,
+// or its storage fails), or finds another token in it, counts its hold as
+// lost: it writes no more journal entries, leaves the head alone, and
+// does not release the lock, which is the new holder's.
 
 // ownerKey is the storage key of the journal lock's owner record.
 const ownerKey = prefix + "/locks/journal_owner.json"
 
-// lockLease is how long a holder of the journal lock may go without
-// renewing its owner record before another instance takes the lock over;
+// lockLease is how long the record of a holder of the journal lock may
+// stay the same before another instance takes the lock over;
 // ownerHeartbeat is how often a holder renews it.
 var (
 	lockLease      = 10 * time.Second
 	ownerHeartbeat = 3 * time.Second
 )
+
+// holdLimit is how long a holder may go without renewing its record
+// before it counts its hold as lost: a heartbeat before a waiter can
+// decide to take the lock over.
+func holdLimit() time.Duration { return lockLease - ownerHeartbeat }
+
+// monoBase anchors mono, a monotonic clock reading.
+var monoBase = time.Now()
+
+func mono() time.Duration { return time.Since(monoBase) }
 
 // ownerRecord is the content of the owner record.
 type ownerRecord struct {
@@ -52,15 +64,30 @@ type ownerRecord struct {
 
 // journalHold is this instance's holding of the journal lock.
 type journalHold struct {
-	token string
-	stop  chan struct{}
-	done  chan struct{}
-	lost  atomic.Bool // another instance took the lock over
+	token   string
+	stop    chan struct{}
+	done    chan struct{}
+	lost    atomic.Bool  // another instance may have taken the lock over
+	renewed atomic.Int64 // mono() of the last write of the record
 }
 
-// errLockTaken means another instance took the journal lock over while
-// this one held it (this one had stopped renewing its hold).
-var errLockTaken = errors.New("another instance took the journal lock over")
+func (h *journalHold) markRenewed() { h.renewed.Store(int64(mono())) }
+
+func (h *journalHold) sinceRenewed() time.Duration { return mono() - time.Duration(h.renewed.Load()) }
+
+// ownerWatch is what a waiter has seen of the owner record.
+type ownerWatch struct {
+	mu       sync.Mutex
+	raw      string        // the record, "" for none
+	since    time.Duration // mono() when it was first seen so
+	last     time.Duration // mono() when it was last read
+	lastRead time.Duration
+}
+
+// errLockTaken means this instance's hold of the journal lock is lost:
+// another instance took the lock over, or may have, as this one had not
+// renewed its hold in time.
+var errLockTaken = errors.New("this instance's hold of the journal lock lapsed (another instance may have taken it over)")
 
 // lockJournal takes the journal lock, trying until ctx ends, and takes it
 // over from a holder that has stopped renewing its hold.
@@ -71,7 +98,6 @@ func (s *Store) lockJournal(ctx context.Context) error {
 			return err
 		}
 		if ok {
-			s.lockWaitSince.Store(0)
 			return s.claimJournal(ctx)
 		}
 		s.breakStaleJournalLock(ctx)
@@ -94,13 +120,16 @@ func (s *Store) claimJournal(ctx context.Context) error {
 		s.unlock(journalLock)
 		return storageFailed("claiming the journal lock", err)
 	}
-	s.hold.Store(h)
+	h.markRenewed()
+	if old := s.hold.Swap(h); old != nil {
+		s.log.Error("a second hold of the journal lock in one process") // cannot happen: one goroutine locks
+	}
 	go s.renewHold(h)
 	return nil
 }
 
 // renewHold renews the owner record of hold h until h.stop is closed, or
-// until it finds that another instance has taken the lock over.
+// until it finds the hold lost.
 func (s *Store) renewHold(h *journalHold) {
 	defer close(h.done)
 	tick := time.NewTicker(ownerHeartbeat)
@@ -111,115 +140,147 @@ func (s *Store) renewHold(h *journalHold) {
 			return
 		case <-tick.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), ownerHeartbeat)
-		owns, err := s.ownsJournal(ctx, h)
-		if err == nil && owns {
+		if s.holdLost(h) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), holdLimit())
+		rec, err := s.readOwner(ctx)
+		switch {
+		case err == nil && rec.Token != h.token:
+			cancel()
+			s.loseHold(h, "another instance took the journal lock over while this one held it")
+			return
+		case err == nil, errors.Is(err, errNoEntry):
 			err = s.writeOwner(ctx, h.token)
 		}
 		cancel()
 		if err != nil {
 			s.stats.storageErrors.Add(1) // try again at the next tick
-		}
-		if err == nil && !owns {
-			s.log.Error("journal lock taken over by another instance while held; writes of this session fail")
-			h.lost.Store(true)
-			return
+		} else if !s.holdLost(h) {
+			h.markRenewed()
 		}
 	}
 }
 
-// checkHold reports errLockTaken if another instance has taken over the
-// journal lock this one holds.
+// holdLost reports whether hold h is lost, and marks it lost when it has
+// gone unrenewed for holdLimit.
+func (s *Store) holdLost(h *journalHold) bool {
+	if h.lost.Load() {
+		return true
+	}
+	if h.sinceRenewed() > holdLimit() {
+		s.loseHold(h, "this instance did not renew its hold of the journal lock in time; another instance may take it over")
+		return true
+	}
+	return false
+}
+
+func (s *Store) loseHold(h *journalHold, why string) {
+	if h.lost.CompareAndSwap(false, true) {
+		s.log.Error("journal lock taken over by another instance while held; writes of this session fail",
+			zap.String("reason", why))
+	}
+}
+
+// checkHold reports errLockTaken if this instance's hold of the journal
+// lock is lost.
 func (s *Store) checkHold(ctx context.Context) error {
 	h := s.hold.Load()
-	if h == nil {
-		return errors.New("the journal lock is not held")
-	}
-	if h.lost.Load() {
+	if h == nil || s.holdLost(h) {
 		return errLockTaken
 	}
-	owns, err := s.ownsJournal(ctx, h)
-	if err != nil {
+	rec, err := s.readOwner(ctx)
+	switch {
+	case errors.Is(err, errNoEntry):
+		return nil // no takeover writes none
+	case err != nil:
 		s.stats.storageErrors.Add(1)
 		return err
-	}
-	if !owns {
-		s.log.Error("journal lock taken over by another instance while held; writes of this session fail")
-		h.lost.Store(true)
+	case rec.Token != h.token:
+		s.loseHold(h, "another instance took the journal lock over while this one held it")
 		return errLockTaken
 	}
 	return nil
 }
 
-// unlockJournal stops renewing the hold and releases the journal lock,
-// unless another instance has taken it over: then its lock is left alone.
+// unlockJournal stops renewing the hold, deletes the owner record and
+// releases the journal lock, unless the record holds another instance's
+// token: then that instance has taken the lock over, and the lock (on
+// file_system, whose Unlock removes the lock file whoever holds it) is
+// left to it. A hold lost only for want of renewal is released: nobody
+// took it over, and on a storage whose locks check their owner (Redis) a
+// lock never released would be held for good.
 func (s *Store) unlockJournal() {
 	h := s.hold.Swap(nil)
-	if h != nil {
-		close(h.stop)
-		<-h.done
-		if !h.lost.Load() {
-			ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
-			owns, err := s.ownsJournal(ctx, h)
-			cancel()
-			if err == nil && !owns {
-				h.lost.Store(true)
-			}
-		}
-		if h.lost.Load() {
-			s.log.Warn("leaving the journal lock to the instance that took it over")
-			return
+	if h == nil {
+		s.unlock(journalLock)
+		return
+	}
+	close(h.stop)
+	<-h.done
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
+	defer cancel()
+	rec, err := s.readOwner(ctx)
+	if err == nil && rec.Token != h.token {
+		s.log.Warn("leaving the journal lock to the instance that took it over")
+		return
+	}
+	if err == nil {
+		if err := s.Storage().Delete(ctx, ownerKey); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.stats.storageErrors.Add(1)
 		}
 	}
 	s.unlock(journalLock)
 }
 
-// breakStaleJournalLock releases the journal lock for its holder when
-// this instance has waited for it longer than lockLease and the holder's
-// owner record is older than that (or missing for three leases).
+// breakStaleJournalLock releases the journal lock for its holder when the
+// owner record has stayed the same for lockLease while this instance
+// waited (three leases while there is none). Reads of the record are at
+// most one a tenth of a lease apart; a gap of a lease between them starts
+// the watch again.
 func (s *Store) breakStaleJournalLock(ctx context.Context) {
-	now := time.Now()
-	since := s.lockWaitSince.Load()
-	if since == 0 {
-		s.lockWaitSince.Store(now.UnixNano())
+	w := &s.ownerWatch
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := mono()
+	if now-w.lastRead < lockLease/10 {
 		return
 	}
-	waited := now.Sub(time.Unix(0, since))
-	if waited < lockLease || now.Sub(time.Unix(0, s.ownerChecked.Load())) < lockLease/10 {
-		return
-	}
-	s.ownerChecked.Store(now.UnixNano())
-	rec, err := s.readOwner(ctx)
-	var age time.Duration
-	switch {
-	case err == nil:
-		if age = now.Sub(rec.Heartbeat); age <= lockLease {
-			return
-		}
-	case errors.Is(err, errNoEntry):
-		if waited < 3*lockLease {
-			return
-		}
-	default:
+	w.lastRead = now
+	raw, err := s.rawOwner(ctx)
+	if err != nil {
 		return // the storage fails: taking the lock over can wait
 	}
+	if raw != w.raw || now-w.last > lockLease {
+		w.raw, w.since, w.last = raw, now, now
+		return
+	}
+	w.last = now
+	limit := lockLease
+	if raw == "" {
+		limit = 3 * lockLease
+	}
+	if now-w.since < limit {
+		return
+	}
+	if again, err := s.rawOwner(ctx); err != nil || again != raw {
+		return // it changed just now
+	}
 	s.log.Warn("the journal lock's holder stopped renewing its hold; taking the lock over",
-		zap.Duration("waited", waited), zap.Duration("heartbeat_age", age))
+		zap.Duration("unchanged_for", now-w.since), zap.Bool("owner_record", raw != ""))
+	w.raw, w.since, w.last = "", 0, 0
 	if err := s.Storage().Unlock(ctx, journalLock); err != nil {
 		s.log.Debug("releasing a stale journal lock", zap.Error(err))
 	}
 }
 
-// ownsJournal reports whether the owner record holds h's token.
-func (s *Store) ownsJournal(ctx context.Context, h *journalHold) (bool, error) {
-	rec, err := s.readOwner(ctx)
-	if errors.Is(err, errNoEntry) {
-		return false, nil
+// rawOwner returns the owner record as stored, "" if there is none.
+func (s *Store) rawOwner(ctx context.Context) (string, error) {
+	b, err := s.Storage().Load(ctx, ownerKey)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
 	}
-	if err != nil {
-		return false, err
-	}
-	return rec.Token == h.token, nil
+	return string(b), err
 }
 
 // readOwner reads the owner record; errNoEntry if there is none or it

@@ -3,10 +3,12 @@ package domainstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,7 +41,7 @@ func journalLockFile(root string) string {
 // from a holder that writes none, after three leases), and writes. A
 // holder that renews its record keeps the lock.
 func TestStaleJournalLockTakenOver(t *testing.T) {
-	setLease(t, 300*time.Millisecond, 100*time.Millisecond)
+	setLease(t, time.Second, 300*time.Millisecond)
 	for _, tc := range []struct {
 		name      string
 		owner     func(ctx context.Context, st certmagic.Storage, stop <-chan struct{})
@@ -80,7 +82,7 @@ func TestStaleJournalLockTakenOver(t *testing.T) {
 				_ = holder.Unlock(ctx, journalLock)
 			})
 			core, logs := observer.New(zap.WarnLevel)
-			s := openWith(t, &certmagic.FileStorage{Path: root}, Options{SyncInterval: time.Hour, Timeout: 3 * time.Second, Logger: zap.New(core)})
+			s := openWith(t, &certmagic.FileStorage{Path: root}, Options{SyncInterval: time.Hour, Timeout: 5 * time.Second, Logger: zap.New(core)})
 			<-s.Reconciled()
 			if err := holder.Lock(ctx, journalLock); err != nil {
 				t.Fatal(err)
@@ -113,19 +115,35 @@ func TestStaleJournalLockTakenOver(t *testing.T) {
 	}
 }
 
+// ownerWritesFail is file_system storage whose writes of the journal
+// lock's owner record fail once fail is set, as for an instance that can
+// no longer renew its hold (its storage fails, or it is paused).
+type ownerWritesFail struct {
+	*certmagic.FileStorage
+	fail atomic.Bool
+}
+
+func (o *ownerWritesFail) Store(ctx context.Context, key string, v []byte) error {
+	if key == ownerKey && o.fail.Load() {
+		return errors.New("storage write failed")
+	}
+	return o.FileStorage.Store(ctx, key, v)
+}
+
 // TestTakenOverHolderLeavesTheLock has instance a hold the journal lock
-// and stop renewing its hold (as if paused) in the middle of a write, and
-// instance b take the lock over and start a write of its own. When a goes
-// on, its write fails with STORAGE_UNAVAILABLE and changes nothing, and it
-// does not release the lock b now holds (file_system's Unlock removes the
-// lock file whoever holds it); b's write then succeeds and every instance
-// has b's domain, not a's.
+// and stop renewing its hold in the middle of a write, and instance b
+// take the lock over and start a write of its own. When a goes on, its
+// write fails with STORAGE_UNAVAILABLE and changes nothing, and it does
+// not release the lock b now holds (file_system's Unlock removes the lock
+// file whoever holds it); b's write then succeeds and every instance has
+// b's domain, not a's.
 func TestTakenOverHolderLeavesTheLock(t *testing.T) {
-	setLease(t, 300*time.Millisecond, time.Hour) // a never renews
+	setLease(t, 500*time.Millisecond, 100*time.Millisecond)
 	ctx := context.Background()
 	root := t.TempDir()
 	opts := Options{SyncInterval: time.Hour, Timeout: 5 * time.Second}
-	a := openWith(t, &certmagic.FileStorage{Path: root}, opts)
+	aStorage := &ownerWritesFail{FileStorage: &certmagic.FileStorage{Path: root}}
+	a := openWith(t, aStorage, opts)
 	b := openWith(t, &certmagic.FileStorage{Path: root}, opts)
 	<-a.Reconciled()
 	<-b.Reconciled()
@@ -149,6 +167,7 @@ func TestTakenOverHolderLeavesTheLock(t *testing.T) {
 	}
 	runningA, releaseA, resultA := held(a, "a.example.test")
 	<-runningA
+	aStorage.fail.Store(true) // a can no longer renew its hold
 	runningB, releaseB, resultB := held(b, "b.example.test")
 	select {
 	case <-runningB: // b took the lock over
@@ -170,6 +189,7 @@ func TestTakenOverHolderLeavesTheLock(t *testing.T) {
 	if err := <-resultB; err != nil {
 		t.Fatalf("b's write: %v", err)
 	}
+	aStorage.fail.Store(false)
 	c := openWith(t, &certmagic.FileStorage{Path: root}, opts)
 	<-c.Reconciled()
 	for i, s := range []*Store{a, b, c} {
@@ -183,5 +203,13 @@ func TestTakenOverHolderLeavesTheLock(t *testing.T) {
 			t.Errorf("instance %d has a's failed write's domain %+v", i, e)
 		}
 		checkConsistent(t, s)
+	}
+	// a writes again, and releases the lock afterwards
+	mustCreate(t, a, DomainInput{Domain: "a2.example.test"})
+	if err := a.Sync(ctx); err != nil { // the session has ended
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(journalLockFile(root)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the lock file after a's next write: %v; want it released", err)
 	}
 }

@@ -416,6 +416,13 @@ func (s *Store) commit(sess *session, batch []*op) {
 	}
 	switch {
 	case err == nil:
+		if errors.Is(s.checkHold(ctx), errLockTaken) {
+			// the lock was taken over while the entry was written (this
+			// instance was paused or held up after reading that the entry
+			// was free): it may have replaced the new holder's entry
+			s.log.Error("journal entry written over another writer's; instances may disagree", zap.Uint64("seq", seq))
+			sess.lapsed = true
+		}
 	case errors.Is(err, errNotCommitted):
 		sess.broken = true
 		sess.lapsed = errors.Is(err, errEntryTaken) || errors.Is(err, errLockTaken) // logged already
@@ -609,10 +616,13 @@ func opsSize(ops []entryOp) int {
 func (s *Store) endSession(sess *session) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
 	defer cancel()
+	if !sess.lapsed && errors.Is(s.checkHold(ctx), errLockTaken) {
+		sess.lapsed = true
+	}
 	if sess.lapsed {
-		// another instance has held the lock since this one took it: the
-		// head read then may be behind, and writing it would move the
-		// journal's head back
+		// another instance has held the lock since this one took it (or
+		// may have): the head read then may be behind, and writing it
+		// would move the journal's head back
 		s.unlockJournal()
 		return
 	}

@@ -126,9 +126,8 @@ type Store struct {
 
 	headDamaged atomic.Bool // the stored head was damaged and is not yet written back
 
-	hold          atomic.Pointer[journalHold] // this instance's holding of the journal lock
-	lockWaitSince atomic.Int64                // since when (Unix ns) the journal lock has been wanted and not got; 0: not waiting
-	ownerChecked  atomic.Int64                // when the owner record of a held lock was last read while waiting
+	hold       atomic.Pointer[journalHold] // this instance's holding of the journal lock
+	ownerWatch ownerWatch                  // the owner record as seen while waiting for the journal lock
 
 	snapMu     sync.Mutex    // one snapshot write at a time
 	snapSeq    atomic.Uint64 // the newest snapshot known

@@ -19,7 +19,7 @@ import (
 type Storage struct {
 	mu     sync.RWMutex
 	values map[string]item
-	locks  sync.Map // name -> *sync.Mutex
+	locks  sync.Map // name -> chan struct{} (capacity 1: holding is a value in it)
 }
 
 type item struct {
@@ -124,26 +124,26 @@ func (s *Storage) Stat(_ context.Context, key string) (certmagic.KeyInfo, error)
 
 // Lock implements certmagic.Locker within this process.
 func (s *Storage) Lock(ctx context.Context, name string) error {
-	m, _ := s.locks.LoadOrStore(name, new(sync.Mutex))
-	done := make(chan struct{})
-	go func() { m.(*sync.Mutex).Lock(); close(done) }()
+	l, _ := s.locks.LoadOrStore(name, make(chan struct{}, 1))
 	select {
-	case <-done:
+	case l.(chan struct{}) <- struct{}{}:
 		return nil
 	case <-ctx.Done():
-		go func() { <-done; m.(*sync.Mutex).Unlock() }()
 		return ctx.Err()
 	}
 }
 
-// Unlock implements certmagic.Locker.
+// Unlock implements certmagic.Locker. Unlocking a lock that is not held
+// is an error and changes nothing.
 func (s *Storage) Unlock(_ context.Context, name string) error {
-	m, ok := s.locks.Load(name)
-	if !ok {
-		return fmt.Errorf("unlocking %s: not locked", name)
+	if l, ok := s.locks.Load(name); ok {
+		select {
+		case <-l.(chan struct{}):
+			return nil
+		default:
+		}
 	}
-	m.(*sync.Mutex).Unlock()
-	return nil
+	return fmt.Errorf("unlocking %s: not locked", name)
 }
 
 // String names the storage for logs.
