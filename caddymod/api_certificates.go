@@ -68,7 +68,7 @@ func (h *handler) createCertificate(w http.ResponseWriter, r *http.Request) erro
 }
 
 func (h *handler) listCertificates(w http.ResponseWriter, r *http.Request, uri string) error {
-	limit, before, err := pageParams(r)
+	limit, before, err := pageParams(r, domainstore.CertificatePrefix)
 	if err != nil {
 		return err
 	}

@@ -153,7 +153,7 @@ func (h *handler) createDomain(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (h *handler) listDomains(w http.ResponseWriter, r *http.Request, uri string) error {
-	limit, before, err := pageParams(r)
+	limit, before, err := pageParams(r, domainstore.DomainPrefix)
 	if err != nil {
 		return err
 	}

@@ -8,8 +8,10 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strconv"
 
+	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
@@ -70,11 +72,15 @@ func decodeBodyOr(r *http.Request, v any, emptyOK bool) error {
 		}
 		return dcerr.New(dcerr.BadRequest, "reading the request body: %v", err)
 	}
-	if len(bytes.TrimSpace(body)) == 0 {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
 		if emptyOK {
 			return nil
 		}
 		return dcerr.New(dcerr.BadRequest, "the request body is empty; send a JSON object")
+	}
+	if trimmed[0] != '{' {
+		return dcerr.New(dcerr.BadRequest, "the request body is not a JSON object; send one object with the documented fields")
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -85,6 +91,9 @@ func decodeBodyOr(r *http.Request, v any, emptyOK bool) error {
 		return dcerr.New(dcerr.BadRequest, "the request body has data after the JSON object; send one object")
 	}
 	if err := checkJSONText(body); err != nil {
+		return dcerr.New(dcerr.BadRequest, "the request body is not valid: %v", err)
+	}
+	if err := exactFields(body, reflect.TypeOf(v)); err != nil {
 		return dcerr.New(dcerr.BadRequest, "the request body is not valid: %v", err)
 	}
 	return nil
@@ -105,8 +114,8 @@ func describeJSONError(err error) string {
 }
 
 // pageParams reads the list query: limit (1 to 100, default 100) and
-// before_id.
-func pageParams(r *http.Request) (int, string, error) {
+// before_id, an ID of the listed kind (prefix).
+func pageParams(r *http.Request, prefix string) (int, string, error) {
 	q := r.URL.Query()
 	limit := 100
 	if s := q.Get("limit"); s != "" {
@@ -116,7 +125,11 @@ func pageParams(r *http.Request) (int, string, error) {
 		}
 		limit = min(n, 100)
 	}
-	return limit, q.Get("before_id"), nil
+	before := q.Get("before_id")
+	if before != "" && !domainstore.ValidID(prefix, before) {
+		return 0, "", dcerr.New(dcerr.BadRequest, "before_id %q is not an ID of this list (%s...); use the next_page_uri of the previous page", before, prefix)
+	}
+	return limit, before, nil
 }
 
 // listBody builds a list response: the items under their plural, the

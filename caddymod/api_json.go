@@ -6,6 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"reflect"
+	"slices"
+	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -142,4 +146,88 @@ func duplicateKeys(body []byte) error {
 			stack[len(stack)-1].expect = true
 		}
 	}
+}
+
+// exactFields refuses an object key that is not a field of t's JSON form
+// exactly as it is spelled there (encoding/json matches field names
+// without regard to case, so "DOMAIN" would set domain, and a key and a
+// case variant of it would both land in one field). body has already
+// been decoded into a value of type t.
+func exactFields(body []byte, t reflect.Type) error {
+	var val any
+	if err := json.Unmarshal(body, &val); err != nil {
+		return fmt.Errorf("malformed JSON: %v", err)
+	}
+	return walkFields(val, t, "")
+}
+
+var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+
+func walkFields(val any, t reflect.Type, path string) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Implements(unmarshalerType) || reflect.PointerTo(t).Implements(unmarshalerType) {
+		return nil // decodes itself
+	}
+	switch v := val.(type) {
+	case map[string]any:
+		switch t.Kind() {
+		case reflect.Struct:
+			fields := jsonFields(t)
+			for _, k := range slices.Sorted(maps.Keys(v)) {
+				ft, ok := fields[k]
+				if !ok {
+					return fmt.Errorf("unknown field %q; field names are lowercase, as documented", path+k)
+				}
+				if err := walkFields(v[k], ft, path+k+"."); err != nil {
+					return err
+				}
+			}
+		case reflect.Map:
+			for _, k := range slices.Sorted(maps.Keys(v)) {
+				if err := walkFields(v[k], t.Elem(), path+k+"."); err != nil {
+					return err
+				}
+			}
+		}
+	case []any:
+		if t.Kind() == reflect.Slice || t.Kind() == reflect.Array {
+			for i, x := range v {
+				if err := walkFields(x, t.Elem(), fmt.Sprintf("%s%d.", path, i)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// jsonFields returns the JSON names of struct type t's fields (those of
+// embedded structs included) and their types.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	m := make(map[string]reflect.Type)
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		ft := f.Type
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if f.Anonymous && name == "" && ft.Kind() == reflect.Struct {
+			maps.Copy(m, jsonFields(ft))
+			continue
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		m[name] = f.Type
+	}
+	return m
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/domaincerts/caddy-domaincerts/domainstore"
 	"github.com/domaincerts/caddy-domaincerts/internal/dcerr"
 )
 
@@ -50,17 +51,36 @@ func TestCheckJSONText(t *testing.T) {
 }
 
 // TestDecodeBodyStrict: what encoding/json accepts silently is a
-// BAD_REQUEST, with nothing decoded into the target that counts.
+// BAD_REQUEST, with nothing decoded into the target that counts: a key
+// twice, invalid text, a field name in another case than documented
+// (encoding/json would fold it onto the field), and a body that is not an
+// object.
 func TestDecodeBodyStrict(t *testing.T) {
-	for _, body := range []string{
-		`{"domain":"a.example","domain":"b.example"}`,
-		"{\"domain\":\"a.example\",\"description\":\"\xff\"}",
-		`{"domain":"a.example","description":"\udfff"}`,
+	for _, tc := range []struct{ body, want string }{
+		{`{"domain":"a.example","domain":"b.example"}`, "appears twice"},
+		{"{\"domain\":\"a.example\",\"description\":\"\xff\"}", "UTF-8"},
+		{`{"domain":"a.example","description":"\udfff"}`, "surrogate"},
+		{`{"DOMAIN":"a.example"}`, `unknown field "DOMAIN"`},
+		{`{"domain":"a.example","Domain":"b.example"}`, `unknown field "Domain"`},
+		{`{"domain":"a.example","certificate_management_policy":{"Authority":"local"}}`, `unknown field "certificate_management_policy.Authority"`},
+		{`{"domain":"a.example","Region":"us"}`, `unknown field "Region"`}, // a field of an embedded struct
+		{`null`, "not a JSON object"},
+		{`[]`, "not a JSON object"},
+		{`"domain"`, "not a JSON object"},
 	} {
 		var v createDomainRequest
-		err := decodeBody(httptest.NewRequest("POST", "/", strings.NewReader(body)), &v)
-		if dcerr.CodeOf(err) != dcerr.BadRequest {
-			t.Errorf("decodeBody(%q) = %v, want BAD_REQUEST", body, err)
+		err := decodeBody(httptest.NewRequest("POST", "/", strings.NewReader(tc.body)), &v)
+		if dcerr.CodeOf(err) != dcerr.BadRequest || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("decodeBody(%q) = %v, want BAD_REQUEST with %q", tc.body, err, tc.want)
+		}
+	}
+	for _, body := range []string{
+		`{"domain":"a.example","region":"us","resolves_to":[],"certificate_management_policy":{"authority":"local","private_key_type":"ecdsa"}}`,
+		` {"domain":"a.example"} `,
+	} {
+		var v createDomainRequest
+		if err := decodeBody(httptest.NewRequest("POST", "/", strings.NewReader(body)), &v); err != nil {
+			t.Errorf("decodeBody(%q) = %v, want it accepted", body, err)
 		}
 	}
 }
@@ -142,6 +162,35 @@ func mustTokens(t *testing.T, body []byte) []byte {
 		}
 		if len(stack) > 0 && stack[len(stack)-1].object {
 			stack[len(stack)-1].key = true
+		}
+	}
+}
+
+// TestPageParams: limit from 1 to 100 (more is read as 100) and before_id,
+// which must be an ID of the listed kind.
+func TestPageParams(t *testing.T) {
+	const certID = "cert_01m8qvzd3qhx7br4kvtxanw20e"
+	for _, tc := range []struct {
+		query      string
+		wantLimit  int
+		wantBefore string
+		bad        bool
+	}{
+		{"", 100, "", false},
+		{"limit=5&before_id=" + certID, 5, certID, false},
+		{"limit=500", 100, "", false},
+		{"before_id=", 100, "", false},
+		{"limit=0", 0, "", true},
+		{"limit=x", 0, "", true},
+		{"before_id=bogus", 0, "", true},
+		{"before_id=rd_01m8qvzd3qhx7br4kvtxanw20e", 0, "", true}, // a domain's ID in the certificates' list
+	} {
+		limit, before, err := pageParams(httptest.NewRequest("GET", "/domaincerts/tls_certificates?"+tc.query, nil), domainstore.CertificatePrefix)
+		switch {
+		case tc.bad && dcerr.CodeOf(err) != dcerr.BadRequest:
+			t.Errorf("%q: %v; want BAD_REQUEST", tc.query, err)
+		case !tc.bad && (err != nil || limit != tc.wantLimit || before != tc.wantBefore):
+			t.Errorf("%q: %d, %q, %v; want %d, %q", tc.query, limit, before, err, tc.wantLimit, tc.wantBefore)
 		}
 	}
 }

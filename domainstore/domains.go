@@ -529,6 +529,14 @@ func checkAttach(tx *txn, id, name string) error {
 	if err != nil {
 		return err
 	}
+	if c.ManagedDomainID != "" {
+		// its key is CertMagic's for the managed domain's name, replaced at
+		// the next issuance, and the record goes with the certificate it
+		// was: another domain pointing at it would be left with neither
+		return dcerr.New(dcerr.BadRequest,
+			"certificate %s was issued through ACME for domain %s and is renewed with it; attach an uploaded certificate, or give %s a certificate_management_policy of its own", id, c.ManagedDomainID, name).
+			WithDetail("certificate_id", id)
+	}
 	chain, err := bundle.ParseCertificates(c.CertificatePEM)
 	if err != nil {
 		return err

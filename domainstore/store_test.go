@@ -190,6 +190,40 @@ func TestRejectedWritesChangeNothing(t *testing.T) {
 	_ = otherCert
 }
 
+// TestAttachManagedCertificateRefused: a certificate that ACME issued for
+// a managed domain cannot be attached to another domain, at create or by
+// PATCH (its key is replaced at the owner's next issuance and its record
+// deleted with it), and the refusal changes nothing.
+func TestAttachManagedCertificateRefused(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir())
+	ca := testpki.NewCA(t, "Test CA")
+	owner := mustCreate(t, s, DomainInput{Domain: "m.example.test"})
+	issued := ca.Issue(t, "m.example.test", "y.example.test", "z.example.test")
+	if err := s.SetManagedState(ctx, owner.ID, *owner.Policy, &Status{}, &IssuedCertificate{CertificatePEM: issued.CertPEM, KeyStorageKey: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	owner, err := s.GetDomain(ctx, owner.ID)
+	if err != nil || owner.CertificateID == "" {
+		t.Fatalf("the managed domain has no certificate: %v", err)
+	}
+	managed := owner.CertificateID
+	up := upload(t, s, ca.Issue(t, "y.example.test"))
+	y := mustCreate(t, s, DomainInput{Domain: "y.example.test", CertificateID: up.ID})
+	domains, certs := s.Len()
+
+	_, err = s.CreateDomain(ctx, DomainInput{Domain: "z.example.test", CertificateID: managed})
+	wantCode(t, err, dcerr.BadRequest)
+	_, err = s.UpdateDomain(ctx, y.ID, DomainPatch{CertificateID: &managed})
+	wantCode(t, err, dcerr.BadRequest)
+	if d, c := s.Len(); d != domains || c != certs {
+		t.Fatalf("after refused attaches: %d domains, %d certificates; want %d, %d", d, c, domains, certs)
+	}
+	if got, _ := s.GetDomain(ctx, y.ID); got.CertificateID != up.ID {
+		t.Fatalf("y points to %s; want its upload %s", got.CertificateID, up.ID)
+	}
+}
+
 func TestDomainLifecycleAndIndex(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
