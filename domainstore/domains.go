@@ -83,7 +83,7 @@ func (s *Store) CreateDomain(ctx context.Context, in DomainInput) (*Domain, erro
 				WithDetail("domain_id", id)
 		}
 		if in.CertificateID != "" {
-			if err := checkAttach(tx, in.CertificateID, name); err != nil {
+			if err := checkAttach(tx, in.CertificateID, name, ""); err != nil {
 				return err
 			}
 		}
@@ -279,8 +279,10 @@ func (s *Store) UpdateDomain(ctx context.Context, id string, p DomainPatch) (*Do
 			d.Metadata = *p.Metadata
 		}
 		if p.CertificateID != nil {
-			if err := checkAttach(tx, *p.CertificateID, cur.Domain); err != nil {
-				return err
+			if *p.CertificateID != cur.CertificateID {
+				if err := checkAttach(tx, *p.CertificateID, cur.Domain, cur.ID); err != nil {
+					return err
+				}
 			}
 			d.CertificateID = *p.CertificateID
 			d.Policy = nil
@@ -517,8 +519,10 @@ func (s *Store) mutateDomain(ctx context.Context, id string, fn func(*txn, *Doma
 	})
 }
 
-// checkAttach verifies that certificate id exists and covers name.
-func checkAttach(tx *txn, id, name string) error {
+// checkAttach verifies that certificate id exists, covers name, and is not
+// the ACME certificate of a managed domain other than domainID ("" for a
+// domain being created).
+func checkAttach(tx *txn, id, name, domainID string) error {
 	if !validID(CertificatePrefix, id) || !tx.certExists(id) {
 		return errCertNotFound(id)
 	}
@@ -529,7 +533,7 @@ func checkAttach(tx *txn, id, name string) error {
 	if err != nil {
 		return err
 	}
-	if c.ManagedDomainID != "" {
+	if c.ManagedDomainID != "" && c.ManagedDomainID != domainID {
 		// its key is CertMagic's for the managed domain's name, replaced at
 		// the next issuance, and the record goes with the certificate it
 		// was: another domain pointing at it would be left with neither

@@ -59,12 +59,12 @@ func newID(prefix string) string {
 	return prefix + string(out[:])
 }
 
-// validID reports whether id has the given prefix and the shape of newID's
-// output, so that it can be used in a storage key.
 // ValidID reports whether id is an ID of the kind prefix names
 // (CertificatePrefix, DomainPrefix).
 func ValidID(prefix, id string) bool { return validID(prefix, id) }
 
+// validID reports whether id has the given prefix and the shape of newID's
+// output, so that it can be used in a storage key.
 func validID(prefix, id string) bool {
 	rest, ok := cutPrefix(id, prefix)
 	if !ok || len(rest) != 26 {

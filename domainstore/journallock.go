@@ -65,13 +65,15 @@ type ownerRecord struct {
 // journalHold is this instance's holding of the journal lock.
 type journalHold struct {
 	token   string
-	stop    chan struct{}
+	ctx     context.Context // canceled when the hold ends: renewals in flight stop
+	cancel  context.CancelFunc
 	done    chan struct{}
 	lost    atomic.Bool  // another instance may have taken the lock over
-	renewed atomic.Int64 // mono() of the last write of the record
+	why     atomic.Value // string: why the hold was lost
+	renewed atomic.Int64 // mono() when the last successful write of the record was sent
 }
 
-func (h *journalHold) markRenewed() { h.renewed.Store(int64(mono())) }
+func (h *journalHold) markRenewed(sent time.Duration) { h.renewed.Store(int64(sent)) }
 
 func (h *journalHold) sinceRenewed() time.Duration { return mono() - time.Duration(h.renewed.Load()) }
 
@@ -82,6 +84,7 @@ type ownerWatch struct {
 	since    time.Duration // mono() when it was first seen so
 	last     time.Duration // mono() when it was last read
 	lastRead time.Duration
+	extra    time.Duration // added to the limit, drawn when the watch starts
 }
 
 // errLockTaken means this instance's hold of the journal lock is lost:
@@ -114,13 +117,16 @@ func (s *Store) lockJournal(ctx context.Context) error {
 func (s *Store) claimJournal(ctx context.Context) error {
 	var b [8]byte
 	_, _ = crand.Read(b[:])
-	h := &journalHold{token: hex.EncodeToString(b[:]), stop: make(chan struct{}), done: make(chan struct{})}
+	h := &journalHold{token: hex.EncodeToString(b[:]), done: make(chan struct{})}
+	h.ctx, h.cancel = context.WithCancel(context.Background())
+	sent := mono()
 	if err := s.writeOwner(ctx, h.token); err != nil {
+		h.cancel()
 		s.stats.storageErrors.Add(1)
 		s.unlock(journalLock)
 		return storageFailed("claiming the journal lock", err)
 	}
-	h.markRenewed()
+	h.markRenewed(sent)
 	if old := s.hold.Swap(h); old != nil {
 		s.log.Error("a second hold of the journal lock in one process") // cannot happen: one goroutine locks
 	}
@@ -128,22 +134,23 @@ func (s *Store) claimJournal(ctx context.Context) error {
 	return nil
 }
 
-// renewHold renews the owner record of hold h until h.stop is closed, or
-// until it finds the hold lost.
+// renewHold renews the owner record of hold h until the hold ends, or
+// until it finds the hold lost. A renewal must be done within holdLimit
+// of the last one, and is tried again sooner after a failure.
 func (s *Store) renewHold(h *journalHold) {
 	defer close(h.done)
-	tick := time.NewTicker(ownerHeartbeat)
-	defer tick.Stop()
+	wait := ownerHeartbeat
 	for {
 		select {
-		case <-h.stop:
+		case <-h.ctx.Done():
 			return
-		case <-tick.C:
+		case <-time.After(wait):
 		}
 		if s.holdLost(h) {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), holdLimit())
+		sent := mono()
+		ctx, cancel := context.WithTimeout(h.ctx, time.Duration(h.renewed.Load())+holdLimit()-sent)
 		rec, err := s.readOwner(ctx)
 		switch {
 		case err == nil && rec.Token != h.token:
@@ -151,14 +158,20 @@ func (s *Store) renewHold(h *journalHold) {
 			s.loseHold(h, "another instance took the journal lock over while this one held it")
 			return
 		case err == nil, errors.Is(err, errNoEntry):
+			if s.holdLost(h) { // the read took too long: a waiter may have taken over
+				cancel()
+				return
+			}
 			err = s.writeOwner(ctx, h.token)
 		}
 		cancel()
 		if err != nil {
-			s.stats.storageErrors.Add(1) // try again at the next tick
-		} else if !s.holdLost(h) {
-			h.markRenewed()
+			s.stats.storageErrors.Add(1)
+			wait = ownerHeartbeat / 3
+			continue
 		}
+		h.markRenewed(sent)
+		wait = ownerHeartbeat
 	}
 }
 
@@ -176,10 +189,20 @@ func (s *Store) holdLost(h *journalHold) bool {
 }
 
 func (s *Store) loseHold(h *journalHold, why string) {
+	h.why.CompareAndSwap(nil, why)
 	if h.lost.CompareAndSwap(false, true) {
 		s.log.Error("journal lock taken over by another instance while held; writes of this session fail",
 			zap.String("reason", why))
 	}
+}
+
+// holdWhy says why the current hold was lost, if it was.
+func (s *Store) holdWhy() (string, bool) {
+	if h := s.hold.Load(); h != nil {
+		why, ok := h.why.Load().(string)
+		return why, ok
+	}
+	return "", false
 }
 
 // checkHold reports errLockTaken if this instance's hold of the journal
@@ -216,7 +239,7 @@ func (s *Store) unlockJournal() {
 		s.unlock(journalLock)
 		return
 	}
-	close(h.stop)
+	h.cancel()
 	<-h.done
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout())
 	defer cancel()
@@ -251,14 +274,16 @@ func (s *Store) breakStaleJournalLock(ctx context.Context) {
 	if err != nil {
 		return // the storage fails: taking the lock over can wait
 	}
-	if raw != w.raw || now-w.last > lockLease {
+	if w.last == 0 || raw != w.raw || now-w.last > lockLease {
+		// a random part, so that two waiters do not both decide at once
 		w.raw, w.since, w.last = raw, now, now
+		w.extra = time.Duration(rand.Int64N(int64(lockLease/2) + 1))
 		return
 	}
 	w.last = now
-	limit := lockLease
+	limit := lockLease + w.extra
 	if raw == "" {
-		limit = 3 * lockLease
+		limit = 3*lockLease + w.extra
 	}
 	if now-w.since < limit {
 		return

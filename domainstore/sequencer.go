@@ -417,11 +417,13 @@ func (s *Store) commit(sess *session, batch []*op) {
 	switch {
 	case err == nil:
 		if errors.Is(s.checkHold(ctx), errLockTaken) {
-			// the lock was taken over while the entry was written (this
-			// instance was paused or held up after reading that the entry
-			// was free): it may have replaced the new holder's entry
-			s.log.Error("journal entry written over another writer's; instances may disagree", zap.Uint64("seq", seq))
-			sess.lapsed = true
+			// the hold lapsed while the entry was written (this instance
+			// was paused or held up after reading that the entry was
+			// free): it may have replaced a new holder's entry
+			why, _ := s.holdWhy()
+			s.log.Error("journal entry written over another writer's; instances may disagree",
+				zap.Uint64("seq", seq), zap.String("reason", why))
+			sess.lapsed, sess.broken = true, true
 		}
 	case errors.Is(err, errNotCommitted):
 		sess.broken = true
@@ -490,7 +492,7 @@ func (s *Store) noteApplied(ctx context.Context, sess *session, seq uint64) {
 		return
 	}
 	sess.applied = seq
-	if seq-sess.head.Seq < headCheckpoint {
+	if seq-sess.head.Seq < headCheckpoint || errors.Is(s.checkHold(ctx), errLockTaken) {
 		return
 	}
 	h := sess.head

@@ -222,6 +222,14 @@ func TestAttachManagedCertificateRefused(t *testing.T) {
 	if got, _ := s.GetDomain(ctx, y.ID); got.CertificateID != up.ID {
 		t.Fatalf("y points to %s; want its upload %s", got.CertificateID, up.ID)
 	}
+	// its own domain may name it, and a PATCH that repeats a domain's
+	// certificate_id is no attach
+	if _, err := s.UpdateDomain(ctx, y.ID, DomainPatch{CertificateID: &up.ID}); err != nil {
+		t.Fatalf("repeating y's certificate_id: %v", err)
+	}
+	if _, err := s.UpdateDomain(ctx, owner.ID, DomainPatch{CertificateID: &managed}); err != nil {
+		t.Fatalf("the owner naming its own certificate: %v", err)
+	}
 }
 
 func TestDomainLifecycleAndIndex(t *testing.T) {
