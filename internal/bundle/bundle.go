@@ -42,11 +42,22 @@ type Bundle struct {
 }
 
 // Parse validates an uploaded bundle in the order of the admin API contract:
-// certificate_pem (see ParseCertificates, including chain order), then
+// the size limits of both fields, then certificate_pem (see
+// ParseCertificates, including chain order), then
 // private_key_pem (see ParseKey), then that the key belongs to the leaf
 // (KEY_MISMATCH). The first failing check decides the error, always a
 // *dcerr.Error. Parse never panics, whatever its input.
 func Parse(certPEM, keyPEM string) (*Bundle, error) {
+	// the size limits come first, with the request's shape: a key over its
+	// limit is reported as such whatever the certificate holds
+	if len(certPEM) > MaxCertPEM {
+		_, err := ParseCertificates(certPEM)
+		return nil, err
+	}
+	if len(keyPEM) > MaxKeyPEM {
+		_, _, err := ParseKey(keyPEM)
+		return nil, err
+	}
 	chain, err := ParseCertificates(certPEM)
 	if err != nil {
 		return nil, err

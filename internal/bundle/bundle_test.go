@@ -178,6 +178,9 @@ func TestParse(t *testing.T) {
 		{name: "empty private_key_pem", cert: chain, key: "", code: dcerr.KeyMissing},
 		{name: "whitespace private_key_pem", cert: chain, key: "\r\n  \t", code: dcerr.KeyMissing},
 		{name: "private_key_pem over the limit", cert: chain, key: pad(ecKey, MaxKeyPEM+1), code: dcerr.FieldTooLarge},
+		// the limits come before the certificate's own checks
+		{name: "private_key_pem over the limit, no certificate", cert: "", key: pad(ecKey, MaxKeyPEM+1), code: dcerr.FieldTooLarge},
+		{name: "private_key_pem over the limit, garbage certificate", cert: "garbage", key: pad(ecKey, MaxKeyPEM+1), code: dcerr.FieldTooLarge},
 		{name: "private_key_pem not PEM", cert: chain, key: "my key is secret", code: dcerr.KeyUnsupported, msgHas: []string{"expected a PEM private key"}},
 		{name: "private_key_pem broken block", cert: chain, key: ecKey[:len(ecKey)/2], code: dcerr.KeyUnsupported, msgHas: []string{"expected a PEM private key"}},
 		{name: "certificate pasted into private_key_pem", cert: chain, key: leaf, code: dcerr.KeyIsCert},
