@@ -26,7 +26,7 @@ import (
 //
 // So the holder of the journal lock also keeps an owner record: a random
 // token and a heartbeat it renews every ownerHeartbeat while it holds the
-// lock, and deletes when it releases it. An instance waiting for the lock
+// lock (and leaves for the next holder to replace). An instance waiting for the lock
 // that sees the same record for lockLease by its own clock (or, from a
 // holder that writes none, an earlier release, no record for three
 // leases) releases the lock for its holder and takes it. A holder that
@@ -226,8 +226,8 @@ func (s *Store) checkHold(ctx context.Context) error {
 	return nil
 }
 
-// unlockJournal stops renewing the hold, deletes the owner record and
-// releases the journal lock, unless the record holds another instance's
+// unlockJournal stops renewing the hold and releases the journal lock,
+// unless the owner record holds another instance's
 // token: then that instance has taken the lock over, and the lock (on
 // file_system, whose Unlock removes the lock file whoever holds it) is
 // left to it. A hold lost only for want of renewal is released: nobody
@@ -248,11 +248,9 @@ func (s *Store) unlockJournal() {
 		s.log.Warn("leaving the journal lock to the instance that took it over")
 		return
 	}
-	if err == nil {
-		if err := s.Storage().Delete(ctx, ownerKey); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			s.stats.storageErrors.Add(1)
-		}
-	}
+	// the record stays: the next holder replaces it when it claims the
+	// lock, and until then a waiter watching it sees a holder that has
+	// not claimed (or is paused before it could), not a missing record
 	s.unlock(journalLock)
 }
 

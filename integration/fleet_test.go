@@ -756,7 +756,7 @@ func TestFleetPausedInstance(t *testing.T) {
 	victim.Signal(syscall.SIGSTOP)
 	paused.Store(true)
 	mark := m.ackedNow()
-	time.Sleep(17 * time.Second) // its hold goes stale (10 to 15 s); the others take the lock over and write
+	time.Sleep(22 * time.Second) // its hold goes stale (10 to 15 s of watching); the others take the lock over and write
 	during := m.ackedNow() - mark
 	victim.Signal(syscall.SIGCONT)
 	time.Sleep(2 * time.Second)
