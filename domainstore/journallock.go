@@ -95,21 +95,10 @@ var errLockTaken = errors.New("this instance's hold of the journal lock lapsed (
 // lockJournal takes the journal lock, trying until ctx ends, and takes it
 // over from a holder that has stopped renewing its hold.
 func (s *Store) lockJournal(ctx context.Context) error {
-	for {
-		ok, err := s.tryLock(ctx, journalLock, lockAttempt)
-		if err != nil {
-			return err
-		}
-		if ok {
-			return s.claimJournal(ctx)
-		}
-		s.breakStaleJournalLock(ctx)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(10+rand.IntN(30)) * time.Millisecond):
-		}
+	if err := s.lockWith(ctx, journalLock, s.breakStaleJournalLock); err != nil {
+		return err
 	}
+	return s.claimJournal(ctx)
 }
 
 // claimJournal writes the owner record of a journal lock just taken and
@@ -275,7 +264,7 @@ func (s *Store) breakStaleJournalLock(ctx context.Context) {
 	if w.last == 0 || raw != w.raw || now-w.last > lockLease {
 		// a random part, so that two waiters do not both decide at once
 		w.raw, w.since, w.last = raw, now, now
-		w.extra = time.Duration(rand.Int64N(int64(lockLease/2) + 1))
+		w.extra = time.Duration(rand.Int64N(int64(lockLease/5) + 1))
 		return
 	}
 	w.last = now

@@ -17,10 +17,19 @@ var lockAttempt = 250 * time.Millisecond
 // lock takes the storage lock name, shared by every instance on the
 // storage, trying until ctx ends.
 func (s *Store) lock(ctx context.Context, name string) error {
+	return s.lockWith(ctx, name, nil)
+}
+
+// lockWith is lock, calling busy (if not nil) after each attempt that
+// finds the lock held elsewhere.
+func (s *Store) lockWith(ctx context.Context, name string, busy func(context.Context)) error {
 	for {
 		ok, err := s.tryLock(ctx, name, lockAttempt)
 		if ok || err != nil {
 			return err
+		}
+		if busy != nil {
+			busy(ctx)
 		}
 		select {
 		case <-ctx.Done():
